@@ -1,0 +1,209 @@
+"""Embedding throughput benchmark: decode included, same real images for every runtime.
+
+    python bench/embed.py [--n 512] [--data DIR] [--batch 32] [--eager-n 128] [--json-only]
+
+Images: shoes (240x240) and FlickrLogos-27 photos (~500x375) interleaved 1:1 from DIR (default
+$TAGLOOP_DATASETS or <repo>/../shared/datasets; a flat folder of JPEGs also works). Files are read
+once before timing so the page cache is warm for every runtime (we measure decode + model, not
+the disk). Eager PyTorch is slow on CPU, so it runs on the first --eager-n images; img/s is a rate
+so the ratio stays comparable. Prints a table and one final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ml.embedding import Embedder, cpu_count  # noqa: E402
+from ml.preprocess import load_input  # noqa: E402
+
+
+def find_images(data: Path, n: int) -> list[Path]:
+    shoes = sorted((data / "shoes").glob("*/*/*.jpg"))
+    logos = sorted((data / "flickrlogos27" / "images").glob("*.jpg"))
+    if not shoes and not logos:  # flat folder (e.g. the copy carried to the GPU machine)
+        flat = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+        shoes = [p for p in flat if "shoe" in p.name]
+        logos = [p for p in flat if "shoe" not in p.name]
+    mixed: list[Path] = []
+    for a, b in zip(shoes, logos):
+        mixed += [a, b]
+    rest = shoes[len(logos):] + logos[len(shoes):]
+    mixed += rest
+    if not mixed:
+        raise SystemExit(f"no JPEGs under {data}")
+    while len(mixed) < n:  # repeat when asked for more than we have (said in the output)
+        mixed += mixed[: n - len(mixed)]
+    return mixed[:n]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def timed(fn, *args, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def bench_decode(paths: list[Path], workers: int) -> dict[str, float]:
+    """Decode+resize only, threads vs processes (which pool embed_paths should use)."""
+    res = {}
+    for kind, cls in (("threads", ThreadPoolExecutor), ("processes", ProcessPoolExecutor)):
+        with cls(workers) as pool:
+            list(pool.map(load_input, paths[:16]))  # start workers / warm up
+            t, _ = timed(lambda: list(pool.map(load_input, paths, chunksize=8 if kind == "processes" else 1)))
+        res[kind] = len(paths) / t
+    t, _ = timed(lambda: [load_input(p) for p in paths])
+    res["serial"] = len(paths) / t
+    return res
+
+
+def compile_bench(results: dict, bs: int) -> None:
+    """Model-only fp16 throughput: eager channels_last vs torch.compile, several batch sizes."""
+    import torch
+
+    emb = Embedder(runtime="cuda", batch_size=bs)
+    out = {}
+    for b in sorted({bs, 512, 1024}):
+        x = torch.randn(b, 3, 224, 224, device="cuda")
+        reps = max(2, 8192 // b)
+
+        def run(f=emb._cuda_forward) -> None:
+            for _ in range(reps):
+                f(x)
+            torch.cuda.synchronize()
+
+        run()
+        t, _ = timed(run, repeat=3)
+        out[f"eager_bs{b}"] = round(reps * b / t, 1)
+    t0 = time.perf_counter()
+    emb._model = torch.compile(emb._model, mode="max-autotune-no-cudagraphs")
+    for b in sorted({bs, 512, 1024}):
+        x = torch.randn(b, 3, 224, 224, device="cuda")
+        reps = max(2, 8192 // b)
+
+        def run(f=emb._cuda_forward) -> None:
+            for _ in range(reps):
+                f(x)
+            torch.cuda.synchronize()
+
+        run()
+        t, _ = timed(run, repeat=3)
+        out[f"compiled_bs{b}"] = round(reps * b / t, 1)
+    out["compile_s"] = round(time.perf_counter() - t0, 1)
+    print("cuda model-only fp16 img/s:", out)
+    results["cuda_model_only"] = out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_data = os.environ.get("TAGLOOP_DATASETS", str(REPO.parent / "shared" / "datasets"))
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--data", type=Path, default=Path(default_data))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--eager-n", type=int, default=128, help="images for eager torch (slow on CPU)")
+    ap.add_argument("--runtimes", default="torch,onnx,cuda,cuda-pil")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd model (cuda)")
+    ap.add_argument("--cuda-batch", type=int, default=256)
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    args = ap.parse_args()
+
+    paths = find_images(args.data, args.n)
+    n_unique = len(set(paths))
+    for p in set(paths):  # warm the page cache: we benchmark decode + model, not the disk
+        p.read_bytes()
+    workers = args.workers or cpu_count()
+    print(f"{len(paths)} images ({n_unique} unique) from {args.data}; cpu cores={cpu_count()} "
+          f"({platform.processor() or platform.machine()})")
+
+    results: dict[str, dict] = {}
+    vecs: dict[str, np.ndarray] = {}
+    dec = bench_decode(paths, workers)
+    print("decode+resize only: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in dec.items()))
+    results["decode_only"] = {k: round(v, 1) for k, v in dec.items()}
+
+    import torch
+
+    for rt in args.runtimes.split(","):
+        if rt.startswith("cuda") and not torch.cuda.is_available():
+            print(f"{rt}: not available, skipped")
+            continue
+        # "cuda" decodes JPEGs with nvJPEG on the GPU; "cuda-pil" decodes with Pillow threads.
+        bs = args.cuda_batch if rt.startswith("cuda") else args.batch
+        emb = Embedder(runtime=rt.split("-")[0], batch_size=bs, workers=workers, cache_dir=args.cache_dir,
+                       gpu_decode=(rt == "cuda"))
+        sub = paths[: args.eager_n] if rt == "torch" else paths
+        emb.embed_paths(sub[: min(len(sub), 2 * bs)])  # warm-up: ORT/cuDNN pick kernels, allocators grow
+        repeat = 1 if rt == "torch" else 3
+        t, res = timed(emb.embed_paths, sub, repeat=repeat)
+        if res.errors:
+            print(f"{rt}: errors {res.errors}")
+        # model only: same images, already decoded (shows where the time goes)
+        from ml.preprocess import normalize
+
+        x = normalize(np.stack([load_input(p) for p in sub[: min(len(sub), 4 * bs)]]))
+        if rt.startswith("cuda"):
+            xt = torch.from_numpy(x).cuda()
+            reps = max(1, 4096 // len(x))
+
+            def model_only() -> None:
+                for _ in range(reps):
+                    emb._cuda_forward(xt)
+                torch.cuda.synchronize()
+
+            tm, _ = timed(model_only, repeat=3)
+            model_ips = reps * len(x) / tm
+        else:
+            tm, _ = timed(emb.embed_arrays, x, repeat=1 if rt == "torch" else 3)
+            model_ips = len(x) / tm
+        results[rt] = {"img_per_s": round(len(sub) / t, 1), "model_only_img_per_s": round(model_ips, 1),
+                       "n": len(sub), "batch": bs, "threads": emb.threads, "workers": emb.workers}
+        vecs[rt] = res.vectors
+        print(f"{rt:>6}: {len(sub) / t:8.1f} img/s with decode  | model only {model_ips:8.1f} img/s  "
+              f"(n={len(sub)}, batch={bs})")
+
+    if args.compile and torch.cuda.is_available():
+        compile_bench(results, args.cuda_batch)
+    base = results.get("torch", {}).get("img_per_s")
+    for rt, r in results.items():
+        if base and "img_per_s" in r:
+            r["ratio_vs_torch_eager"] = round(r["img_per_s"] / base, 2)
+    for rt in vecs:
+        if rt != "torch" and "torch" in vecs:
+            k = len(vecs["torch"])
+            c = cosine(vecs["torch"], vecs[rt][:k])
+            results[rt]["cosine_vs_torch_min"] = round(float(c.min()), 5)
+            results[rt]["cosine_vs_torch_mean"] = round(float(c.mean()), 5)
+    for rt in ("cuda", "cuda-pil"):
+        if rt in vecs and "onnx" in vecs:
+            c = cosine(vecs["onnx"], vecs[rt])
+            results[rt]["cosine_vs_onnx_min"] = round(float(c.min()), 5)
+            results[rt]["cosine_vs_onnx_mean"] = round(float(c.mean()), 5)
+    for rt, r in results.items():
+        if "ratio_vs_torch_eager" in r:
+            extra = f", cosine vs eager min {r['cosine_vs_torch_min']}" if "cosine_vs_torch_min" in r else ""
+            print(f"{rt:>6}: {r['ratio_vs_torch_eager']:.2f}x eager PyTorch{extra}")
+    summary = {"bench": "embed", "n": len(paths), "unique_images": n_unique, "cpu_cores": cpu_count(),
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "results": results}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

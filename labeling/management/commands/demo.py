@@ -1,0 +1,87 @@
+"""Create the demo client from ../shared/datasets: users, taxonomy, import, seed labels, model v1.
+
+Idempotent: run it again and it only fills in what is missing (new passwords are printed
+for the demo users each time, since stored ones cannot be read back).
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from labeling.models import Client, Label, Membership, Role, Tag, Taxonomy
+from labeling.services import importing, labels, training
+
+BRANDS = ("adidas", "converse", "nike")
+USERS = (("admin", Role.ADMIN), ("operator", Role.OPERATOR), ("viewer", Role.VIEWER))
+
+
+class Command(BaseCommand):
+    help = "Set up the shoes demo: client, users, taxonomy, import, seed labels, first model."
+
+    def add_arguments(self, parser):
+        default = Path(settings.BASE_DIR).parent / "shared" / "datasets"
+        parser.add_argument("--data", default=str(default), help="datasets folder (default ../shared/datasets)")
+        parser.add_argument("--seed-per-class", type=int, default=5, help="seed labels per brand")
+        parser.add_argument("--threshold", type=int, default=10, help="retrain after this many new labels")
+        parser.add_argument("--password", default=None, help="use this password for all demo users")
+
+    def handle(self, *args, data: str, seed_per_class: int, threshold: int, password: str | None, **kw):
+        shoes = Path(data) / "shoes"
+        if not shoes.is_dir():
+            raise CommandError(f"--data: no shoes folder at {shoes}")
+        client, _ = Client.objects.get_or_create(slug="demo", defaults={"name": "Demo shoes"})
+        creds = self._users(client, password)
+        taxonomy, _ = Taxonomy.objects.get_or_create(
+            client=client, name="shoe brand", defaults={"retrain_threshold": threshold}
+        )
+        for i, brand in enumerate(BRANDS):
+            Tag.objects.get_or_create(taxonomy=taxonomy, name=brand, defaults={"position": i})
+
+        if not client.assets.exists():
+            for split in ("train", "test"):
+                t0 = time.monotonic()
+                job = importing.import_paths(client, shoes / split, user=None)
+                dt = time.monotonic() - t0
+                self.stdout.write(
+                    f"imported {split}: {job.n_created} new, {job.n_duplicates} duplicates, "
+                    f"{job.n_failed} failed in {dt:.1f}s ({job.total / max(dt, 1e-9):.1f} img/s incl. embedding)"
+                )
+        if not Label.objects.filter(taxonomy=taxonomy).exists():
+            self._seed(client, taxonomy, shoes / "train", seed_per_class)
+        if taxonomy.live_model_id is None:
+            t0 = time.monotonic()
+            run = training.train_now(taxonomy, trigger="demo")
+            taxonomy.refresh_from_db()
+            self.stdout.write(f"first model: run {run.state} in {time.monotonic() - t0:.1f}s, {run.message}")
+        self.stdout.write(self.style.SUCCESS("\nDemo ready. Log in at http://127.0.0.1:8000/ as:"))
+        for username, (pw, role) in creds.items():
+            self.stdout.write(f"  {username:9} {pw:24} ({role})")
+
+    def _users(self, client: Client, password: str | None) -> dict[str, tuple[str, str]]:
+        User = get_user_model()
+        creds = {}
+        for username, role in USERS:
+            user, _ = User.objects.get_or_create(username=username)
+            pw = password or secrets.token_urlsafe(9)
+            user.set_password(pw)
+            user.is_staff = role == Role.ADMIN  # client admins edit taxonomies in Django admin
+            user.save()
+            Membership.objects.update_or_create(user=user, client=client, defaults={"role": role})
+            creds[username] = (pw, role)
+        return creds
+
+    def _seed(self, client: Client, taxonomy: Taxonomy, train_dir: Path, per_class: int) -> None:
+        """Label the first few training images of each brand, as a user's sorted folder would."""
+        tags = {t.name: t.pk for t in taxonomy.tags.all()}
+        n = 0
+        for brand in BRANDS:
+            names = [p.name for p in sorted((train_dir / brand).glob("*.jpg"))[:per_class]]
+            for asset in client.assets.filter(original_name__in=[f"{brand}/{n}" for n in names]):
+                labels.save_label(taxonomy, asset, [tags[brand]], source=Label.Source.IMPORTED)
+                n += 1
+        self.stdout.write(f"seeded {n} labels ({per_class} per brand)")

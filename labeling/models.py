@@ -1,0 +1,273 @@
+"""tagloop's data model: clients (tenants), taxonomies, assets, labels and the ML jobs.
+
+Vectors live outside the database (see ml.vectorstore); rows hold what is queried.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    OPERATOR = "operator", "Operator"
+    VIEWER = "viewer", "Viewer"
+
+
+class Client(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, unique=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
+    client = models.ForeignKey(Client, models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.OPERATOR)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "client"], name="one_membership_per_client")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.client} ({self.role})"
+
+
+class Taxonomy(models.Model):
+    class Kind(models.TextChoices):
+        SINGLE = "single", "Single-label"
+        MULTI = "multi", "Multi-label"
+
+    client = models.ForeignKey(Client, models.CASCADE, related_name="taxonomies")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.SINGLE)
+    retrain_threshold = models.PositiveIntegerField(
+        default=20, help_text="Retrain once this many new labels have arrived since the last run."
+    )
+    # Incremented in the same transaction as each label; a run subtracts what it consumed,
+    # so labels that arrive during a run count toward the next one.
+    labels_since_train = models.PositiveIntegerField(default=0)
+    live_model = models.ForeignKey(
+        "ModelVersion", models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "taxonomies"
+        constraints = [models.UniqueConstraint(fields=["client", "name"], name="taxonomy_name_per_client")]
+
+    def __str__(self) -> str:
+        return f"{self.client.slug}/{self.name}"
+
+    @property
+    def multilabel(self) -> bool:
+        return self.kind == self.Kind.MULTI
+
+    def active_tags(self) -> models.QuerySet["Tag"]:
+        return self.tags.filter(retired=False).order_by("position", "name")
+
+
+class Tag(models.Model):
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey("self", models.PROTECT, null=True, blank=True, related_name="children")
+    # Retired tags are no longer offered or predicted, but labels that used them stay.
+    retired = models.BooleanField(default=False)
+    position = models.IntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "name"]
+        constraints = [models.UniqueConstraint(fields=["taxonomy", "name"], name="tag_name_per_taxonomy")]
+
+    def __str__(self) -> str:
+        return self.path
+
+    @property
+    def path(self) -> str:
+        parts, node, seen = [], self, set()
+        while node is not None and node.pk not in seen:
+            seen.add(node.pk)
+            parts.append(node.name)
+            node = node.parent
+        return " / ".join(reversed(parts))
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class ImportJob(models.Model):
+    client = models.ForeignKey(Client, models.CASCADE, related_name="import_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    source = models.CharField(max_length=500, help_text="Folder, ZIP or 'upload'.")
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
+    labels_from_folders = models.ForeignKey(
+        Taxonomy, models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="Turn each file's parent folder name into a label of this taxonomy.",
+    )
+    total = models.PositiveIntegerField(default=0)
+    processed = models.PositiveIntegerField(default=0)
+    n_created = models.PositiveIntegerField(default=0)
+    n_duplicates = models.PositiveIntegerField(default=0)
+    n_failed = models.PositiveIntegerField(default=0)
+    n_labeled = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True, help_text="[{file, error}] per bad file")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"import #{self.pk} {self.source} ({self.state})"
+
+    @property
+    def progress(self) -> float:
+        return self.processed / self.total if self.total else 0.0
+
+
+def asset_upload_to(asset: "Asset", filename: str) -> str:
+    return f"assets/{asset.client_id}/{asset.sha256[:2]}/{asset.sha256}{_ext(filename)}"
+
+
+def thumb_upload_to(asset: "Asset", filename: str) -> str:
+    return f"thumbs/{asset.client_id}/{asset.sha256[:2]}/{asset.sha256}.jpg"
+
+
+def _ext(filename: str) -> str:
+    dot = filename.rfind(".")
+    ext = filename[dot:].lower() if dot >= 0 else ""
+    return ext if len(ext) <= 6 and ext[1:].isalnum() else ""
+
+
+class Asset(models.Model):
+    client = models.ForeignKey(Client, models.CASCADE, related_name="assets")
+    import_job = models.ForeignKey(ImportJob, models.SET_NULL, null=True, blank=True, related_name="assets")
+    file = models.FileField(upload_to=asset_upload_to, max_length=300)
+    thumbnail = models.FileField(upload_to=thumb_upload_to, max_length=300, blank=True)
+    original_name = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    byte_size = models.PositiveBigIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=16, blank=True)
+    # Name of the backbone whose vector is in the vector store; blank = not embedded yet.
+    embedded_with = models.CharField(max_length=64, blank=True, db_index=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["client", "sha256"], name="asset_once_per_client")]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} ({self.pk})"
+
+
+class ModelVersion(models.Model):
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    backbone = models.CharField(max_length=64)
+    artifact = models.CharField(max_length=500, help_text="Path of the head file under TAGLOOP_MODEL_DIR")
+    tag_ids = models.JSONField(help_text="Tag id of each output, in order")
+    metrics = models.JSONField(default=dict, blank=True)
+    n_labels = models.PositiveIntegerField(default=0)
+    label_watermark = models.BigIntegerField(default=0, help_text="Learned from current labels with id <= this")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [models.UniqueConstraint(fields=["taxonomy", "version"], name="version_per_taxonomy")]
+
+    def __str__(self) -> str:
+        return f"{self.taxonomy} v{self.version}"
+
+
+class Suggestion(models.Model):
+    asset = models.ForeignKey(Asset, models.CASCADE, related_name="suggestions")
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, models.CASCADE, related_name="suggestions")
+    probs = models.JSONField(help_text="Probability per output of model_version.tag_ids")
+    top1_tag = models.ForeignKey(Tag, models.SET_NULL, null=True, related_name="+")
+    top1_prob = models.FloatField()
+    margin = models.FloatField()
+    entropy = models.FloatField()
+    uncertainty = models.FloatField(help_text="0 = sure, 1 = no idea; the queue's order")
+    # Denormalised from Label so the review queue is one index scan.
+    is_labeled = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["asset", "model_version"], name="one_suggestion_per_version")]
+        indexes = [
+            models.Index(
+                fields=["model_version", "-uncertainty", "id"],
+                condition=Q(is_labeled=False),
+                name="queue_unlabeled_uncertain",
+            ),
+        ]
+
+
+class Label(models.Model):
+    class Source(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted as suggested"
+        CORRECTED = "corrected", "Corrected"
+        MANUAL = "manual", "Tagged without a suggestion"
+        IMPORTED = "imported", "Imported (folder name)"
+
+    asset = models.ForeignKey(Asset, models.CASCADE, related_name="labels")
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="labels")
+    tags = models.ManyToManyField(Tag, related_name="labels")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    suggestion = models.ForeignKey(Suggestion, models.SET_NULL, null=True, blank=True, related_name="+")
+    # Older labels of the same asset stay as history; exactly one is current.
+    is_current = models.BooleanField(default=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["asset", "taxonomy"], condition=Q(is_current=True), name="one_current_label"
+            )
+        ]
+        indexes = [models.Index(fields=["taxonomy", "is_current", "id"])]
+
+
+class TrainingRun(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        PROMOTED = "promoted", "Promoted"
+        REJECTED = "rejected", "Not promoted (worse than live)"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (State.QUEUED, State.RUNNING)
+
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="runs")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    trigger = models.CharField(max_length=32, default="threshold")
+    progress = models.FloatField(default=0.0)
+    message = models.CharField(max_length=300, blank=True)
+    error = models.TextField(blank=True)
+    labels_consumed = models.PositiveIntegerField(default=0)
+    model_version = models.ForeignKey(ModelVersion, models.SET_NULL, null=True, blank=True, related_name="+")
+    metrics = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            # One retrain per taxonomy at a time, enforced by the database itself.
+            models.UniqueConstraint(
+                fields=["taxonomy"], condition=Q(state__in=["queued", "running"]), name="one_active_run"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"run #{self.pk} {self.taxonomy} ({self.state})"

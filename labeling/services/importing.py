@@ -1,0 +1,316 @@
+"""Import jobs: a folder tree, a ZIP file or a browser upload becomes Asset rows.
+
+One bad file never stops an import: it is named in job.errors and the rest goes on. Files are
+stored once per client (by sha256); a ZIP is read member by member, never extracted, so an
+entry's name can't place a file anywhere. Counters reach the database about once a second,
+which is what the job page polls.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import zipfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable, Iterable
+
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ..models import Asset, Client, ImportJob, JobState, Label, Tag, Taxonomy
+from . import images, labels
+from .import_sources import UPLOAD, Entry, SourceError, Uploaded, scan, stage_files, staging_dir
+
+__all__ = ["UPLOAD", "create_job", "enqueue", "import_paths", "run_job", "stage_upload", "staging_dir", "summary"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0
+LABEL_BATCH = 200
+MAX_REPORTED = 1000  # job.errors entries kept; the rest are counted in one last line
+Progress = Callable[[int, int], None]
+
+def create_job(client: Client, source: str, user=None, labels_taxonomy: Taxonomy | None = None) -> ImportJob:
+    if labels_taxonomy is not None and labels_taxonomy.client_id != client.pk:
+        raise ValueError("labels_taxonomy: belongs to another client")
+    return ImportJob.objects.create(
+        client=client,
+        source=str(source),
+        created_by=user if user is not None and user.is_authenticated else None,
+        labels_from_folders=labels_taxonomy,
+    )
+
+
+def import_paths(client: Client, source, user=None, labels_taxonomy: Taxonomy | None = None,
+                 progress: Progress | None = None) -> ImportJob:
+    """Create and run an import right here (management command, tests, demo data)."""
+    job = create_job(client, str(source), user=user, labels_taxonomy=labels_taxonomy)
+    return run_job(job.pk, progress=progress)
+
+
+def stage_upload(client: Client, files: Iterable[tuple[Uploaded, str]], user=None,
+                 labels_taxonomy: Taxonomy | None = None) -> ImportJob:
+    """Stage browser uploads and create their job. The job row commits only once all its files
+    are in place, so the sweep can never pick up a half-staged upload."""
+    folder = stage_files(files)
+    try:
+        with transaction.atomic():
+            job = create_job(client, UPLOAD, user=user, labels_taxonomy=labels_taxonomy)
+            folder.rename(staging_dir(job))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return job
+
+
+def enqueue(job: ImportJob) -> bool:
+    """Hand the job to a worker. False when the broker is unreachable: the job stays queued and
+    the periodic sweep (labeling.tasks.sweep) enqueues it again."""
+    from .. import tasks  # tasks import services; import here to keep the graph acyclic
+
+    try:
+        tasks.run_import.apply_async((job.pk,), retry=False)
+        return True
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        log.warning("broker unreachable, import %s left to the sweep: %s", job.pk, exc)
+        return False
+
+
+def run_job(job_id: int, progress: Progress | None = None) -> ImportJob:
+    """Run a queued job. Safe to call twice: only the caller whose UPDATE moves it from queued
+    to running does the work (a redelivered Celery message returns at once)."""
+    claimed = ImportJob.objects.filter(pk=job_id, state=JobState.QUEUED).update(
+        state=JobState.RUNNING, started=timezone.now()
+    )
+    job = ImportJob.objects.select_related("client", "labels_from_folders", "created_by").get(pk=job_id)
+    if not claimed:
+        return job
+    source = staging_dir(job) if job.source == UPLOAD else Path(job.source).expanduser()
+    importer = _Importer(job, progress)
+    try:
+        with ExitStack() as stack:
+            importer.run(scan(source, stack))
+    except SourceError as exc:
+        importer.finish(JobState.FAILED, str(exc))
+        return job
+    except Exception as exc:
+        log.exception("import %s failed", job.pk)
+        importer.finish(JobState.FAILED, f"import stopped by an internal error: {exc!r}")
+        raise
+    finally:
+        if job.source == UPLOAD:
+            shutil.rmtree(source, ignore_errors=True)
+    importer.after_import()
+    importer.finish(JobState.SUCCEEDED)
+    return job
+
+
+def report(kind: str, file: str, message: str) -> dict:
+    """One job.errors line. kind: failed (a bad file), skipped (not an image), note."""
+    return {"file": file, "error": message, "kind": kind}
+
+
+class _Importer:
+    def __init__(self, job: ImportJob, progress: Progress | None) -> None:
+        self.job = job
+        self.progress = progress
+        self.taxonomy = job.labels_from_folders
+        self.user = job.created_by
+        self.tags: dict[str, Tag] = {}
+        if self.taxonomy is not None:
+            self.tags = {t.name.lower(): t for t in Tag.objects.filter(taxonomy=self.taxonomy)}
+        self.created_ids: list[int] = []
+        self.labeled: set[int] = set()  # asset ids given a label by this job
+        self.pending: list[tuple[Asset, list[int]]] = []
+        self.n_dropped = 0
+        self.last_flush = 0.0
+        job.errors = []
+
+    # counters and report
+    def add(self, kind: str, file: str, message: str) -> None:
+        if kind == "failed":
+            self.job.n_failed += 1
+        if len(self.job.errors) < MAX_REPORTED:
+            self.job.errors.append(report(kind, file, message))
+        else:
+            self.n_dropped += 1
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_flush < FLUSH_SECONDS:
+            return
+        self.last_flush = now
+        self.flush_labels()
+        j = self.job
+        ImportJob.objects.filter(pk=j.pk).update(
+            total=j.total, processed=j.processed, n_created=j.n_created, n_duplicates=j.n_duplicates,
+            n_failed=j.n_failed, n_labeled=j.n_labeled, errors=self.reported(),
+        )
+
+    def reported(self) -> list[dict]:
+        more = [report("note", "…", f"{self.n_dropped} more lines not kept")] if self.n_dropped else []
+        return self.job.errors + more
+
+    def finish(self, state: str, error: str = "") -> None:
+        self.flush(force=True)
+        j = self.job
+        j.state, j.error, j.finished = state, error, timezone.now()
+        j.errors = self.reported()
+        ImportJob.objects.filter(pk=j.pk).update(state=state, error=error, finished=j.finished)
+
+    # the work
+    def run(self, entries: list[Entry]) -> None:
+        self.job.total = len(entries)
+        self.flush(force=True)
+        for entry in entries:
+            if entry.refusal:
+                self.add(entry.kind, entry.name, entry.refusal)
+            else:
+                self.import_one(entry)
+            self.job.processed += 1
+            if self.progress:
+                self.progress(self.job.processed, self.job.total)
+            self.flush()
+        self.flush(force=True)
+
+    def import_one(self, entry: Entry) -> None:
+        try:
+            with entry.open() as src:
+                spooled = images.spool(src)
+        except images.ImageError as exc:
+            self.add("failed", entry.name, str(exc))
+            return
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            self.add("failed", entry.name, f"can't be read ({exc})")
+            return
+        with spooled.file:
+            asset, created = self.existing(spooled.sha256), False
+            if asset is None:
+                try:
+                    asset, created = self.store(entry, spooled)
+                except images.ImageError as exc:
+                    self.add("failed", entry.name, str(exc))
+                    return
+                except Exception as exc:  # one odd file must not end the import; the log has the trace
+                    log.exception("import %s: %s", self.job.pk, entry.name)
+                    self.add("failed", entry.name, f"could not be processed ({type(exc).__name__}: {exc})")
+                    return
+        if not created:
+            self.job.n_duplicates += 1
+            asset = asset or self.existing(spooled.sha256)  # None: stored by a concurrent import
+            if asset is None or asset.pk in self.labeled or self.taxonomy is None or \
+                    Label.objects.filter(asset=asset, taxonomy=self.taxonomy, is_current=True).exists():
+                return
+        self.label(entry, asset)
+
+    def existing(self, sha256: str) -> Asset | None:
+        return Asset.objects.filter(client=self.job.client, sha256=sha256).first()
+
+    def store(self, entry: Entry, spooled: images.Spooled) -> tuple[Asset | None, bool]:
+        info = images.decode(spooled.file)
+        asset = Asset(
+            client=self.job.client, import_job=self.job, original_name=entry.name[:500], sha256=spooled.sha256,
+            byte_size=spooled.byte_size, width=info.width, height=info.height, format=info.format,
+        )
+        spooled.file.seek(0)
+        # Original bytes as uploaded; the storage name comes from sha256 (see asset_upload_to).
+        asset.file.save("original" + info.extension, File(spooled.file), save=False)
+        asset.thumbnail.save("thumb.jpg", ContentFile(info.thumbnail), save=False)
+        try:
+            with transaction.atomic():
+                asset.save()
+        except IntegrityError:  # the same bytes, imported by another job in the meantime
+            asset.file.delete(save=False)
+            asset.thumbnail.delete(save=False)
+            return None, False
+        self.created_ids.append(asset.pk)
+        self.job.n_created += 1
+        return asset, True
+
+    def label(self, entry: Entry, asset: Asset) -> None:
+        if self.taxonomy is None or not entry.folder or asset.pk in self.labeled:
+            return
+        tag = self.tag_for(entry.folder.strip()[:200])
+        if tag is None:
+            return
+        if tag.retired:
+            self.add("note", entry.name, f"not labeled: tag '{tag.name}' is retired")
+            return
+        self.labeled.add(asset.pk)
+        self.pending.append((asset, [tag.pk]))
+        if len(self.pending) >= LABEL_BATCH:
+            self.flush_labels()
+
+    def tag_for(self, folder: str) -> Tag | None:
+        if not folder:
+            return None
+        tag = self.tags.get(folder.lower())
+        if tag is None:
+            tag, created = Tag.objects.get_or_create(
+                taxonomy=self.taxonomy, name=folder,
+                defaults={"position": 1 + max((t.position for t in self.tags.values()), default=-1)},
+            )
+            self.tags[folder.lower()] = tag
+            if created:
+                self.add("note", folder + "/", f"new tag '{folder}' created in taxonomy '{self.taxonomy.name}'")
+        return tag
+
+    def flush_labels(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        try:
+            self.job.n_labeled += labels.bulk_label(
+                self.taxonomy, batch, user=self.user, source=Label.Source.IMPORTED
+            )
+        except labels.LabelError as exc:
+            # One bad label rolls back its batch: retry one by one so the others still land.
+            for asset, tag_ids in batch:
+                try:
+                    labels.save_label(self.taxonomy, asset, tag_ids, user=self.user, source=Label.Source.IMPORTED)
+                    self.job.n_labeled += 1
+                except labels.LabelError as one:
+                    self.add("note", asset.original_name, f"not labeled: {one}")
+            log.info("import %s: label batch retried one by one after %s", self.job.pk, exc)
+
+    def after_import(self) -> None:
+        """Embed and score the new assets so they show up ranked in the review queue."""
+        if not self.created_ids:
+            return
+        from . import suggesting, vectors
+
+        try:
+            result = vectors.embed_assets(self.created_ids) or {}
+            suggesting.score_new_assets(self.job.client_id, self.created_ids)
+        except Exception as exc:  # assets are in; they can be embedded again later
+            log.exception("import %s: embedding/scoring failed", self.job.pk)
+            self.add("note", "", f"images imported, but embedding or scoring failed: {exc}")
+            return
+        failed = result.get("failed") or {}
+        names = dict(Asset.objects.filter(pk__in=list(failed)).values_list("pk", "original_name"))
+        for asset_id, message in failed.items():
+            self.add("note", names.get(asset_id, f"asset {asset_id}"), f"imported, but not embedded: {message}")
+
+
+def summary(job: ImportJob) -> dict:
+    """What the job page, its JSON endpoint and the management command show."""
+    return {
+        "id": job.pk,
+        "state": job.state,
+        "done": job.state in (JobState.SUCCEEDED, JobState.FAILED),
+        "source": job.source,
+        "total": job.total,
+        "processed": job.processed,
+        "percent": round(100 * job.progress),
+        "created": job.n_created,
+        "duplicates": job.n_duplicates,
+        "failed": job.n_failed,
+        "labeled": job.n_labeled,
+        "error": job.error,
+        "errors": job.errors,
+        "started": job.started.isoformat() if job.started else None,
+        "finished": job.finished.isoformat() if job.finished else None,
+    }

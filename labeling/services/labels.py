@@ -1,0 +1,131 @@
+"""Saving, undoing and importing labels.
+
+Every label commit bumps the taxonomy's retrain counter in the same transaction and, once
+committed, asks Celery to check whether a retrain is due. If the broker is down the label
+is still saved; the periodic sweep (labeling.tasks.sweep) finds the due retrain later.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+from django.db import transaction
+from django.db.models import F
+
+from ..models import Asset, Label, Suggestion, Tag, Taxonomy
+
+log = logging.getLogger(__name__)
+
+
+class LabelError(ValueError):
+    """Bad label input; the message names the field."""
+
+
+def validate_tags(taxonomy: Taxonomy, tag_ids: Sequence[int]) -> list[Tag]:
+    if not tag_ids:
+        raise LabelError("tags: pick at least one tag")
+    ids = list(dict.fromkeys(int(t) for t in tag_ids))
+    tags = list(Tag.objects.filter(taxonomy=taxonomy, pk__in=ids, retired=False))
+    if len(tags) != len(ids):
+        raise LabelError("tags: unknown or retired tag for this taxonomy")
+    if not taxonomy.multilabel and len(tags) > 1:
+        raise LabelError("tags: this taxonomy takes exactly one tag per asset")
+    return tags
+
+
+def live_suggestion(taxonomy: Taxonomy, asset: Asset) -> Suggestion | None:
+    if taxonomy.live_model_id is None:
+        return None
+    return Suggestion.objects.filter(asset=asset, model_version_id=taxonomy.live_model_id).first()
+
+
+def suggested_tag_ids(taxonomy: Taxonomy, suggestion: Suggestion) -> set[int]:
+    """What the model proposed: its top-1 tag, or every tag over its threshold (multi-label)."""
+    if not taxonomy.multilabel:
+        return {suggestion.top1_tag_id} if suggestion.top1_tag_id else set()
+    mv = suggestion.model_version
+    thresholds = (mv.metrics or {}).get("thresholds") or [0.5] * len(mv.tag_ids)
+    return {tid for tid, p, t in zip(mv.tag_ids, suggestion.probs, thresholds) if p >= t}
+
+
+def _source_for(taxonomy: Taxonomy, tags: list[Tag], suggestion: Suggestion | None) -> str:
+    if suggestion is None:
+        return Label.Source.MANUAL
+    if {t.pk for t in tags} == suggested_tag_ids(taxonomy, suggestion):
+        return Label.Source.ACCEPTED
+    return Label.Source.CORRECTED
+
+
+def save_label(
+    taxonomy: Taxonomy,
+    asset: Asset,
+    tag_ids: Sequence[int],
+    user=None,
+    source: str | None = None,
+) -> Label:
+    """Store the asset's current label (older ones stay as history) and count it toward a retrain."""
+    if asset.client_id != taxonomy.client_id:
+        raise LabelError("asset: not in this taxonomy's client")
+    tags = validate_tags(taxonomy, tag_ids)
+    suggestion = live_suggestion(taxonomy, asset)
+    with transaction.atomic():
+        Label.objects.filter(asset=asset, taxonomy=taxonomy, is_current=True).update(is_current=False)
+        label = Label.objects.create(
+            asset=asset,
+            taxonomy=taxonomy,
+            user=user if user is not None and user.is_authenticated else None,
+            source=source or _source_for(taxonomy, tags, suggestion),
+            suggestion=suggestion,
+        )
+        label.tags.set(tags)
+        Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=True)
+        Taxonomy.objects.filter(pk=taxonomy.pk).update(labels_since_train=F("labels_since_train") + 1)
+        transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
+    return label
+
+
+def bulk_label(taxonomy: Taxonomy, items: Iterable[tuple[Asset, list[int]]], user=None, source: str | None = None) -> int:
+    """Label many assets in one transaction (used by imports with folder labels)."""
+    n = 0
+    with transaction.atomic():
+        for asset, tag_ids in items:
+            save_label(taxonomy, asset, tag_ids, user=user, source=source)
+            n += 1
+    return n
+
+
+def undo_last(taxonomy: Taxonomy, user) -> Label | None:
+    """Remove this user's most recent label in the taxonomy and restore the one before it."""
+    with transaction.atomic():
+        label = (
+            Label.objects.select_for_update()
+            .filter(taxonomy=taxonomy, user=user, is_current=True)
+            .order_by("-id")
+            .first()
+        )
+        if label is None:
+            return None
+        asset = label.asset
+        label.delete()
+        previous = Label.objects.filter(asset=asset, taxonomy=taxonomy).order_by("-id").first()
+        if previous is not None:
+            Label.objects.filter(pk=previous.pk).update(is_current=True)
+        else:
+            Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
+        # The undone label no longer counts toward the next retrain (never below zero).
+        Taxonomy.objects.filter(pk=taxonomy.pk, labels_since_train__gt=0).update(
+            labels_since_train=F("labels_since_train") - 1
+        )
+    return label
+
+
+def request_retrain_check(taxonomy_id: int) -> bool:
+    """Ask a worker to check the retrain threshold. False when the broker is unreachable."""
+    from .. import tasks  # tasks import services; import here to keep the graph acyclic
+
+    try:
+        tasks.check_retrain.apply_async((taxonomy_id,), retry=False)
+        return True
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        log.warning("broker unreachable, retrain check for taxonomy %s left to the sweep: %s", taxonomy_id, exc)
+        return False

@@ -1,0 +1,114 @@
+"""The review queue: unlabeled assets, most uncertain (or most confident) first.
+
+With a live model the queue is an index scan over Suggestion rows (partial index on
+unlabeled rows by uncertainty). Without one, assets come in import order.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from django.db.models import Exists, OuterRef
+from django.urls import reverse
+
+from ..models import Asset, Label, Suggestion, Taxonomy, TrainingRun
+
+ORDERS = {"uncertain": ("-uncertainty", "id"), "confident": ("uncertainty", "id")}
+MAX_BATCH = 50
+
+
+def _asset_urls(asset_id: int) -> dict[str, str]:
+    return {
+        "image": reverse("asset_image", args=[asset_id]),
+        "thumb": reverse("asset_thumb", args=[asset_id]),
+    }
+
+
+def review_batch(
+    taxonomy: Taxonomy, order: str = "uncertain", limit: int = 10, exclude: Sequence[int] = ()
+) -> list[dict]:
+    """Next assets to review, each with its suggestion (tags sorted by probability)."""
+    if order not in ORDERS:
+        raise ValueError("order: must be 'uncertain' or 'confident'")
+    limit = max(1, min(int(limit), MAX_BATCH))
+    tags = {t.pk: t for t in taxonomy.tags.all()}
+    items: list[dict] = []
+    if taxonomy.live_model_id:
+        rows = (
+            Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, is_labeled=False)
+            .exclude(asset_id__in=list(exclude))
+            .select_related("asset", "model_version")
+            .order_by(*ORDERS[order])[:limit]
+        )
+        for s in rows:
+            mv = s.model_version
+            thresholds = (mv.metrics or {}).get("thresholds")
+            ranked = sorted(zip(mv.tag_ids, s.probs), key=lambda tp: -tp[1])
+            items.append(
+                _item(
+                    s.asset,
+                    [
+                        {"tag": tid, "name": tags[tid].path, "prob": round(float(p), 4)}
+                        for tid, p in ranked
+                        if tid in tags and not tags[tid].retired
+                    ],
+                    uncertainty=s.uncertainty,
+                    suggested=sorted(_over_threshold(mv.tag_ids, s.probs, thresholds))
+                    if taxonomy.multilabel
+                    else ([s.top1_tag_id] if s.top1_tag_id else []),
+                )
+            )
+    if len(items) < limit:
+        # Assets the live model has not scored yet (new imports) or no model at all.
+        seen = [i["asset"] for i in items] + list(exclude)
+        labeled = Label.objects.filter(asset=OuterRef("pk"), taxonomy=taxonomy, is_current=True)
+        scored = Suggestion.objects.filter(asset=OuterRef("pk"), model_version_id=taxonomy.live_model_id)
+        rest = (
+            Asset.objects.filter(client_id=taxonomy.client_id)
+            .exclude(pk__in=seen)
+            .exclude(Exists(labeled))
+            .exclude(Exists(scored))
+            .order_by("id")[: limit - len(items)]
+        )
+        items += [_item(a, [], uncertainty=None, suggested=[]) for a in rest]
+    return items
+
+
+def _over_threshold(tag_ids: list[int], probs: list[float], thresholds: list[float] | None) -> set[int]:
+    thresholds = thresholds or [0.5] * len(tag_ids)
+    return {tid for tid, p, t in zip(tag_ids, probs, thresholds) if p >= t}
+
+
+def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested: list[int]) -> dict:
+    return {
+        "asset": asset.pk,
+        "name": asset.original_name,
+        "width": asset.width,
+        "height": asset.height,
+        "uncertainty": None if uncertainty is None else round(float(uncertainty), 4),
+        "suggested": suggested,
+        "tags": ranked,
+        **_asset_urls(asset.pk),
+    }
+
+
+def queue_status(taxonomy: Taxonomy) -> dict:
+    """What the operator sees in the header: live model, labels until the next retrain."""
+    taxonomy.refresh_from_db(fields=["labels_since_train", "live_model", "retrain_threshold"])
+    live = taxonomy.live_model
+    run = TrainingRun.objects.filter(taxonomy=taxonomy).order_by("-id").first()
+    unlabeled = (
+        Asset.objects.filter(client_id=taxonomy.client_id)
+        .exclude(Exists(Label.objects.filter(asset=OuterRef("pk"), taxonomy=taxonomy, is_current=True)))
+        .count()
+    )
+    return {
+        "live_version": live.version if live else None,
+        "live_accuracy": (live.metrics or {}).get("accuracy") if live else None,
+        "labels_since_train": taxonomy.labels_since_train,
+        "retrain_threshold": taxonomy.retrain_threshold,
+        "labels_until_retrain": max(0, taxonomy.retrain_threshold - taxonomy.labels_since_train),
+        "unlabeled": unlabeled,
+        "run": None
+        if run is None
+        else {"id": run.pk, "state": run.state, "progress": run.progress, "message": run.message},
+    }

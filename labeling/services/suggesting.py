@@ -1,0 +1,97 @@
+"""Suggestions: a model version's probabilities for every asset, with the queue's sort keys."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from ml.heads import LinearHead
+from ml.uncertainty import entropy, margin, uncertainty_score
+
+from ..models import Label, ModelVersion, Suggestion, Taxonomy
+from . import vectors
+
+WRITE_BATCH = 2000
+
+
+def artifact_path(mv: ModelVersion) -> Path:
+    return settings.TAGLOOP_MODEL_DIR / mv.artifact
+
+
+@functools.lru_cache(maxsize=32)
+def _load_head(path: str, mtime: float) -> LinearHead:
+    return LinearHead.load(path)
+
+
+def load_head(mv: ModelVersion) -> LinearHead:
+    path = artifact_path(mv)
+    # mtime in the cache key: a re-written artifact is never served stale.
+    return _load_head(str(path), path.stat().st_mtime)
+
+
+def predict(mv: ModelVersion, X: np.ndarray) -> np.ndarray:
+    return load_head(mv).predict_proba(X)
+
+
+def score(taxonomy: Taxonomy, mv: ModelVersion, asset_ids: Sequence[int] | None = None) -> int:
+    """Write Suggestion rows of ``mv`` for the given assets (all embedded ones when None)."""
+    store = vectors.store_for(taxonomy.client_id, mv.backbone)
+    ids, X = store.all() if asset_ids is None else store.get(list(asset_ids))
+    if not len(ids):
+        return 0
+    head = load_head(mv)
+    P = head.predict_proba(X)
+    unc = uncertainty_score(P, multilabel=head.multilabel, thresholds=head.thresholds)
+    ent, mar = entropy(P), margin(P)
+    top = P.argmax(axis=1)
+    labeled = set(
+        Label.objects.filter(taxonomy=taxonomy, is_current=True, asset_id__in=[int(i) for i in ids]).values_list(
+            "asset_id", flat=True
+        )
+    )
+    tag_ids = mv.tag_ids
+    rows = [
+        Suggestion(
+            asset_id=int(a),
+            taxonomy=taxonomy,
+            model_version=mv,
+            probs=[round(float(p), 5) for p in P[r]],
+            top1_tag_id=tag_ids[int(top[r])],
+            top1_prob=float(P[r, top[r]]),
+            margin=float(mar[r]),
+            entropy=float(ent[r]),
+            uncertainty=float(unc[r]),
+            is_labeled=int(a) in labeled,
+        )
+        for r, a in enumerate(ids)
+    ]
+    with transaction.atomic():
+        # Rescoring replaces rows: idempotent when a task runs twice.
+        Suggestion.objects.filter(model_version=mv, asset_id__in=[s.asset_id for s in rows]).delete()
+        for start in range(0, len(rows), WRITE_BATCH):
+            Suggestion.objects.bulk_create(rows[start : start + WRITE_BATCH])
+    return len(rows)
+
+
+def score_new_assets(client_id: int, asset_ids: Sequence[int]) -> int:
+    """Give freshly imported assets suggestions from every live model of their client."""
+    n = 0
+    for taxonomy in Taxonomy.objects.filter(client_id=client_id, live_model__isnull=False).select_related(
+        "live_model"
+    ):
+        n += score(taxonomy, taxonomy.live_model, asset_ids)
+    return n
+
+
+def prune_old_suggestions(taxonomy: Taxonomy, keep: int = 2) -> int:
+    """Keep suggestions of the live model and the newest versions only; the rest is history
+    already summarised in each ModelVersion's metrics."""
+    keep_ids = set(ModelVersion.objects.filter(taxonomy=taxonomy).values_list("id", flat=True)[:keep])
+    if taxonomy.live_model_id:
+        keep_ids.add(taxonomy.live_model_id)
+    deleted, _ = Suggestion.objects.filter(taxonomy=taxonomy).exclude(model_version_id__in=keep_ids).delete()
+    return deleted

@@ -1,0 +1,61 @@
+"""Celery tasks: thin wrappers over services. Each is idempotent, so redelivery
+(acks_late, a worker killed mid-task, the sweep re-enqueueing) does no harm."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from django.utils import timezone
+
+from .models import ImportJob, JobState, Taxonomy, TrainingRun
+
+log = logging.getLogger(__name__)
+REENQUEUE_AFTER = timedelta(seconds=60)  # a queued row older than this probably lost its message
+
+
+@shared_task(name="labeling.tasks.check_retrain")
+def check_retrain(taxonomy_id: int) -> int | None:
+    from .services import training
+
+    taxonomy = Taxonomy.objects.filter(pk=taxonomy_id).first()
+    run = training.request_run(taxonomy) if taxonomy else None
+    return run.pk if run else None
+
+
+@shared_task(name="labeling.tasks.train")
+def train(run_id: int) -> str:
+    from .services import training
+
+    return training.execute_run(run_id).state
+
+
+@shared_task(name="labeling.tasks.run_import")
+def run_import(job_id: int) -> str:
+    from .services import importing
+
+    return importing.run_job(job_id).state
+
+
+@shared_task(name="labeling.tasks.sweep")
+def sweep() -> dict:
+    """Periodic safety net (Celery beat): finds what a lost message or a broker outage left
+    behind — due retrains, queued runs and imports — and enqueues it again."""
+    from .services import training
+
+    stale = training.fail_stale_runs()
+    started = 0
+    for taxonomy in Taxonomy.objects.all().only("id", "labels_since_train", "retrain_threshold"):
+        if taxonomy.labels_since_train >= max(1, taxonomy.retrain_threshold) and training.request_run(taxonomy):
+            started += 1
+    cutoff = timezone.now() - REENQUEUE_AFTER
+    runs = list(TrainingRun.objects.filter(state=TrainingRun.State.QUEUED, created__lt=cutoff).values_list("id", flat=True))
+    for run_id in runs:
+        training.enqueue(run_id)
+    jobs = list(ImportJob.objects.filter(state=JobState.QUEUED, created__lt=cutoff).values_list("id", flat=True))
+    for job_id in jobs:
+        try:
+            run_import.apply_async((job_id,), retry=False)
+        except Exception as exc:
+            log.warning("broker unreachable, import %s stays queued: %s", job_id, exc)
+    return {"stale_runs": stale, "runs_requested": started, "runs_reenqueued": len(runs), "imports_reenqueued": len(jobs)}

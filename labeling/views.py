@@ -1,0 +1,258 @@
+"""Pages and JSON endpoints of the review loop.
+
+Pages go through the permission decorators (404 for non-members). The JSON endpoints answer
+in JSON whatever happens, because the review page reads every reply with fetch(): 401 when
+the session is gone, 404 for what the user may not see, 403 when a viewer tries to write,
+400 with the offending field for bad input.
+"""
+from __future__ import annotations
+
+import json
+from functools import wraps
+from typing import Callable
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Q
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from .models import Asset, Label, Role, Taxonomy, TrainingRun
+from .permissions import RANK, clients_of, client_view, get_taxonomy, role_in, taxonomy_view
+from .services import labels, queue
+
+# Digits 1-9 pick a tag on the review page; tags past the ninth are reached by type-ahead.
+MAX_KEYED_TAGS = 9
+# Ids the review page asks the queue to leave out (buffered + skipped); a cap keeps the
+# query string and the NOT IN clause bounded for a very long session.
+MAX_EXCLUDE = 1000
+
+
+class BadInput(ValueError):
+    """A request parameter or body field is wrong; the message starts with the field name."""
+
+
+def _error(message: str, status: int, field: str | None = None) -> JsonResponse:
+    body = {"error": message}
+    if field:
+        body["field"] = field
+    return JsonResponse(body, status=status)
+
+
+def _bad_input(message: str) -> JsonResponse:
+    # services and BadInput both phrase errors as "field: what is wrong".
+    field, _, _ = message.partition(":")
+    return _error(message, 400, field.strip() or None)
+
+
+def can_label(role: str | None) -> bool:
+    return role is not None and RANK[role] >= RANK[Role.OPERATOR]
+
+
+def api_view(at_least: str = Role.VIEWER) -> Callable:
+    """Like taxonomy_view, but every refusal is JSON and viewers get 403 (not 404) on writes,
+    so the page can say "read-only" instead of "not found"."""
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapper(request: HttpRequest, slug: str, taxonomy_id: int) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return _error("login required", 401)
+            try:
+                request.taxonomy = get_taxonomy(request.user, slug, taxonomy_id)
+            except Http404:
+                return _error("not found", 404)
+            request.client = request.taxonomy.client
+            request.role = role_in(request.user, request.client)
+            if RANK[request.role] < RANK[at_least]:
+                return _error(f"your role ({request.role}) may not do this", 403)
+            try:
+                return view(request)
+            except BadInput as exc:
+                return _bad_input(str(exc))
+            except labels.LabelError as exc:
+                return _bad_input(str(exc))
+
+        return wrapper
+
+    return decorator
+
+
+def tag_list(taxonomy: Taxonomy) -> list[dict]:
+    return [
+        {"id": t.pk, "name": t.path, "key": str(i + 1) if i < MAX_KEYED_TAGS else None}
+        for i, t in enumerate(taxonomy.active_tags().select_related("parent"))
+    ]
+
+
+# --- pages -----------------------------------------------------------------------------
+
+
+@require_GET
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    clients = list(clients_of(request.user))
+    if len(clients) == 1:
+        # Most users work for one client: skip a list with one entry.
+        return redirect("client_home", slug=clients[0].slug)
+    return render(request, "labeling/home.html", {"clients": clients})
+
+
+@require_GET
+@client_view()
+def client_home(request: HttpRequest) -> HttpResponse:
+    client = request.client
+    n_assets = Asset.objects.filter(client=client).count()
+    taxonomies = (
+        Taxonomy.objects.filter(client=client)
+        .select_related("live_model")
+        .annotate(
+            # distinct: the two joins (labels, tags) multiply each other's rows.
+            n_labeled=Count("labels", filter=Q(labels__is_current=True), distinct=True),
+            n_tags=Count("tags", filter=Q(tags__retired=False), distinct=True),
+        )
+        .order_by("name")
+    )
+    runs = {r.taxonomy_id: r for r in TrainingRun.objects.filter(taxonomy__client=client, state__in=TrainingRun.ACTIVE)}
+    rows = [
+        {
+            "taxonomy": t,
+            "n_labeled": t.n_labeled,
+            "pct_labeled": round(100 * t.n_labeled / n_assets) if n_assets else 0,
+            "live": t.live_model,
+            "accuracy": (t.live_model.metrics or {}).get("accuracy") if t.live_model else None,
+            "until_retrain": max(0, t.retrain_threshold - t.labels_since_train),
+            "run": runs.get(t.pk),
+        }
+        for t in taxonomies
+    ]
+    return render(
+        request,
+        "labeling/client_home.html",
+        {
+            "client": client,
+            "n_assets": n_assets,
+            "rows": rows,
+            "is_admin": request.role == Role.ADMIN,
+            "can_label": can_label(request.role),
+        },
+    )
+
+
+@require_GET
+@taxonomy_view()
+def review(request: HttpRequest) -> HttpResponse:
+    taxonomy = request.taxonomy
+    return render(
+        request,
+        "labeling/review.html",
+        {
+            "client": request.client,
+            "taxonomy": taxonomy,
+            "can_label": can_label(request.role),
+            # Everything review.js needs, handed over by json_script (no inline JS).
+            "config": {
+                "multilabel": taxonomy.multilabel,
+                "canLabel": can_label(request.role),
+                "tags": tag_list(taxonomy),
+            },
+        },
+    )
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def _int_list(raw: str, field: str) -> list[int]:
+    try:
+        return [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise BadInput(f"{field}: comma-separated asset ids expected")
+
+
+@require_GET
+@api_view()
+def queue_json(request: HttpRequest) -> JsonResponse:
+    order = request.GET.get("order", "uncertain")
+    if order not in queue.ORDERS:
+        raise BadInput("order: must be 'uncertain' or 'confident'")
+    try:
+        limit = int(request.GET.get("limit", 5))
+    except ValueError:
+        raise BadInput("limit: a whole number expected")
+    exclude = _int_list(request.GET.get("exclude", ""), "exclude")[:MAX_EXCLUDE]
+    taxonomy = request.taxonomy
+    return JsonResponse(
+        {
+            "items": queue.review_batch(taxonomy, order=order, limit=limit, exclude=exclude),
+            "status": queue.queue_status(taxonomy),
+            "tags": tag_list(taxonomy),
+        }
+    )
+
+
+def _json_body(request: HttpRequest) -> dict:
+    try:
+        body = json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("body: not valid JSON")
+    if not isinstance(body, dict):
+        raise BadInput("body: a JSON object expected")
+    return body
+
+
+def _is_id(value) -> bool:
+    # bool is an int subclass; true/false are not ids.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@require_POST
+@api_view(at_least=Role.OPERATOR)
+def label_json(request: HttpRequest) -> JsonResponse:
+    body = _json_body(request)
+    asset_id, tag_ids = body.get("asset"), body.get("tags")
+    if not _is_id(asset_id):
+        raise BadInput("asset: an asset id expected")
+    if not isinstance(tag_ids, list) or not all(_is_id(t) for t in tag_ids):
+        raise BadInput("tags: a list of tag ids expected")
+    taxonomy = request.taxonomy
+    asset = Asset.objects.filter(pk=asset_id, client_id=taxonomy.client_id).first()
+    if asset is None:
+        # Another client's asset looks exactly like a missing one.
+        return _error("asset: not found", 404, "asset")
+    label = labels.save_label(taxonomy, asset, tag_ids, user=request.user)
+    return JsonResponse(
+        {
+            "label": label.pk,
+            "asset": asset.pk,
+            "source": label.source,
+            "tags": sorted(t.pk for t in label.tags.all()),
+            "status": queue.queue_status(taxonomy),
+        }
+    )
+
+
+@require_POST
+@api_view(at_least=Role.OPERATOR)
+def undo_json(request: HttpRequest) -> JsonResponse:
+    taxonomy = request.taxonomy
+    label = labels.undo_last(taxonomy, request.user)
+    # The asset is unlabeled again unless an older label of it became current.
+    restored = (
+        Label.objects.filter(asset_id=label.asset_id, taxonomy=taxonomy, is_current=True).exists()
+        if label
+        else False
+    )
+    return JsonResponse(
+        {
+            "undone": label.asset_id if label else None,
+            "previous_label_restored": restored,
+            "status": queue.queue_status(taxonomy),
+        }
+    )
+
+
+@require_GET
+@api_view()
+def status_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(queue.queue_status(request.taxonomy))

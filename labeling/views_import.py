@@ -1,0 +1,114 @@
+"""Browser import: an admin uploads files, folders or ZIPs; a worker imports them.
+
+The request only stages the files (streamed to disk, chunk by chunk) and enqueues the job;
+decoding, thumbnails and embedding happen in the worker. The job page polls the JSON endpoint.
+"""
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import TooManyFilesSent
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from .models import ImportJob, Role, Taxonomy
+from .permissions import client_view
+from .services import importing
+
+
+class UploadError(ValueError):
+    """What is wrong with an upload, in words for the form."""
+
+
+def max_upload_bytes() -> int:
+    return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3))
+
+
+def max_upload_files() -> int:
+    return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_FILES", settings.DATA_UPLOAD_MAX_NUMBER_FILES))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:,.0f} MiB"
+
+
+def _uploaded_files(request: HttpRequest) -> list[tuple]:
+    """(UploadedFile, relative path) pairs. Folder picks send their paths in a hidden field that
+    the page fills from webkitRelativePath (Django keeps only the base name of uploads)."""
+    # Checked before the body is parsed: a too-big upload is refused without storing it.
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if length > max_upload_bytes():
+        raise UploadError(f"upload too large ({_mib(length)}); at most {_mib(max_upload_bytes())} at once — "
+                          "split it, or ask an operator to run the import_assets command")
+    try:
+        loose, folder = request.FILES.getlist("files"), request.FILES.getlist("folder")
+    except TooManyFilesSent:
+        raise UploadError(f"too many files; at most {max_upload_files()} at once — send a ZIP instead") from None
+    try:
+        paths = json.loads(request.POST.get("paths") or "[]")
+    except ValueError:
+        paths = []
+    if not isinstance(paths, list) or len(paths) != len(folder):
+        paths = [""] * len(folder)  # no usable paths: the files land in the root, unlabeled
+    pairs = [(f, "") for f in loose] + [(f, str(p)) for f, p in zip(folder, paths)]
+    if not pairs:
+        raise UploadError("choose at least one image, folder or ZIP file")
+    if len(pairs) > max_upload_files():
+        raise UploadError(f"too many files ({len(pairs)}); at most {max_upload_files()} at once — send a ZIP instead")
+    return pairs
+
+
+def _labels_taxonomy(request: HttpRequest) -> Taxonomy | None:
+    raw = request.POST.get("taxonomy") or ""
+    if not raw:
+        return None
+    taxonomy = Taxonomy.objects.filter(client=request.client, pk=raw).first() if raw.isdigit() else None
+    if taxonomy is None:
+        raise UploadError("taxonomy: not a taxonomy of this client")
+    return taxonomy
+
+
+@require_http_methods(["GET", "POST"])
+@client_view(at_least=Role.ADMIN)
+def upload(request: HttpRequest) -> HttpResponse:
+    client = request.client
+    error = ""
+    if request.method == "POST":
+        try:
+            files = _uploaded_files(request)
+            job = importing.stage_upload(client, files, user=request.user, labels_taxonomy=_labels_taxonomy(request))
+        except UploadError as exc:
+            error = str(exc)
+        else:
+            if not importing.enqueue(job):
+                messages.warning(request, "The workers can't be reached right now; the import will start once they are.")
+            return redirect("import_job", slug=client.slug, job_id=job.pk)
+    context = {
+        "client": client,
+        "taxonomies": Taxonomy.objects.filter(client=client).order_by("name"),
+        "error": error,
+        "max_bytes": _mib(max_upload_bytes()),
+        "max_files": max_upload_files(),
+        "recent": ImportJob.objects.filter(client=client).order_by("-id")[:10],
+    }
+    return render(request, "labeling/import_upload.html", context, status=400 if error else 200)
+
+
+def _job(request: HttpRequest, job_id: int) -> ImportJob:
+    return get_object_or_404(ImportJob.objects.select_related("labels_from_folders"), pk=job_id, client=request.client)
+
+
+@require_GET
+@client_view(at_least=Role.ADMIN)
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _job(request, job_id)
+    return render(request, "labeling/import_job.html", {"client": request.client, "job": job, "s": importing.summary(job)})
+
+
+@require_GET
+@client_view(at_least=Role.ADMIN)
+def job_json(request: HttpRequest, job_id: int) -> JsonResponse:
+    return JsonResponse(importing.summary(_job(request, job_id)))

@@ -1,0 +1,1 @@
+"""Framework-free ML core of tagloop (no Django imports anywhere under ml/)."""

@@ -1,0 +1,263 @@
+"""Benchmark CLI: measure a method on a task, print a table, write JSON.
+
+    python -m ml.evaluate --task fl27-28way --method search --json out.json
+
+Methods
+- ``head``      linear head (ml.heads.train_head) on pooled features of one spec
+                (default ``center:mean`` = the baseline: global center crop).
+- ``multicrop`` the same head on multi-view features (tiles at higher resolution, flip,
+                full image) + annotated box crops as extra training rows (training folds only).
+- ``search``    per outer fold, picks the spec/box option by an inner stratified CV on the
+                training part only (the test fold is never looked at), then retrains.
+- ``finetune``  ml.finetune on each training part (its own validation split inside it).
+
+fl27 tasks: 5-fold CV over deduplicated samples; metrics on the concatenated out-of-fold
+predictions. shoes-3: the given train/test split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from ml.datasets import TASKS, Task, load_task
+from ml.features import FeatureStore, box_features, spec_features, spec_views
+from ml.heads import train_head
+from ml.metrics import classification_metrics
+
+BASELINE_SPEC = "center:mean"
+MULTICROP_SPEC = "center,flip:mean+tiles2,tiles3:max"
+# The search space: small on purpose (inner CV x outer folds x candidates heads to fit).
+SEARCH_SPACE: list[tuple[str, bool]] = [
+    ("center,flip:mean", False),
+    ("center,flip:mean+full:mean", False),
+    ("center,flip:mean+tiles2,tiles3:max", False),
+    ("center,flip:mean+tiles2,tiles3:max", True),
+    ("center,flip:mean+full:mean+tiles2,tiles3:meanmax", True),
+]
+INNER_FOLDS = 3
+
+
+def _score(y: np.ndarray, proba: np.ndarray) -> float:
+    """Selection score: balanced accuracy (fl27-4way is 90 % "other": plain accuracy
+    would reward never predicting a brand)."""
+    pred = proba.argmax(1)
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def fit_predict(task: Task, store: FeatureStore, spec: str, use_boxes: bool,
+                train_idx: np.ndarray, test_idx: np.ndarray, seed: int = 0,
+                X: np.ndarray | None = None) -> np.ndarray:
+    """Train a head on train_idx (+ their box crops) and return test probabilities."""
+    X = spec_features(store, task.shas, spec) if X is None else X
+    Xtr, ytr = X[train_idx], task.y[train_idx]
+    if use_boxes:
+        Xb, owner = box_features(store, [task.shas[i] for i in train_idx], spec)
+        if len(owner):  # owner indexes train_idx, so test-fold boxes can never leak in
+            Xtr = np.concatenate([Xtr, Xb])
+            ytr = np.concatenate([ytr, ytr[owner]])
+    head = train_head(Xtr, ytr, task.n_classes, seed=seed)
+    return head.predict_proba(X[test_idx])
+
+
+def search_config(task: Task, store: FeatureStore, train_idx: np.ndarray,
+                  seed: int = 0) -> tuple[tuple[str, bool], list[dict]]:
+    """Inner stratified CV on the training part only; returns the best (spec, boxes)."""
+    y = task.y[train_idx]
+    n_splits = max(2, min(INNER_FOLDS, int(np.bincount(y)[np.bincount(y) > 0].min())))
+    inner = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(train_idx, y))
+    results = []
+    for spec, boxes in SEARCH_SPACE:
+        X = spec_features(store, task.shas, spec)
+        oof = np.zeros((len(train_idx), task.n_classes))
+        for tr, va in inner:
+            oof[va] = fit_predict(task, store, spec, boxes, train_idx[tr], train_idx[va], seed, X)
+        results.append({"spec": spec, "boxes": boxes, "inner_balanced_acc": _score(y, oof)})
+        print(f"    inner {spec} boxes={boxes}: {results[-1]['inner_balanced_acc']:.4f}",
+              file=sys.stderr)
+    best = max(results, key=lambda r: r["inner_balanced_acc"])
+    return (best["spec"], best["boxes"]), results
+
+
+def run_features(task: Task, store: FeatureStore, method: str, spec: str | None,
+                 use_boxes: bool, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Head-based methods. Returns (test indices, probabilities, per-fold info)."""
+    specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
+    views = sorted({v for s in specs for v in spec_views(s)} |
+                   ({"boxes"} if use_boxes or method == "search" else set()))
+    store.ensure(task.paths, task.shas, views, task.boxes)
+    idx, probas, info = [], [], []
+    for k, (tr, te) in enumerate(task.splits):
+        chosen, trials = (spec, use_boxes), []
+        if method == "search":
+            chosen, trials = search_config(task, store, tr, seed)
+        p = fit_predict(task, store, chosen[0], chosen[1], tr, te, seed)
+        idx.append(te)
+        probas.append(p)
+        info.append({"fold": k, "spec": chosen[0], "boxes": chosen[1], "n_train": len(tr),
+                     "accuracy": float((p.argmax(1) == task.y[te]).mean()), "search": trials})
+        print(f"  fold {k}: {chosen} acc={info[-1]['accuracy']:.4f}", file=sys.stderr)
+    return np.concatenate(idx), np.concatenate(probas), info
+
+
+def collapse_proba(task: Task, fine_proba: np.ndarray) -> np.ndarray:
+    """Fine (27 brands + none) probabilities -> the task's classes, by summing."""
+    out = np.zeros((len(fine_proba), task.n_classes))
+    np.add.at(out.T, task.fine_to_task, fine_proba.T)
+    return out
+
+
+def run_finetune(task: Task, cfg_overrides: dict) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
+    """Fine-tune per fold. fl27 tasks train on the fine labels (27 brands + none) and
+    collapse: "other" is 25 visually unrelated classes, easier to learn one by one, and
+    one set of fine-tuned models then serves all fl27 tasks on the same folds.
+    Returns (test idx, task proba, per-fold info, raw model proba)."""
+    from ml.finetune import FinetuneConfig, finetune, load_images, predict_proba
+
+    cfg = FinetuneConfig(**cfg_overrides)
+    fine = task.fine_y is not None
+    y_all = task.fine_y if fine else task.y
+    n_out = len(task.fine_labels) if fine else task.n_classes
+    images, scales = load_images(task.paths, cfg.max_side)  # decode once for all folds
+    idx, probas, raw, info = [], [], [], []
+    for k, (tr, te) in enumerate(task.splits):
+        tr = tr[y_all[tr] >= 0]  # the two-brand photo has no single fine label
+        model, curve = finetune([task.paths[i] for i in tr], y_all[tr], n_out,
+                                boxes=[task.boxes[i] for i in tr], cfg=cfg,
+                                images=[images[i] for i in tr], scales=scales[tr])
+        p = predict_proba(model, [images[i] for i in te], cfg)
+        raw.append(p)
+        p = collapse_proba(task, p) if fine else p
+        idx.append(te)
+        probas.append(p)
+        info.append({"fold": k, "n_train": len(tr), "curve": curve,
+                     "accuracy": float((p.argmax(1) == task.y[te]).mean())})
+        print(f"  fold {k}: acc={info[-1]['accuracy']:.4f} epochs={len(curve)}", file=sys.stderr)
+    return np.concatenate(idx), np.concatenate(probas), info, np.concatenate(raw)
+
+
+def save_proba(path: str, task: Task, idx: np.ndarray, raw: np.ndarray) -> None:
+    """Out-of-fold model outputs keyed by file name (stable across re-encoded copies)."""
+    names = np.array([task.aliases[i][0] for i in idx])
+    np.savez(path, names=names, proba=raw.astype(np.float32),
+             labels=np.array(task.fine_labels or task.labels))
+
+
+def load_proba(path: str, task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """Saved out-of-fold outputs -> (idx, task proba); fine outputs are collapsed."""
+    z = np.load(path, allow_pickle=False)
+    pos = {task.aliases[i][0]: i for i in range(len(task.y))}
+    keep = [j for j, n in enumerate(z["names"]) if str(n) in pos]
+    idx = np.array([pos[str(z["names"][j])] for j in keep], dtype=np.int64)
+    proba = z["proba"][keep].astype(np.float64)
+    if list(z["labels"]) == (task.fine_labels or []) and task.fine_labels != task.labels:
+        proba = collapse_proba(task, proba)
+    return idx, proba
+
+
+def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficientnet-lite0",
+             spec: str | None = None, use_boxes: bool | None = None, data_dir: str | None = None,
+             cache_dir: str | None = None, seed: int = 0, finetune_cfg: dict | None = None,
+             max_folds: int | None = None, save_to: str | None = None,
+             load_from: str | None = None) -> dict:
+    t0 = time.time()
+    task = load_task(task_name, data_dir)
+    if max_folds:
+        task.splits = task.splits[:max_folds]
+    if method == "finetune" and load_from:
+        spec, use_boxes = None, None
+        idx, proba = load_proba(load_from, task)
+        folds = [{"n_train": len(tr), "loaded_from": load_from} for tr, _ in task.splits]
+    elif method == "finetune":
+        spec, use_boxes = None, True
+        idx, proba, folds, raw = run_finetune(task, {"backbone": backbone, "seed": seed,
+                                                     **(finetune_cfg or {})})
+        if save_to:
+            save_proba(save_to, task, idx, raw)
+    else:
+        spec = spec or (BASELINE_SPEC if method == "head" else MULTICROP_SPEC)
+        use_boxes = (method == "multicrop") if use_boxes is None else use_boxes
+        store = FeatureStore(backbone=backbone, cache_dir=cache_dir)
+        idx, proba, folds = run_features(task, store, method, spec, use_boxes, seed)
+    m = classification_metrics(task.y[idx], proba, task.labels)
+    return {
+        "task": task_name, "backbone": backbone, "method": method,
+        "spec": None if method == "search" else spec, "boxes": use_boxes,
+        "protocol": "given train/test split" if len(task.splits) == 1 and not max_folds
+        else f"{len(task.splits)}-fold stratified CV (seed 0) over sha256-deduplicated files, "
+             "metrics on concatenated out-of-fold predictions",
+        "n_train": int(round(np.mean([f["n_train"] for f in folds]))),
+        "n_test": int(len(idx)), **m,
+        "duplicates_collapsed": task.duplicate_groups(), "flagged": task.flagged,
+        "folds": folds, "seconds": round(time.time() - t0, 1),
+    }
+
+
+def format_row(r: dict) -> str:
+    lo, hi = r["accuracy_ci95"]
+    return (f"| {r['task']} | {r['method']} | {r.get('spec') or '-'} | {r['n_train']} | {r['n_test']} | "
+            f"{100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+            f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {100 * r['top3_accuracy']:.1f} | "
+            f"{r['seconds']:.0f} |")
+
+
+TABLE_HEADER = ("| task | method | features | n_train | n_test | acc % [95 % CI] | bal. acc | "
+                "macro-F1 | top-3 % | s |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _ft_overrides(pairs: list[str]) -> dict:
+    """--ft key=value pairs, typed after FinetuneConfig's defaults."""
+    from ml.finetune import FinetuneConfig
+
+    types = {f.name: type(getattr(FinetuneConfig(), f.name)) for f in fields(FinetuneConfig)}
+    out = {}
+    for pair in pairs:
+        k, _, v = pair.partition("=")
+        if k not in types:
+            raise SystemExit(f"unknown fine-tune option {k!r}; known: {sorted(types)}")
+        out[k] = v.lower() in ("1", "true", "yes") if types[k] is bool else types[k](v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True, choices=TASKS)
+    ap.add_argument("--backbone", default="efficientnet-lite0")
+    ap.add_argument("--method", default="search", choices=["head", "multicrop", "search", "finetune"])
+    ap.add_argument("--finetune", action="store_true", help="same as --method finetune")
+    ap.add_argument("--features", help="feature spec, e.g. 'center,flip:mean+tiles3:max'")
+    ap.add_argument("--boxes", choices=["yes", "no"], help="box crops as extra training rows")
+    ap.add_argument("--ft", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="fine-tune options (FinetuneConfig fields), e.g. epochs=10 image_size=320")
+    ap.add_argument("--save-proba", help="finetune: save out-of-fold probabilities (.npz)")
+    ap.add_argument("--load-proba", help="finetune: evaluate saved out-of-fold probabilities "
+                    "(e.g. from a GPU run) instead of training")
+    ap.add_argument("--folds", type=int, help="only the first N CV folds (quick runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", help="folder with shoes/ and flickrlogos27/")
+    ap.add_argument("--cache", help="feature cache folder")
+    ap.add_argument("--json", required=True, help="write the result here")
+    a = ap.parse_args(argv)
+    method = "finetune" if a.finetune else a.method
+    boxes = None if a.boxes is None else a.boxes == "yes"
+    r = evaluate(a.task, method, backbone=a.backbone, spec=a.features, use_boxes=boxes,
+                 data_dir=a.data, cache_dir=a.cache, seed=a.seed,
+                 finetune_cfg=_ft_overrides(a.ft), max_folds=a.folds,
+                 save_to=a.save_proba, load_from=a.load_proba)
+    r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(r, indent=1))
+    print(TABLE_HEADER)
+    print(format_row(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

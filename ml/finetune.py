@@ -1,0 +1,269 @@
+"""Fine-tune the top blocks of a backbone (frozen stem) with a dropout + linear head.
+
+Why: a linear head on frozen ImageNet features cannot re-learn what the features ignore
+(the fine print of a shoe logo, a 20-pixel brand mark). Unfreezing the last few blocks
+adapts the high-level filters while the frozen stem keeps the generic low-level ones, which
+is what a few hundred labelled images can afford without overfitting.
+
+Training recipe: augmentation (random resized crops, flips, colour jitter, crops around
+annotated logo boxes), balanced sampling or class weights, dropout, AdamW, LR x0.1 on a
+validation plateau, early stopping on validation balanced accuracy, fixed seeds. The
+per-epoch learning curve is returned as data. CPU works (slow); CUDA uses bf16 autocast.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2 as T
+from tqdm import tqdm
+
+from ml.backbones import load_backbone
+from ml.preprocess import load_rgb, normalize, resize_crop
+
+
+@dataclass
+class FinetuneConfig:
+    backbone: str = "efficientnet-lite0"
+    trainable_blocks: int = 4  # last MBConv blocks + head conv; the rest is the frozen stem
+    image_size: int = 224  # train/eval resolution; >224 helps small logos (fully convolutional)
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3  # head
+    backbone_lr: float = 2e-4  # unfrozen blocks: smaller, they start from good weights
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    label_smoothing: float = 0.1
+    balance: str = "sampler"  # "sampler" (balanced batches) | "weights" (loss weights) | "none"
+    min_scale: float = 0.35  # RandomResizedCrop lower area bound
+    box_crop_p: float = 0.3  # chance to train on a crop around an annotated logo box
+    plateau_patience: int = 2  # epochs without val-loss improvement before LR x0.1
+    early_stop: int = 5  # epochs without val improvement before stopping
+    val_fraction: float = 0.15  # held out of the training data when no val set is given
+    eval_view: str = "center"  # "center" crop or "full" (whole image squashed, keeps borders)
+    tta_flip: bool = True
+    max_side: int = 512  # images are kept in memory downscaled to this long side
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Classifier(nn.Module):
+    """Backbone -> dropout -> linear."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(backbone.dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.backbone(x)))
+
+
+def load_images(paths: Sequence[str], max_side: int) -> tuple[list[Image.Image], np.ndarray]:
+    """Decode once, keep downscaled copies in memory; returns (images, scale vs. file pixels)."""
+    imgs, scales = [], []
+    for p in tqdm(paths, desc="decode", unit="img", file=sys.stderr, leave=False):
+        img = load_rgb(p, draft_size=max_side)
+        w0 = max(img.size)
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        with Image.open(p) as raw:  # boxes live in stored-file pixels
+            scales.append(max(img.size) / max(raw.size) if w0 else 1.0)
+        imgs.append(img)
+    return imgs, np.asarray(scales, np.float64)
+
+
+class _TrainSet(Dataset):
+    """Augmented training crops; with probability box_crop_p a crop around a logo box."""
+
+    def __init__(self, imgs, y, boxes, scales, cfg: FinetuneConfig) -> None:
+        self.imgs, self.y, self.boxes, self.scales, self.cfg = imgs, y, boxes, scales, cfg
+        s = cfg.image_size
+        self.rrc = T.RandomResizedCrop(s, scale=(cfg.min_scale, 1.0), antialias=True)
+        self.box_resize = T.Resize((s, s), antialias=True)
+        self.post = T.Compose([T.RandomHorizontalFlip(),
+                               T.ColorJitter(0.3, 0.3, 0.3, 0.05)])
+
+    def __len__(self) -> int:
+        return len(self.imgs)
+
+    def _box_crop(self, img: Image.Image, box: np.ndarray) -> Image.Image:
+        x1, y1, x2, y2 = box
+        ctx = random.uniform(1.2, 3.0)  # random context: the logo at different scales
+        side = max(x2 - x1, y2 - y1) * ctx
+        cx = (x1 + x2) / 2 + random.uniform(-0.25, 0.25) * side
+        cy = (y1 + y2) / 2 + random.uniform(-0.25, 0.25) * side
+        w, h = img.size
+        crop = (max(0, cx - side / 2), max(0, cy - side / 2), min(w, cx + side / 2), min(h, cy + side / 2))
+        return self.box_resize(img.crop(tuple(int(round(c)) for c in crop)))
+
+    def __getitem__(self, i: int):
+        img = self.imgs[i]
+        b = self.boxes[i] if self.boxes is not None else None
+        if b is not None and len(b) and random.random() < self.cfg.box_crop_p:
+            img = self._box_crop(img, b[random.randrange(len(b))] * self.scales[i])
+        else:
+            img = self.rrc(img)
+        x = normalize(np.asarray(self.post(img), dtype=np.uint8))
+        return torch.from_numpy(x), int(self.y[i])
+
+
+def eval_inputs(imgs: Sequence[Image.Image], cfg: FinetuneConfig) -> np.ndarray:
+    """Deterministic eval crops, uint8 (n, s, s, 3)."""
+    s = cfg.image_size
+    if cfg.eval_view == "full":
+        crops = [im.resize((s, s), Image.Resampling.BICUBIC) for im in imgs]
+    else:
+        crops = [resize_crop(im, s) for im in imgs]
+    return np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, imgs: Sequence[Image.Image], cfg: FinetuneConfig,
+                  device: torch.device | None = None) -> np.ndarray:
+    """Softmax probabilities (n, k); averaged with the mirrored image when cfg.tta_flip."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    u8 = eval_inputs(imgs, cfg)
+    out = []
+    for s in range(0, len(u8), 64):
+        x = torch.from_numpy(normalize(u8[s:s + 64])).to(device)
+        with _autocast(device):
+            logits = model(x).float()
+            p = logits.softmax(1)
+            if cfg.tta_flip:
+                p = (p + model(x.flip(3)).float().softmax(1)) / 2
+        out.append(p.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), np.float32)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _balanced_acc(y: np.ndarray, pred: np.ndarray) -> float:
+    recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def finetune(
+    train_paths: Sequence[str], y_train: np.ndarray, n_classes: int, *,
+    val_paths: Sequence[str] | None = None, y_val: np.ndarray | None = None,
+    boxes: Sequence[np.ndarray] | None = None, cfg: FinetuneConfig | None = None,
+    images: Sequence[Image.Image] | None = None, scales: np.ndarray | None = None,
+) -> tuple[Classifier, list[dict]]:
+    """Fine-tune; returns (best model on validation, learning curve).
+
+    Without `val_paths`, a stratified `cfg.val_fraction` of the training data is held out
+    for LR scheduling / early stopping, so the caller's test data is never looked at.
+    `images`/`scales` (from `load_images`) skip decoding when the caller already has them.
+    """
+    cfg = cfg or FinetuneConfig()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    y_train = np.asarray(y_train, np.int64)
+    if images is None:
+        images, scales = load_images(train_paths, cfg.max_side)
+    images, scales = list(images), np.asarray(scales if scales is not None else np.ones(len(images)))
+    boxes = list(boxes) if boxes is not None else [np.zeros((0, 4))] * len(images)
+    if val_paths is None:
+        # stratified when every class can spare one image (tiny test subsets cannot)
+        strat = y_train if np.bincount(y_train).max() and np.min(
+            np.bincount(y_train)[np.bincount(y_train) > 0]) >= 2 else None
+        tr, va = train_test_split(np.arange(len(y_train)), test_size=cfg.val_fraction,
+                                  stratify=strat, random_state=cfg.seed)
+        val_imgs, yv = [images[i] for i in va], y_train[va]
+        images, y_tr, boxes, scales = ([images[i] for i in tr], y_train[tr],
+                                       [boxes[i] for i in tr], scales[tr])
+    else:
+        val_imgs, _ = load_images(val_paths, cfg.max_side)
+        yv, y_tr = np.asarray(y_val, np.int64), y_train
+
+    backbone = load_backbone(cfg.backbone).freeze_stem(cfg.trainable_blocks)
+    model = Classifier(backbone, n_classes, cfg.dropout).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    counts = np.bincount(y_tr, minlength=n_classes).astype(np.float64)
+    inv = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
+    loss_w = torch.tensor(inv, dtype=torch.float32, device=device) if cfg.balance == "weights" else None
+    crit = nn.CrossEntropyLoss(weight=loss_w, label_smoothing=cfg.label_smoothing)
+    sampler = (WeightedRandomSampler(torch.as_tensor(inv[y_tr]), num_samples=len(y_tr),
+                                     generator=torch.Generator().manual_seed(cfg.seed))
+               if cfg.balance == "sampler" else None)
+    loader = DataLoader(_TrainSet(images, y_tr, boxes, scales, cfg), batch_size=cfg.batch_size,
+                        sampler=sampler, shuffle=sampler is None, drop_last=len(y_tr) > cfg.batch_size,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    head_params = list(model.fc.parameters())
+    bb_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": head_params, "lr": cfg.lr},
+                             {"params": bb_params, "lr": cfg.backbone_lr}],
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1,
+                                                       patience=cfg.plateau_patience)
+    curve: list[dict] = []
+    best, best_key, since_best = None, (-1.0, -np.inf), 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        model.train()
+        total, n = 0.0, 0
+        for x, yb in tqdm(loader, desc=f"epoch {epoch}", unit="batch", file=sys.stderr, leave=False):
+            x, yb = x.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                loss = crit(model(x).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(yb)
+            n += len(yb)
+        pv = predict_proba(model, val_imgs, cfg, device)
+        val_loss = float(-np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-7, 1)).mean())
+        pred = pv.argmax(1)
+        row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss,
+               "val_acc": float((pred == yv).mean()), "val_balanced_acc": _balanced_acc(yv, pred),
+               "lr": opt.param_groups[1]["lr"] if bb_params else opt.param_groups[0]["lr"],
+               "seconds": round(time.time() - t0, 2)}
+        curve.append(row)
+        print(f"  epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                              if k != "epoch"), file=sys.stderr)
+        sched.step(val_loss)
+        key = (row["val_balanced_acc"], -val_loss)
+        if key > best_key:
+            best, best_key, since_best = copy.deepcopy(model.state_dict()), key, 0
+        else:
+            since_best += 1
+            if since_best >= cfg.early_stop:
+                break
+    if best is not None:
+        model.load_state_dict(best)
+    model.eval()
+    model.config = asdict(cfg)  # type: ignore[attr-defined]
+    return model, curve

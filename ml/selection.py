@@ -1,0 +1,131 @@
+"""Batch selection for active learning: which unlabeled items to show the reviewer next.
+
+``select_batch`` returns indices into the candidate pool, most useful first. The default
+"diverse" strategy exists because a page of the 20 most uncertain items is usually 20 shots
+of the same ambiguous product: one answer would have resolved them all. Instead the most
+uncertain part of the pool is clustered into ``k`` groups (k-means on L2-normalised
+embeddings, i.e. cosine geometry) and the most uncertain item of each group is taken.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from ml.uncertainty import entropy, least_confidence, margin, uncertainty_score
+
+__all__ = ["STRATEGIES", "select_batch", "kmeans_labels"]
+
+Strategy = Literal["diverse", "entropy", "margin", "least_confidence", "random"]
+STRATEGIES: tuple[str, ...] = ("diverse", "entropy", "margin", "least_confidence", "random")
+POOL_FACTOR = 10  # "diverse" clusters the POOL_FACTOR * k most uncertain candidates
+
+
+def _scores(P: np.ndarray, strategy: str, multilabel: bool, thresholds: np.ndarray | None) -> np.ndarray:
+    """Higher = more worth labeling."""
+    if multilabel or strategy == "diverse":
+        # entropy/margin/least confidence assume one answer per row; for multi-label heads all
+        # uncertainty strategies fall back to distance-to-threshold (ml.uncertainty).
+        return uncertainty_score(P, multilabel=multilabel, thresholds=thresholds)
+    if strategy == "entropy":
+        return entropy(P)
+    if strategy == "margin":
+        return 1.0 - margin(P)
+    return least_confidence(P)
+
+
+def _rank(scores: np.ndarray) -> np.ndarray:
+    """Indices by descending score; equal scores keep index order so results are reproducible."""
+    return np.argsort(-scores, kind="stable")
+
+
+def _normalise(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def _numpy_kmeans(X: np.ndarray, n_clusters: int, seed: int, n_iter: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    C = np.empty((n_clusters, X.shape[1]), dtype=X.dtype)
+    C[0] = X[rng.integers(len(X))]
+    d2 = ((X - C[0]) ** 2).sum(axis=1)
+    for j in range(1, n_clusters):  # k-means++ seeding: far-away points are likelier centres
+        p = d2 / d2.sum() if d2.sum() > 0 else None
+        C[j] = X[rng.choice(len(X), p=p)]
+        d2 = np.minimum(d2, ((X - C[j]) ** 2).sum(axis=1))
+
+    def assign() -> np.ndarray:  # nearest centre = argmax of 2 x.c - |c|^2
+        return (2 * X @ C.T - (C * C).sum(axis=1)).argmax(axis=1)
+
+    for _ in range(n_iter):
+        a = assign()
+        for j in np.unique(a):
+            C[j] = X[a == j].mean(axis=0)
+    return assign()
+
+
+def kmeans_labels(
+    X: np.ndarray, n_clusters: int, seed: int = 0, n_iter: int = 20, backend: str = "auto"
+) -> np.ndarray:
+    """Cluster id per row. backend: "faiss", "numpy" or "auto" (faiss when importable)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n_clusters = max(1, min(n_clusters, len(X)))
+    if backend == "auto":
+        try:
+            import faiss  # noqa: F401, PLC0415 - optional dependency
+
+            backend = "faiss"
+        except ImportError:
+            backend = "numpy"
+    if backend == "numpy":
+        return _numpy_kmeans(X, n_clusters, seed, n_iter)
+    import faiss  # noqa: PLC0415
+
+    # min_points_per_centroid=1: pools are deliberately small (10 per centroid), and the
+    # default would print a warning on every call
+    km = faiss.Kmeans(X.shape[1], n_clusters, niter=n_iter, seed=seed, min_points_per_centroid=1)
+    km.train(X)
+    return km.index.search(X, 1)[1].ravel()
+
+
+def select_batch(
+    P: np.ndarray,
+    X: np.ndarray | None,
+    k: int,
+    strategy: Strategy = "diverse",
+    seed: int = 0,
+    *,
+    multilabel: bool = False,
+    thresholds: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pick ``k`` candidate indices (int64, most uncertain first; random order for "random").
+
+    P: (n, n_classes) head probabilities for the unlabeled pool; X: (n, d) embeddings, only
+    needed for "diverse". Returns all n indices when n <= k.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    P = np.asarray(P)
+    n = len(P)
+    k = max(0, min(int(k), n))
+    if strategy == "random":
+        return np.random.default_rng(seed).permutation(n)[:k].astype(np.int64)
+    scores = _scores(P, strategy, multilabel, thresholds)
+    order = _rank(scores)
+    if strategy != "diverse" or k <= 1 or n <= k:
+        return order[:k].astype(np.int64)
+    if X is None or len(X) != n:
+        raise ValueError("strategy 'diverse' needs the (n, d) embeddings X of the candidates")
+
+    pool = order[: min(n, POOL_FACTOR * k)]
+    labels = kmeans_labels(_normalise(np.asarray(X)[pool]), k, seed=seed)
+    # pool is sorted by uncertainty, so the first member met per cluster is its most uncertain
+    _, first = np.unique(labels, return_index=True)
+    picked = pool[np.sort(first)]
+    if len(picked) < k:
+        # k-means can leave clusters empty (e.g. duplicate vectors): top up by uncertainty
+        rest = pool[~np.isin(pool, picked)]
+        picked = np.concatenate([picked, rest[: k - len(picked)]])
+    return picked[_rank(scores[picked])].astype(np.int64)

@@ -1,0 +1,446 @@
+"use strict";
+// The review loop. Keyboard first: the operator should never need the mouse, and the next
+// image should already be in the browser's cache when the current one is labeled.
+//
+// Saves are optimistic (the next image shows at once) but serialised through one promise
+// chain, so an undo always runs after every save it could be undoing.
+(() => {
+  const root = document.getElementById("review");
+  if (!root) return;
+  const config = JSON.parse(document.getElementById("review-config").textContent);
+  const urls = {
+    queue: root.dataset.queueUrl,
+    label: root.dataset.labelUrl,
+    undo: root.dataset.undoUrl,
+    status: root.dataset.statusUrl,
+  };
+  const BUFFER = 5;          // items held client-side, all preloaded
+  const SHOWN_TAGS = 12;     // rows in the tag list without a filter; the filter reaches all
+  const POLL_MS = 4000;
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    img: $("current-img"), loading: $("loading"), name: $("cur-name"), meta: $("cur-meta"),
+    tags: $("tag-list"), filter: $("filter"), uncBar: $("unc-bar"), uncText: $("unc-text"),
+    stage: $("stage"), done: $("done"), upnext: $("upnext"), toast: $("toast"), help: $("help"),
+    model: $("st-model"), retrain: $("st-retrain"), unlabeled: $("st-unlabeled"),
+    run: $("st-run"), runText: $("st-run-text"), runBar: $("st-run-bar"),
+  };
+
+  const state = {
+    order: "uncertain",
+    tags: [],                // [{id, name, key}] active tags of the taxonomy
+    tagById: new Map(),
+    buffer: [],              // queue items; buffer[0] is on screen
+    skipped: new Set(),      // asset ids skipped this session (left out of every fetch)
+    pending: new Set(),      // asset ids whose save is in flight (not yet off the queue)
+    history: [],             // items labeled this session, newest last, so undo can show them
+    selected: new Set(),     // multi-label: tags chosen for the current item
+    highlight: 0,            // type-ahead: index into the filtered rows
+    fetching: null,
+    exhausted: false,
+    liveVersion: undefined,
+  };
+  const preloaded = new Map(); // asset id -> Image, so the browser keeps the bytes
+  let saves = Promise.resolve();
+  let toastTimer = 0;
+
+  function setTags(tags) {
+    state.tags = tags;
+    state.tagById = new Map(tags.map((t) => [t.id, t]));
+  }
+
+  // --- server ------------------------------------------------------------------------
+
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  async function api(url, body) {
+    const opts = { credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      opts.method = "POST";
+      opts.headers["Content-Type"] = "application/json";
+      opts.headers["X-CSRFToken"] = csrfToken();
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetch(url, opts);
+    if (res.status === 401) {
+      // Session expired: back to the login page, then here again.
+      window.location.href = "/login/?next=" + encodeURIComponent(window.location.pathname);
+      throw new Error("login required");
+    }
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      const err = new Error(data.error || `HTTP ${res.status}`);
+      err.status = res.status;
+      throw err;
+    }
+    return data;
+  }
+
+  function refill() {
+    if (state.fetching || state.exhausted) return state.fetching;
+    const need = BUFFER - state.buffer.length;
+    if (need <= 0) return null;
+    const exclude = [...state.buffer.map((i) => i.asset), ...state.skipped, ...state.pending];
+    const q = new URLSearchParams({ order: state.order, limit: String(need), exclude: exclude.join(",") });
+    const order = state.order;
+    let added = 0;
+    const fetching = api(`${urls.queue}?${q}`)
+      .then((data) => {
+        if (order !== state.order) return; // the order changed meanwhile; that fetch is on its way
+        setTags(data.tags);
+        const have = new Set(state.buffer.map((i) => i.asset));
+        const fresh = data.items.filter((i) => !have.has(i.asset) && !state.skipped.has(i.asset) && !state.pending.has(i.asset));
+        fresh.forEach(preload);
+        const wasEmpty = state.buffer.length === 0;
+        state.buffer.push(...fresh);
+        added = fresh.length;
+        state.exhausted = data.items.length < need;
+        updateStatus(data.status);
+        wasEmpty ? renderCurrent() : renderUpNext();
+      })
+      .catch((err) => toast(`Could not load the queue: ${err.message}`, "error"))
+      .finally(() => {
+        if (state.fetching === fetching) state.fetching = null; // not a newer fetch's
+        if (state.buffer.length === 0) renderCurrent();
+        // Labeled faster than the fetch came back: top up again (not after an empty answer).
+        else if (added > 0 && state.buffer.length < BUFFER) refill();
+      });
+    state.fetching = fetching;
+    return fetching;
+  }
+
+  function preload(item) {
+    if (preloaded.has(item.asset)) return;
+    const im = new Image();
+    im.decoding = "async";
+    im.src = item.image;
+    preloaded.set(item.asset, im);
+  }
+
+  // --- actions -----------------------------------------------------------------------
+
+  function current() {
+    return state.buffer[0] || null;
+  }
+
+  function tagNames(ids) {
+    return ids.map((id) => (state.tagById.get(id) || { name: `#${id}` }).name).join(", ");
+  }
+
+  function readOnly() {
+    if (config.canLabel) return false;
+    toast("Read-only: your role can view but not label.", "error");
+    return true;
+  }
+
+  function submit(tagIds) {
+    const item = current();
+    if (!item || readOnly()) return;
+    state.buffer.shift();
+    state.pending.add(item.asset);
+    state.history.push(item);
+    renderCurrent();
+    refill();
+    saves = saves
+      .then(() => api(urls.label, { asset: item.asset, tags: tagIds }))
+      .then((res) => {
+        toast(`Saved: ${tagNames(res.tags)} (${res.source})`, "ok");
+        updateStatus(res.status);
+      })
+      .catch((err) => {
+        state.history = state.history.filter((i) => i !== item);
+        if (err.status !== 404) putBack(item); // a vanished asset is not worth retrying
+        toast(`Not saved: ${err.message}`, "error");
+      })
+      .finally(() => state.pending.delete(item.asset));
+  }
+
+  function putBack(item) {
+    state.buffer = [item, ...state.buffer.filter((i) => i.asset !== item.asset)];
+    state.skipped.delete(item.asset);
+    preload(item);
+    renderCurrent();
+  }
+
+  function accept() {
+    const item = current();
+    if (!item || readOnly()) return;
+    const tags = config.multilabel ? [...state.selected] : item.suggested;
+    if (tags.length === 0) {
+      toast(config.multilabel ? "Select at least one tag (1–9)." : "No suggestion yet: pick a tag with 1–9.", "error");
+      return;
+    }
+    submit(tags);
+  }
+
+  function pickTag(id) {
+    if (!current() || readOnly()) return;
+    if (!config.multilabel) return submit([id]);
+    state.selected.has(id) ? state.selected.delete(id) : state.selected.add(id);
+    renderTags();
+  }
+
+  function skip() {
+    const item = current();
+    if (!item) return;
+    state.buffer.shift();
+    state.skipped.add(item.asset);
+    toast(`Skipped ${item.name}`);
+    renderCurrent();
+    refill();
+  }
+
+  function undo() {
+    if (readOnly()) return;
+    saves = saves
+      .then(() => api(urls.undo, {}))
+      .then((res) => {
+        updateStatus(res.status);
+        if (res.undone === null) return toast("Nothing to undo.");
+        const idx = state.history.map((i) => i.asset).lastIndexOf(res.undone);
+        if (idx >= 0) {
+          const [item] = state.history.splice(idx, 1);
+          putBack(item);
+          toast(`Undone: ${item.name}`, "ok");
+        } else {
+          // Labeled in an earlier session: it is back in the queue, wherever its turn is.
+          toast("Undone: that image is back in the queue.", "ok");
+          state.exhausted = false;
+          refill();
+        }
+      })
+      .catch((err) => toast(`Undo failed: ${err.message}`, "error"));
+  }
+
+  function setOrder(order) {
+    if (order === state.order) return;
+    state.order = order;
+    document.querySelectorAll(".seg").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.order === order)));
+    state.buffer = [];
+    state.exhausted = false;
+    state.fetching = null;
+    renderCurrent();
+    refill();
+  }
+
+  // --- rendering ---------------------------------------------------------------------
+
+  function renderCurrent() {
+    const item = current();
+    const empty = !item && !state.fetching;
+    el.done.hidden = !empty;
+    el.stage.hidden = empty;
+    el.upnext.parentElement.hidden = empty;
+    el.stage.setAttribute("aria-busy", String(!item));
+    root.dataset.asset = item ? item.asset : "";
+    el.filter.value = "";
+    state.highlight = 0;
+    if (!item) {
+      el.img.hidden = true;
+      el.loading.hidden = false;
+      el.name.textContent = "";
+      el.meta.textContent = "";
+      el.tags.replaceChildren();
+      renderUpNext();
+      return;
+    }
+    state.selected = new Set(config.multilabel ? item.suggested : []);
+    const buffered = new Set(state.buffer.map((i) => i.asset));
+    for (const id of preloaded.keys()) if (!buffered.has(id)) preloaded.delete(id); // the HTTP cache keeps them
+    el.img.alt = item.name;
+    el.img.src = item.image;
+    // Preloaded, so normally complete at once; otherwise show "Loading" rather than the
+    // previous image next to this one's tags.
+    const ready = el.img.complete && el.img.naturalWidth > 0;
+    el.img.hidden = !ready;
+    el.loading.hidden = ready;
+    el.loading.textContent = "Loading…";
+    el.name.textContent = item.name;
+    el.meta.textContent = `${item.width}×${item.height}`;
+    const unc = item.uncertainty;
+    el.uncBar.style.width = unc === null ? "0" : `${Math.round(unc * 100)}%`;
+    el.uncText.textContent = unc === null ? "no model yet" : `${Math.round(unc * 100)}%`;
+    renderTags();
+    renderUpNext();
+  }
+
+  el.img.addEventListener("load", () => {
+    el.img.hidden = false;
+    el.loading.hidden = true;
+  });
+  el.img.addEventListener("error", () => {
+    el.loading.hidden = false;
+    el.loading.textContent = "Image could not be loaded.";
+  });
+
+  // Rows: the model's ranking first (most probable on top), then the tags it has no
+  // probability for, in taxonomy order; narrowed by the type-ahead filter.
+  function rows() {
+    const item = current();
+    const probs = new Map((item ? item.tags : []).map((t) => [t.tag, t.prob]));
+    const ranked = [...state.tags].sort((a, b) => (probs.get(b.id) ?? -1) - (probs.get(a.id) ?? -1));
+    const q = el.filter.value.trim().toLowerCase();
+    const list = q ? ranked.filter((t) => t.name.toLowerCase().includes(q)) : ranked.slice(0, SHOWN_TAGS);
+    return list.map((t) => ({ ...t, prob: probs.get(t.id) }));
+  }
+
+  function renderTags() {
+    const item = current();
+    const suggested = new Set(item ? item.suggested : []);
+    const list = rows();
+    state.highlight = Math.min(state.highlight, Math.max(0, list.length - 1));
+    el.tags.replaceChildren(...list.map((t, i) => tagRow(t, suggested.has(t.id), i === state.highlight && el.filter.value !== "")));
+    if (list.length === 0) el.tags.append(h("li", { className: "muted small", textContent: "No tag matches." }));
+  }
+
+  // Tiny element builder; text goes in through textContent (tag names are user data).
+  function h(tag, props = {}, ...children) {
+    const node = Object.assign(document.createElement(tag), props);
+    node.append(...children);
+    return node;
+  }
+
+  function tagRow(t, isSuggested, highlighted) {
+    const pct = t.prob === undefined ? "" : `${Math.round(t.prob * 100)}%`;
+    const b = h("button", { type: "button", className: "tag" + (isSuggested ? " suggested" : "") + (highlighted ? " hl" : "") },
+      h("kbd", { textContent: t.key || "" }),
+      h("span", { className: "tag-name", textContent: t.name }),
+      // Multi-label rows are narrow with several suggestions: a check mark says the same.
+      ...(isSuggested ? [h("span", { className: "chip", title: "suggested by the model", textContent: config.multilabel ? "✓" : "suggested" })] : []),
+      h("span", { className: "meter" }, h("span", { style: `width: ${t.prob === undefined ? 0 : (t.prob * 100).toFixed(1)}%` })),
+      h("span", { className: "pct", textContent: pct }));
+    b.dataset.tag = t.id;
+    if (config.multilabel) b.setAttribute("aria-pressed", String(state.selected.has(t.id)));
+    if (!config.canLabel) b.setAttribute("aria-disabled", "true");
+    if (t.key) b.setAttribute("aria-keyshortcuts", t.key);
+    return h("li", {}, b);
+  }
+
+  function renderUpNext() {
+    el.upnext.replaceChildren(...state.buffer.slice(1).map((item) => h("li", {}, h("img", { src: item.thumb, alt: "", title: item.name }))));
+  }
+
+  const RUN_TEXT = { queued: "queued", running: "running", promoted: "new model live", rejected: "kept the live model", failed: "failed" };
+
+  function updateStatus(s) {
+    if (!s) return;
+    const acc = s.live_accuracy == null ? "" : ` · ${Math.round(s.live_accuracy * 100)}% acc.`;
+    el.model.textContent = s.live_version == null ? "none yet" : `v${s.live_version}${acc}`;
+    el.retrain.textContent = `${s.labels_until_retrain} label${s.labels_until_retrain === 1 ? "" : "s"}`;
+    el.unlabeled.textContent = String(s.unlabeled);
+    const run = s.run;
+    el.run.hidden = !run;
+    if (run) {
+      const active = run.state === "queued" || run.state === "running";
+      el.runText.textContent = (RUN_TEXT[run.state] || run.state) + (active ? ` ${Math.round(run.progress * 100)}%` : "");
+      el.run.title = run.message || "";
+      el.run.classList.toggle("active", active);
+      el.runBar.style.width = `${Math.round(run.progress * 100)}%`;
+      el.runBar.parentElement.hidden = !active;
+    }
+    if (state.liveVersion !== undefined && s.live_version !== state.liveVersion) {
+      // Buffered suggestions came from the old model: keep what is on screen, refetch the rest.
+      toast(`Model v${s.live_version} is live: suggestions refreshed.`, "ok");
+      state.buffer = state.buffer.slice(0, 1);
+      state.exhausted = false;
+      refill();
+    } else if (!current() && state.exhausted && s.unlabeled > state.skipped.size + state.pending.size) {
+      state.exhausted = false; // new images arrived (an import) while the queue looked empty
+      refill();
+    }
+    state.liveVersion = s.live_version;
+  }
+
+  function toast(text, kind = "") {
+    el.toast.textContent = text;
+    el.toast.className = `toast ${kind}`;
+    el.toast.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { el.toast.hidden = true; }, kind === "error" ? 4000 : 2200);
+  }
+
+  // --- input -------------------------------------------------------------------------
+
+  // A mouse click leaves focus on the button; drop it so Enter means "accept" again.
+  function clicked(handler) {
+    return (e) => {
+      if (e.detail > 0) e.currentTarget.blur();
+      handler(e);
+    };
+  }
+
+  el.tags.addEventListener("click", (e) => {
+    const b = e.target.closest("button.tag");
+    if (!b) return;
+    if (e.detail > 0) b.blur();
+    pickTag(Number(b.dataset.tag));
+  });
+  $("accept-btn").addEventListener("click", clicked(accept));
+  $("skip-btn").addEventListener("click", clicked(skip));
+  $("undo-btn").addEventListener("click", clicked(undo));
+  $("help-btn").addEventListener("click", clicked(() => el.help.showModal()));
+  $("reload-btn").addEventListener("click", () => { state.skipped.clear(); state.exhausted = false; refill(); renderCurrent(); });
+  document.querySelectorAll(".seg").forEach((b) => b.addEventListener("click", clicked(() => setOrder(b.dataset.order))));
+
+  el.filter.addEventListener("input", () => { state.highlight = 0; renderTags(); });
+  el.filter.addEventListener("keydown", (e) => {
+    const list = rows();
+    if (e.key === "Escape") {
+      el.filter.value = "";
+      el.filter.blur();
+      renderTags();
+    } else if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      const step = e.key === "ArrowDown" ? 1 : -1;
+      state.highlight = (state.highlight + step + list.length) % Math.max(1, list.length);
+      renderTags();
+    } else if (e.key === "Enter") {
+      if (el.filter.value.trim() === "") {
+        el.filter.blur();
+        accept();
+      } else if (list[state.highlight]) {
+        el.filter.value = "";
+        if (!config.multilabel) el.filter.blur();
+        pickTag(list[state.highlight].id);
+        renderTags();
+      }
+    } else {
+      return;
+    }
+    e.preventDefault();
+  });
+
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
+    if (el.help.open) {
+      if (e.key === "?") { el.help.close(); e.preventDefault(); }
+      return; // the dialog handles Esc itself
+    }
+    const t = e.target;
+    if (t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t.isContentEditable) return;
+    // Tabbed onto a button or link: Enter/Space activate it, as everywhere else.
+    if ((e.key === "Enter" || e.key === " ") && t.closest && t.closest("button, a")) return;
+    if (e.repeat) return; // holding a key must not label a whole batch
+    if (e.key === "Enter" || e.key === " ") accept();
+    else if (e.key === "/") el.filter.focus();
+    else if (e.key === "s") skip();
+    else if (e.key === "u" || e.key === "Backspace") undo();
+    else if (e.key === "?") el.help.showModal();
+    else if (/^[1-9]$/.test(e.key)) {
+      const tag = state.tags.find((x) => x.key === e.key);
+      if (tag) pickTag(tag.id);
+    } else return;
+    e.preventDefault();
+  });
+
+  setInterval(() => {
+    if (document.hidden) return;
+    api(urls.status).then(updateStatus).catch(() => {}); // a missed poll is retried next tick
+  }, POLL_MS);
+
+  setTags(config.tags);
+  renderCurrent();
+  refill();
+})();

@@ -1,0 +1,187 @@
+"""tagloop settings, read from environment variables.
+
+Embedded default (nothing to install or run): SQLite file, kombu's filesystem broker,
+private media folder, all under ``TAGLOOP_VAR`` (default ``./var``).
+Production: set DATABASE_URL (postgres://...), CELERY_BROKER_URL (redis:// or amqp://),
+SECRET_KEY, DEBUG=0, ALLOWED_HOSTS. Same code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+VAR_DIR = Path(os.environ.get("TAGLOOP_VAR", BASE_DIR / "var")).resolve()
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    # A fixed key is only acceptable for a local, embedded run; production must set SECRET_KEY.
+    SECRET_KEY = "insecure-local-only-set-SECRET_KEY-in-production"
+ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "labeling",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tagloop.urls"
+WSGI_APPLICATION = "tagloop.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'tagloop.sqlite3'}"),
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 0),
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Web server and Celery worker write to the same file: WAL lets readers go on while one
+    # writes, IMMEDIATE transactions fail fast instead of deadlocking on lock upgrades, and
+    # the timeout makes a writer wait for the other rather than raise "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # Tests whose Celery worker runs in another process need a file, not :memory:.
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TAGLOOP_TEST_SQLITE", str(VAR_DIR / "test.sqlite3"))}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+
+# Media is private: there is no MEDIA_URL route; files go out through views that check
+# client membership (labeling.views_media), optionally handed to nginx/Apache by header.
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
+MEDIA_URL = "/media-not-served/"
+TAGLOOP_SENDFILE_HEADER = os.environ.get("TAGLOOP_SENDFILE_HEADER", "")  # e.g. X-Accel-Redirect
+TAGLOOP_SENDFILE_PREFIX = os.environ.get("TAGLOOP_SENDFILE_PREFIX", "/protected/")
+
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("TAGLOOP_MAX_UPLOAD_FILES", 1000)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+
+# --- ML -------------------------------------------------------------------------------
+TAGLOOP_BACKBONE = os.environ.get("TAGLOOP_BACKBONE", "efficientnet-lite0")
+TAGLOOP_EMBED_RUNTIME = os.environ.get("TAGLOOP_EMBED_RUNTIME", "auto")
+TAGLOOP_VECTOR_DIR = Path(os.environ.get("TAGLOOP_VECTOR_DIR", VAR_DIR / "vectors"))
+TAGLOOP_MODEL_DIR = Path(os.environ.get("TAGLOOP_MODEL_DIR", VAR_DIR / "models"))
+TAGLOOP_CACHE_DIR = Path(os.environ.get("TAGLOOP_CACHE_DIR", VAR_DIR / "cache"))
+TAGLOOP_MAX_IMAGE_PIXELS = env_int("TAGLOOP_MAX_IMAGE_PIXELS", 100_000_000)
+TAGLOOP_THUMB_SIZE = env_int("TAGLOOP_THUMB_SIZE", 320)
+# A retrain whose worker died is given up after this long without a heartbeat.
+TAGLOOP_RUN_STALE_SECONDS = env_int("TAGLOOP_RUN_STALE_SECONDS", 900)
+TAGLOOP_SWEEP_SECONDS = env_int("TAGLOOP_SWEEP_SECONDS", 60)
+
+# --- Celery ---------------------------------------------------------------------------
+BROKER_DIR = Path(os.environ.get("TAGLOOP_BROKER_DIR", VAR_DIR / "broker"))
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem"):
+    for sub in ("queue", "processed"):
+        (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing must not hang a web request when the broker is down: fail fast, the periodic
+# sweep re-enqueues what was missed.
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "labeling.tasks.run_import": {"queue": "import"},
+    "labeling.tasks.embed_assets": {"queue": "import"},
+    "labeling.tasks.train": {"queue": "train"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "labeling.tasks.sweep", "schedule": float(TAGLOOP_SWEEP_SECONDS)},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing one

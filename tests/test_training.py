@@ -1,0 +1,122 @@
+"""Retrain service: promotion rules, one run at a time, counters, idempotent claims."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from labeling.models import Label, ModelVersion, Suggestion, TrainingRun
+from labeling.services import importing, labels, training
+from tests.conftest import BRANDS, copy_shoes
+
+
+def test_the_first_model_is_promoted_and_every_asset_gets_a_suggestion(world, trained):
+    live = world.brand.live_model
+    assert live.version == 1 and trained.run.model_version_id == live.pk
+    rows = Suggestion.objects.filter(model_version=live)
+    assert rows.count() == len(trained.assets)
+    assert all(len(s.probs) == 3 and abs(sum(s.probs) - 1) < 1e-3 for s in rows)
+    assert set(rows.filter(is_labeled=True).values_list("asset_id", flat=True)) == set(trained.seeded)
+    # Six labels of real photos already tell the brands apart better than chance (1/3).
+    unlabeled = rows.filter(is_labeled=False)
+    right = sum(1 for s in unlabeled if s.top1_tag_id == trained.tags[trained.truth[s.asset_id]])
+    assert right / unlabeled.count() > 0.5
+
+
+@pytest.fixture
+def big_library(world, shoe_paths, tmp_path):
+    """75 real photos, all labeled correctly, so the fixed hold-out set is large enough to compare."""
+    truth = copy_shoes(shoe_paths, tmp_path / "lib", per_brand=25)
+    importing.import_paths(world.acme, tmp_path / "lib")
+    tags = {t.name: t.pk for t in world.brand.tags.all()}
+    assets = list(world.acme.assets.all())
+    for a in assets:
+        labels.save_label(world.brand, a, [tags[truth[a.original_name]]], source=Label.Source.IMPORTED)
+    held = sum(training.is_holdout(a.sha256) for a in assets)
+    assert held >= training.MIN_HOLDOUT, "precondition: enough held-out labels to compare models"
+    return assets, truth, tags
+
+
+def test_a_model_that_is_worse_on_the_held_out_labels_is_not_promoted(world, big_library):
+    assets, truth, tags = big_library
+    first = training.train_now(world.brand)
+    assert first.state == TrainingRun.State.PROMOTED
+    assert first.metrics["accuracy"] > 0.7 and first.metrics["n_holdout"] >= training.MIN_HOLDOUT
+
+    # Someone relabels every training asset with the wrong brand: the next model must lose.
+    for a in assets:
+        if not training.is_holdout(a.sha256):
+            wrong = BRANDS[(BRANDS.index(truth[a.original_name]) + 1) % 3]
+            labels.save_label(world.brand, a, [tags[wrong]], world.olga)
+    second = training.train_now(world.brand)
+    world.brand.refresh_from_db()
+    assert second.state == TrainingRun.State.REJECTED, second.metrics
+    assert world.brand.live_model_id == first.model_version_id
+    assert second.metrics["accuracy"] < second.metrics["live_score_same_holdout"]
+    # The rejected version is kept for the record, but nothing is rescored with it.
+    assert not Suggestion.objects.filter(model_version=second.model_version).exists()
+
+
+def test_only_one_run_per_taxonomy_can_be_queued_or_running(world):
+    first = training.request_run(world.brand, force=True)
+    assert first is not None
+    assert training.request_run(world.brand, force=True) is None
+    TrainingRun.objects.filter(pk=first.pk).update(state=TrainingRun.State.RUNNING)
+    assert training.request_run(world.brand, force=True) is None
+
+
+def test_a_run_is_requested_only_once_enough_new_labels_arrived(world, trained):
+    world.brand.retrain_threshold = 3
+    world.brand.save()
+    unlabeled = [a for a in trained.assets if a not in trained.seeded]
+    for n, asset_id in enumerate(unlabeled[:3], start=1):
+        assert training.request_run(world.brand) is None
+        labels.save_label(world.brand, trained.assets[asset_id], [trained.tags[trained.truth[asset_id]]], world.olga)
+    assert training.request_run(world.brand) is not None
+
+
+def test_labels_that_arrive_during_a_run_count_toward_the_next(world, trained, monkeypatch):
+    unlabeled = [a for a in trained.assets if a not in trained.seeded]
+    for asset_id in unlabeled[:4]:
+        labels.save_label(world.brand, trained.assets[asset_id], [trained.tags[trained.truth[asset_id]]], world.olga)
+    real_train_head = training.train_head
+
+    def train_while_two_more_labels_arrive(*args, **kwargs):
+        for asset_id in unlabeled[4:6]:
+            labels.save_label(world.brand, trained.assets[asset_id], [trained.tags["nike"]], world.olga)
+        return real_train_head(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_head", train_while_two_more_labels_arrive)
+    run = training.train_now(world.brand)
+    world.brand.refresh_from_db()
+    assert run.labels_consumed == 4
+    assert world.brand.labels_since_train == 2
+    assert run.model_version.n_labels == 6 + 4  # the two late labels were not learned from
+
+
+def test_executing_the_same_run_twice_trains_once(world, trained):
+    run = training.train_now(world.brand)
+    again = training.execute_run(run.pk)
+    assert again.state == run.state
+    assert ModelVersion.objects.filter(taxonomy=world.brand).count() == 2
+
+
+def test_a_run_without_labels_fails_with_its_reason_and_backs_off(world):
+    run = training.train_now(world.brand)
+    assert run.state == TrainingRun.State.FAILED
+    assert "no labels" in run.error
+    world.brand.labels_since_train = 100
+    world.brand.save()
+    assert training.request_run(world.brand) is None  # not again right away
+    TrainingRun.objects.filter(pk=run.pk).update(finished=timezone.now() - training.FAILED_BACKOFF * 2)
+    assert training.request_run(world.brand) is not None
+
+
+def test_a_run_whose_worker_died_stops_blocking_after_the_stale_timeout(world, settings):
+    run = training.request_run(world.brand, force=True)
+    old = timezone.now() - timedelta(seconds=settings.TAGLOOP_RUN_STALE_SECONDS + 5)
+    TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.RUNNING, heartbeat=old)
+    assert training.fail_stale_runs() == 1
+    assert TrainingRun.objects.get(pk=run.pk).state == TrainingRun.State.FAILED
+    assert training.request_run(world.brand, force=True) is not None
