@@ -121,6 +121,7 @@ class ImportJob(models.Model):
     error = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
@@ -223,6 +224,7 @@ class Label(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
     source = models.CharField(max_length=16, choices=Source.choices)
     suggestion = models.ForeignKey(Suggestion, models.SET_NULL, null=True, blank=True, related_name="+")
+    batch = models.ForeignKey("BulkAction", models.SET_NULL, null=True, blank=True, related_name="labels")
     # Older labels of the same asset stay as history; exactly one is current.
     is_current = models.BooleanField(default=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -271,3 +273,92 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         return f"run #{self.pk} {self.taxonomy} ({self.state})"
+
+
+class BulkAction(models.Model):
+    """One operator action over many assets (cluster page, map selection, API bulk): stored as
+    individual labels that point here, so it can be undone as a whole."""
+
+    class Kind(models.TextChoices):
+        APPLY_TAGS = "apply_tags", "Apply tags to all"
+        ACCEPT_SUGGESTIONS = "accept", "Accept each suggestion"
+
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="bulk_actions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    n_labels = models.PositiveIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+    undone = models.DateTimeField(null=True, blank=True)
+
+
+class LabelEvent(models.Model):
+    """History of every label change: who, when, the tags before and after."""
+
+    class Action(models.TextChoices):
+        SET = "set", "Labeled"
+        UNDO = "undo", "Undone"
+
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="label_events")
+    asset = models.ForeignKey(Asset, models.CASCADE, related_name="label_events")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    action = models.CharField(max_length=8, choices=Action.choices)
+    label = models.ForeignKey(Label, models.SET_NULL, null=True, blank=True, related_name="events")
+    before = models.JSONField(null=True, blank=True, help_text="tag ids before (null: unlabeled)")
+    after = models.JSONField(null=True, blank=True, help_text="tag ids after (null: unlabeled)")
+    source = models.CharField(max_length=16, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["taxonomy", "created"])]
+
+
+class Lease(models.Model):
+    """An asset shown to one operator is hidden from the others' queues until it expires."""
+
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="+")
+    asset = models.ForeignKey(Asset, models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    expires = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["taxonomy", "asset"], name="one_lease_per_asset")]
+
+
+class Clustering(models.Model):
+    """One k-means run over a client's vectors. Pages read the current one; a new run is built
+    aside and switched in one transaction, so readers never see half a clustering."""
+
+    client = models.ForeignKey(Client, models.CASCADE, related_name="clusterings")
+    backbone = models.CharField(max_length=64)
+    k = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
+    is_current = models.BooleanField(default=False)
+    stats = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["client"], condition=Q(is_current=True), name="one_current_clustering")
+        ]
+
+
+class Cluster(models.Model):
+    clustering = models.ForeignKey(Clustering, models.CASCADE, related_name="clusters")
+    index = models.PositiveIntegerField()
+    size = models.PositiveIntegerField(default=0)
+    stats = models.JSONField(default=dict, blank=True, help_text="per taxonomy: unlabeled share, majority, ...")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["clustering", "index"], name="cluster_index")]
+
+
+class ClusterMember(models.Model):
+    cluster = models.ForeignKey(Cluster, models.CASCADE, related_name="members")
+    asset = models.ForeignKey(Asset, models.CASCADE, related_name="cluster_memberships")
+    distance = models.FloatField(help_text="to the centroid; the cluster page's order")
+
+    class Meta:
+        indexes = [models.Index(fields=["cluster", "distance"])]

@@ -53,7 +53,7 @@ def _uploaded_files(request: HttpRequest) -> list[tuple]:
         paths = []
     if not isinstance(paths, list) or len(paths) != len(folder):
         paths = [""] * len(folder)  # no usable paths: the files land in the root, unlabeled
-    pairs = [(f, "") for f in loose] + [(f, str(p)) for f, p in zip(folder, paths)]
+    pairs = [(f, "") for f in loose] + [(f, str(p)) for f, p in zip(folder, paths, strict=True)]
     if not pairs:
         raise UploadError("choose at least one image, folder or ZIP file")
     if len(pairs) > max_upload_files():
@@ -79,12 +79,13 @@ def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
             files = _uploaded_files(request)
-            job = importing.stage_upload(client, files, user=request.user, labels_taxonomy=_labels_taxonomy(request))
+            taxonomy = _labels_taxonomy(request)
+            job = importing.stage_upload(client, files, user=request.user, labels_taxonomy=taxonomy)
         except UploadError as exc:
             error = str(exc)
         else:
             if not importing.enqueue(job):
-                messages.warning(request, "The workers can't be reached right now; the import will start once they are.")
+                messages.warning(request, "Workers can't be reached right now; the import starts once they are.")
             return redirect("import_job", slug=client.slug, job_id=job.pk)
     context = {
         "client": client,
@@ -105,7 +106,8 @@ def _job(request: HttpRequest, job_id: int) -> ImportJob:
 @client_view(at_least=Role.ADMIN)
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = _job(request, job_id)
-    return render(request, "labeling/import_job.html", {"client": request.client, "job": job, "s": importing.summary(job)})
+    context = {"client": request.client, "job": job, "s": importing.summary(job)}
+    return render(request, "labeling/import_job.html", context)
 
 
 @require_GET

@@ -22,22 +22,22 @@ import os
 import tempfile
 import warnings
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ml.backbones import DEFAULT_BACKBONE, Backbone, load_backbone, weights_version
-from ml.preprocess import load_input, normalize, to_uint8
+from ml.preprocess import apply_orientation, gpu_resize_crop, load_input, normalize, read_jpeg_for_gpu, to_uint8
 
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
+CPU_MICRO_BATCH = 4
 RUNTIMES = ("auto", "onnx", "torch", "cuda")
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def cpu_count() -> int:
@@ -46,6 +46,19 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS / Windows
         return max(1, os.cpu_count() or 1)
+
+
+def _single_threaded_torch() -> None:
+    """Worker-thread initializer: the resize in load_input runs a torch kernel; with OpenMP's
+    default team per call, N workers x N OMP threads oversubscribe the cores and OMP's
+    spin-waits burn CPU. torch.set_num_threads is thread-local under OpenMP, so this touches
+    only our workers (checked: the main thread keeps its setting)."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def default_cache_dir() -> Path:
@@ -127,17 +140,16 @@ class Embedder:
         workers: int | None = None,
         *,
         weights_path: str | Path | None = None,
-        threads: int | None = None,
         gpu_decode: bool = True,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.backbone_name = backbone
         self.batch_size = max(1, int(batch_size))
-        self.threads = threads or cpu_count()
-        # Decode threads: Pillow releases the GIL while decoding/resampling, so threads overlap
-        # with inference without the pickling cost of processes (measured in bench/embed.py).
-        self.workers = workers if workers is not None else max(1, min(8, cpu_count()))
+        # CPU runtimes: `workers` threads each decode + embed a micro-batch (Pillow, torch's
+        # resize and ORT all release the GIL; threads measured faster than processes here:
+        # no pickling of decoded images). CUDA: reader/decoder threads feeding the GPU.
+        self.workers = max(1, workers if workers is not None else cpu_count())
         self.gpu_decode = gpu_decode  # cuda runtime: nvJPEG decode on the GPU (else PIL threads)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._weights_path = weights_path
@@ -148,6 +160,7 @@ class Embedder:
         self.runtime = self._resolve(runtime)
         self.onnx_path: Path | None = None
         self._session: Any = None
+        self._pool: ThreadPoolExecutor | None = None
         self._run: Callable[[np.ndarray], np.ndarray] = self._setup()
 
     # ---- runtime selection --------------------------------------------------------------
@@ -184,7 +197,11 @@ class Embedder:
             export_onnx(self._model, path)
         self.onnx_path = path
         so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
+        # One ORT thread per call, parallelism from `workers` Python threads each running its
+        # own micro-batch (decode + model; both release the GIL). Measured on 2 cores: one
+        # 2-thread session spends ~40% of its CPU spinning/syncing (9.5 vs 5.6 ms CPU per image)
+        # and fights the decode threads for the cores; one thread per call does neither.
+        so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
@@ -238,8 +255,41 @@ class Embedder:
             raise ValueError(f"expected (N, 3, {self.input_size}, {self.input_size}), got {x.shape}")
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        out = [self._run(np.ascontiguousarray(x[i:i + self.batch_size])) for i in range(0, len(x), self.batch_size)]
+        bs = self._call_batch()
+        chunks = [np.ascontiguousarray(x[i:i + bs]) for i in range(0, len(x), bs)]
+        if self.runtime != "cuda" and len(chunks) > 1:
+            out = list(self._cpu_pool().map(self._run, chunks))
+        else:
+            out = [self._run(c) for c in chunks]
         return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _call_batch(self) -> int:
+        """Images per model call. CPU runtimes: micro-batches of <= CPU_MICRO_BATCH, one per
+        worker thread (measured, ONNX on one core: 5.6 ms/img at 1-4 images, 6.0 at 16, since
+        small batches keep the 112x112 activations in cache). CUDA: the configured batch_size."""
+        return self.batch_size if self.runtime == "cuda" else min(self.batch_size, CPU_MICRO_BATCH)
+
+    def _cpu_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloop-embed",
+                                            initializer=_single_threaded_torch)
+        return self._pool
+
+    def _embed_chunk(self, chunk: list[tuple[int, str | Path]]) -> tuple[list[int], np.ndarray | None, dict[int, str]]:
+        """Worker task (CPU runtimes): decode a micro-batch and run the model on the same thread
+        (no hand-off between decode and inference threads; both release the GIL)."""
+        idx: list[int] = []
+        imgs: list[np.ndarray] = []
+        errs: dict[int, str] = {}
+        for i, p in chunk:
+            res = _load_one(p, self.input_size)
+            if isinstance(res, str):
+                errs[i] = res
+            else:
+                idx.append(i)
+                imgs.append(res)
+        vecs = self._run(normalize(np.stack(imgs))) if imgs else None
+        return idx, vecs, errs
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """PIL images (any mode) -> (N, dim) float32."""
@@ -251,126 +301,49 @@ class Embedder:
     def embed_paths(self, paths: Sequence[str | Path]) -> EmbedResult:
         """Decode (worker pool, draft-mode JPEG) + embed. Bad files land in ``errors`` by index;
         the rest are embedded in input order."""
-        if self.runtime == "cuda" and self.gpu_decode:
+        if self.runtime == "cuda":
             return _embed_paths_cuda(self, paths)
         vectors: list[np.ndarray] = []
         ok: list[int] = []
         errors: dict[int, str] = {}
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="tagloop-decode") as pool:
-            for idx, batch in self._decoded_batches(pool, paths, errors):
-                vectors.append(self.embed_arrays(normalize(batch)))
-                ok.extend(idx)
+        bs = self._call_batch()
+        items = list(enumerate(paths))
+        pool = self._cpu_pool()
+        window: deque[Future] = deque()
+        for i in range(0, len(items), bs):  # bounded window keeps memory flat on huge imports
+            window.append(pool.submit(self._embed_chunk, items[i:i + bs]))
+            if len(window) >= 4 * self.workers:
+                self._collect(window.popleft(), vectors, ok, errors)
+        while window:
+            self._collect(window.popleft(), vectors, ok, errors)
         vecs = np.concatenate(vectors) if vectors else np.zeros((0, self.dim), np.float32)
         return EmbedResult(vecs, ok, errors)
 
-    def _decoded_batches(
-        self, pool: Executor, paths: Sequence[str | Path], errors: dict[int, str]
-    ) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Yield (indices, uint8 NHWC batch) while the pool keeps ~2 batches decoding ahead, so
-        decode overlaps inference without holding every decoded image in memory."""
-        size = self.input_size
-        ahead = 2 * self.batch_size + self.workers
-        pending: deque[tuple[int, Future]] = deque()
-        it = iter(enumerate(paths))
-        idx: list[int] = []
-        imgs: list[np.ndarray] = []
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < ahead:
-                nxt = next(it, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                pending.append((nxt[0], pool.submit(_load_one, nxt[1], size)))
-            if not pending:
-                break
-            i, fut = pending.popleft()
-            res = fut.result()
-            if isinstance(res, str):
-                errors[i] = res
-            else:
-                idx.append(i)
-                imgs.append(res)
-            if len(imgs) == self.batch_size:
-                yield idx, np.stack(imgs)
-                idx, imgs = [], []
-        if imgs:
-            yield idx, np.stack(imgs)
+    @staticmethod
+    def _collect(fut: Future, vectors: list[np.ndarray], ok: list[int], errors: dict[int, str]) -> None:
+        idx, vecs, errs = fut.result()
+        errors.update(errs)
+        if vecs is not None:
+            vectors.append(vecs)
+            ok.extend(idx)
+
+    def close(self) -> None:
+        """Stop the worker threads (they are also reclaimed at interpreter exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"Embedder({self.name!r}, runtime={self.runtime!r}, dim={self.dim}, batch_size={self.batch_size})"
 
 
 # ---- CUDA path: nvJPEG decode + resize/crop on the GPU ----------------------------------------
-
-def _read_for_gpu(path: str | Path) -> tuple[bytes, int] | str | None:
-    """Reader-thread task: (jpeg bytes, EXIF orientation) for baseline RGB/grey JPEGs that nvJPEG
-    can take; None for anything else (PIL fallback); an error message for unreadable files."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return f"cannot read file ({exc.strerror or exc}): {path}"
-    if not data:
-        return f"empty file (0 bytes): {path}"
-    if not data.startswith(_JPEG_MAGIC):
-        return None
-    try:
-        import io
-
-        from ml.preprocess import MAX_IMAGE_PIXELS
-
-        with Image.open(io.BytesIO(data)) as im:  # header only: mode, size, EXIF
-            if im.mode not in ("RGB", "L") or im.width * im.height > MAX_IMAGE_PIXELS:
-                return None  # CMYK/YCCK or bomb: the PIL path handles (or rejects) it cleanly
-            orientation = int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 - broken header: let the PIL path produce the error message
-        return None
-    return data, orientation
-
-
-def apply_orientation(x: Any, orientation: int) -> Any:
-    """EXIF orientation on a CHW tensor, matching PIL.ImageOps.exif_transpose."""
-    if orientation == 2:
-        return x.flip(2)
-    if orientation == 3:
-        return x.flip(1, 2)
-    if orientation == 4:
-        return x.flip(1)
-    if orientation == 5:
-        return x.transpose(1, 2)
-    if orientation == 6:
-        return x.rot90(-1, (1, 2))
-    if orientation == 7:
-        return x.transpose(1, 2).flip(1, 2)
-    if orientation == 8:
-        return x.rot90(1, (1, 2))
-    return x
-
-
-def gpu_resize_crop(images: list[Any], size: int) -> Any:
-    """uint8 CHW tensors of any size -> float (N,3,size,size): crop the source box that 'shorter
-    side to 256/224*size, center crop' keeps, then one antialiased bicubic resize. Images of the
-    same shape are resized in one call (product catalogues are often uniform)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ml.preprocess import _crop_box
-
-    out = torch.empty((len(images), 3, size, size), device=images[0].device, dtype=torch.float32)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault((int(im.shape[1]), int(im.shape[2])), []).append(i)
-    for (h, w), idx in groups.items():
-        l, t, r, b = _crop_box(w, h, size)
-        l, t = int(round(l)), int(round(t))
-        side = max(1, min(int(round(r - l)), w - l, h - t))
-        crop = torch.stack([images[i][:, t:t + side, l:l + side] for i in idx]).float()
-        if side != size:
-            crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        out[idx] = crop.clamp_(0, 255)
-    return out
-
 
 def _embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = "cuda") -> EmbedResult:
     import torch
@@ -382,12 +355,17 @@ def _embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = 
     ok: list[int] = []
     outs: list[Any] = []
     host: list[np.ndarray] = []
-    with ThreadPoolExecutor(max(emb.workers, 4), thread_name_prefix="tagloop-read") as pool:
+    with ThreadPoolExecutor(max(emb.workers, 4), thread_name_prefix="tagloop-read",
+                            initializer=_single_threaded_torch) as pool:
         futs: deque[list[Future]] = deque()
         starts = list(range(0, len(paths), emb.batch_size))
 
+        # gpu_decode=False: the readers decode + resize with Pillow/torch CPU themselves (uint8
+        # arrays), still ~2 batches ahead of the GPU.
+        read = read_jpeg_for_gpu if emb.gpu_decode else (lambda p: _load_one(p, size))
+
         def submit(s: int) -> None:
-            futs.append([pool.submit(_read_for_gpu, p) for p in paths[s:s + emb.batch_size]])
+            futs.append([pool.submit(read, p) for p in paths[s:s + emb.batch_size]])
 
         for s in starts[:2]:  # read ~2 batches ahead of the GPU
             submit(s)
@@ -399,17 +377,19 @@ def _embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = 
             datas: list[Any] = []
             orients: list[int] = []
             cpu_i: list[int] = []
+            decoded: dict[int, Any] = {}  # full decoded images (CHW uint8 on the GPU)
+            ready: dict[int, Any] = {}  # already resized + cropped on the CPU: not to be cropped again
             for j, r in enumerate(raws):
                 if isinstance(r, str):
                     errors[s + j] = r
+                elif isinstance(r, np.ndarray):
+                    ready[s + j] = torch.from_numpy(r).to(dev).permute(2, 0, 1)
                 elif r is None:
                     cpu_i.append(s + j)
                 else:
                     gpu_i.append(s + j)
                     datas.append(torch.frombuffer(bytearray(r[0]), dtype=torch.uint8))
                     orients.append(r[1])
-            decoded: dict[int, Any] = {}
-            ready: dict[int, Any] = {}
             if datas:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # torchvision's decode deprecation notice
@@ -432,7 +412,7 @@ def _embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = 
             for i, res in zip(cpu_i, pool.map(lambda i: _load_one(paths[i], size), cpu_i)):
                 if isinstance(res, str):
                     errors[i] = res
-                else:  # already resized + cropped by Pillow: must not be cropped again
+                else:
                     ready[i] = torch.from_numpy(res).to(dev).permute(2, 0, 1)
             if not decoded and not ready:
                 continue

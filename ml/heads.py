@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ ClassWeight = Literal["balanced"] | None
 
 L2_GRID_FACTORS = (0.2, 1.0, 5.0)  # multiples of default_l2(n) tried by the internal CV
 CV_FOLDS = 3
-CV_MAX_ITER = 20  # CV only has to rank a few strengths; near-converged solutions are enough
+CV_MAX_ITER = 30  # CV only has to rank a few strengths; near-converged solutions are enough
 MIN_CV_SAMPLES = 40  # below this a 3-fold CV estimate is noise; use the default strength
 MIN_POSITIVES_FOR_THRESHOLD = 5  # fewer positives -> a tuned multi-label threshold is noise
 
@@ -182,38 +182,42 @@ def _fit(
     Xs: torch.Tensor,
     Y: torch.Tensor,
     M: torch.Tensor,
-    l2: float,
+    l2s: Sequence[float],
     multilabel: bool,
-    init: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_iter: int = 100,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise weighted mean CE/BCE + l2/2 ||W||^2 with L-BFGS; returns (W, b).
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Minimise weighted mean CE/BCE + l2/2 ||W||^2 with L-BFGS, once per strength in ``l2s``.
 
     ``Y`` is (n, k): one-hot rows (single-label) or {0,1} tags; ``M`` the sample weights,
-    (n, 1) per row for single-label or (n, k) per element for multi-label.
+    (n, 1) per row for single-label or (n, k) per element for multi-label. Returns one (W (d, k),
+    b (k,)) per strength. The strengths are solved jointly as one block-separable problem:
+    with few classes the cost is reading X, so G problems in one pass cost little more than one.
     """
-    d, k = Xs.shape[1], Y.shape[1]
-    W = (init[0].clone() if init else torch.zeros(d, k)).requires_grad_(True)
-    b = (init[1].clone() if init else torch.zeros(k)).requires_grad_(True)
+    (n, d), k, G = Xs.shape, Y.shape[1], len(l2s)
+    # (G*k, d) layout: X @ Wt.T and its gradient G^T X are the fast GEMM forms for skinny W
+    Wt = torch.zeros(G * k, d, requires_grad=True)
+    b = torch.zeros(G * k, requires_grad=True)
+    pen = torch.tensor(l2s, dtype=torch.float32).repeat_interleave(k)[:, None]
     opt = torch.optim.LBFGS(
-        [W, b], lr=1.0, max_iter=max_iter, history_size=10, tolerance_grad=1e-4,
+        [Wt, b], lr=1.0, max_iter=max_iter, history_size=10, tolerance_grad=1e-4,
         tolerance_change=1e-7, line_search_fn="strong_wolfe",
     )  # fmt: skip
-    n = Xs.shape[0]
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        z = Xs @ W + b
+        z = (Xs @ Wt.T + b).view(n, G, k)
         if multilabel:
-            per_item = F.binary_cross_entropy_with_logits(z, Y, reduction="none")
+            per_item = F.binary_cross_entropy_with_logits(z, Y[:, None, :].expand(n, G, k), reduction="none")
+            per_item = per_item * M[:, None, :]
         else:
-            per_item = -Y * F.log_softmax(z, dim=1)
-        loss = (per_item * M).sum() / n + 0.5 * l2 * (W * W).sum()
+            per_item = -Y[:, None, :] * F.log_softmax(z, dim=2) * M[:, None, :]
+        loss = per_item.sum() / n + 0.5 * (pen * Wt * Wt).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return W.detach(), b.detach()
+    W, bb = Wt.detach().T, b.detach()
+    return [(W[:, g * k : (g + 1) * k].contiguous(), bb[g * k : (g + 1) * k]) for g in range(G)]
 
 
 def _learnable(y: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
@@ -279,11 +283,8 @@ def _cross_validate(
         Yt, Mt = _targets(y[tr], multilabel, class_weight, fold_learned)
         cols = np.flatnonzero(fold_learned[learned])
         Xtr, Xte = Xs[torch.from_numpy(tr)], Xs[torch.from_numpy(te)]
-        init = None
-        # strongest penalty first: each solution warm-starts the next, weaker one
-        for g in np.argsort(l2_grid)[::-1]:
-            init = _fit(Xtr, Yt, Mt, l2_grid[g], multilabel, init, max_iter=CV_MAX_ITER)
-            oof[g][np.ix_(te, cols)] = _proba(Xte, *init, multilabel)
+        for g, (W, b) in enumerate(_fit(Xtr, Yt, Mt, l2_grid, multilabel, max_iter=CV_MAX_ITER)):
+            oof[g][np.ix_(te, cols)] = _proba(Xte, W, b, multilabel)
     Ytrue = y[:, learned] if multilabel else (np.cumsum(learned) - 1)[y]
     losses = []
     for g in range(len(l2_grid)):
@@ -373,7 +374,7 @@ def train_head(
         if l2 is None and n >= MIN_CV_SAMPLES:
             grid = [default_l2(n) * f for f in L2_GRID_FACTORS]
             chosen_l2, oof = _cross_validate(Xs, y, multilabel, class_weight, learned, grid, seed)
-        W, b = _fit(Xs, *_targets(y, multilabel, class_weight, learned), chosen_l2, multilabel)
+        [(W, b)] = _fit(Xs, *_targets(y, multilabel, class_weight, learned), [chosen_l2], multilabel)
         weight[:, learned], bias[learned] = W.numpy(), b.numpy()
         if multilabel:
             thresholds[learned] = _tune_thresholds(oof, y[:, learned])

@@ -20,6 +20,7 @@ __all__ = ["STRATEGIES", "select_batch", "kmeans_labels"]
 Strategy = Literal["diverse", "entropy", "margin", "least_confidence", "random"]
 STRATEGIES: tuple[str, ...] = ("diverse", "entropy", "margin", "least_confidence", "random")
 POOL_FACTOR = 10  # "diverse" clusters the POOL_FACTOR * k most uncertain candidates
+FAISS_MIN_ROWS = 20_000
 
 
 def _scores(P: np.ndarray, strategy: str, multilabel: bool, thresholds: np.ndarray | None) -> np.ndarray:
@@ -46,48 +47,56 @@ def _normalise(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1.0)
 
 
-def _numpy_kmeans(X: np.ndarray, n_clusters: int, seed: int, n_iter: int) -> np.ndarray:
+def _kmeanspp_init(X: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """k-means++ seeding: far-away points are likelier centres, so separated groups each get one.
+    (faiss' own random init can put two centres in one group and merge two others.)"""
     rng = np.random.default_rng(seed)
-    C = np.empty((n_clusters, X.shape[1]), dtype=X.dtype)
+    C = np.empty((n_clusters, X.shape[1]), dtype=np.float32)
     C[0] = X[rng.integers(len(X))]
     d2 = ((X - C[0]) ** 2).sum(axis=1)
-    for j in range(1, n_clusters):  # k-means++ seeding: far-away points are likelier centres
-        p = d2 / d2.sum() if d2.sum() > 0 else None
-        C[j] = X[rng.choice(len(X), p=p)]
+    for j in range(1, n_clusters):
+        total = d2.sum()
+        C[j] = X[rng.choice(len(X), p=d2 / total) if total > 0 else rng.integers(len(X))]
         d2 = np.minimum(d2, ((X - C[j]) ** 2).sum(axis=1))
+    return C
 
-    def assign() -> np.ndarray:  # nearest centre = argmax of 2 x.c - |c|^2
-        return (2 * X @ C.T - (C * C).sum(axis=1)).argmax(axis=1)
 
-    for _ in range(n_iter):
-        a = assign()
-        for j in np.unique(a):
-            C[j] = X[a == j].mean(axis=0)
-    return assign()
+def _nearest(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+    return (2 * X @ C.T - (C * C).sum(axis=1)).argmax(axis=1)  # argmin |x - c|^2
 
 
 def kmeans_labels(
     X: np.ndarray, n_clusters: int, seed: int = 0, n_iter: int = 20, backend: str = "auto"
 ) -> np.ndarray:
-    """Cluster id per row. backend: "faiss", "numpy" or "auto" (faiss when importable)."""
+    """Cluster id per row (k-means++ init, then Lloyd iterations).
+
+    backend: "numpy", "faiss", or "auto" = numpy for the small pools selection uses, faiss
+    (when installed) from FAISS_MIN_ROWS rows on, where its multithreaded search pays off.
+    """
     X = np.ascontiguousarray(X, dtype=np.float32)
     n_clusters = max(1, min(n_clusters, len(X)))
     if backend == "auto":
-        try:
-            import faiss  # noqa: F401, PLC0415 - optional dependency
+        backend = "numpy"
+        if len(X) >= FAISS_MIN_ROWS:
+            try:
+                import faiss  # noqa: F401, PLC0415 - optional dependency
 
-            backend = "faiss"
-        except ImportError:
-            backend = "numpy"
-    if backend == "numpy":
-        return _numpy_kmeans(X, n_clusters, seed, n_iter)
-    import faiss  # noqa: PLC0415
+                backend = "faiss"
+            except ImportError:
+                pass
+    C = _kmeanspp_init(X, n_clusters, seed)
+    if backend == "faiss":
+        import faiss  # noqa: PLC0415
 
-    # min_points_per_centroid=1: pools are deliberately small (10 per centroid), and the
-    # default would print a warning on every call
-    km = faiss.Kmeans(X.shape[1], n_clusters, niter=n_iter, seed=seed, min_points_per_centroid=1)
-    km.train(X)
-    return km.index.search(X, 1)[1].ravel()
+        # min_points_per_centroid=1: small pools are normal here; the default would warn
+        km = faiss.Kmeans(X.shape[1], n_clusters, niter=n_iter, seed=seed, min_points_per_centroid=1)
+        km.train(X, init_centroids=C)
+        return km.index.search(X, 1)[1].ravel()
+    for _ in range(n_iter):
+        a = _nearest(X, C)
+        for j in np.unique(a):
+            C[j] = X[a == j].mean(axis=0)
+    return _nearest(X, C)
 
 
 def select_batch(

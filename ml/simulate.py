@@ -49,8 +49,7 @@ def run_loop(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarra
         if r == rounds or not len(pool):
             break
         P = head.predict_proba(X[pool])
-        picked = select_batch(P, X[pool], min(batch, len(pool)), strategy=strategy,
-                              labelled=X[labelled], seed=seed + r)
+        picked = select_batch(P, X[pool], min(batch, len(pool)), strategy, seed + r)
         labelled += [int(i) for i in pool[np.asarray(picked, dtype=np.int64)]]
     return curve
 

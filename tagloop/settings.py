@@ -110,7 +110,20 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+
+def _package_dir(module: str, *parts: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    return Path(spec.origin).parent.joinpath(*parts) if spec and spec.origin else BASE_DIR / "static"
+
+
+# Third-party browser code comes from installed packages, never copied into the repo:
+# plotly's wheel ships plotly.min.js -> /static/vendor/plotly/plotly.min.js
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/plotly", _package_dir("plotly", "package_data")),
+]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
 
 # Media is private: there is no MEDIA_URL route; files go out through views that check
@@ -139,12 +152,14 @@ TAGLOOP_SWEEP_SECONDS = env_int("TAGLOOP_SWEEP_SECONDS", 60)
 BROKER_DIR = Path(os.environ.get("TAGLOOP_BROKER_DIR", VAR_DIR / "broker"))
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem"):
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        # Broadcast (worker control) files; kombu's default is ./control in the working dir.
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -103,7 +103,8 @@ def test_bad_corpus_is_reported_and_the_rest_imported(world, shoe_paths, tmp_pat
         with Image.open(asset.thumbnail.path) as thumb:
             assert thumb.format == "JPEG" and thumb.mode == "RGB"
             assert thumb.size == (asset.width, asset.height)  # all small: no downscaling
-    assert (assets["cmyk.jpg"].format, assets["sixteen.png"].format, assets["anim.gif"].format) == ("JPEG", "PNG", "GIF")
+    formats = [assets[n].format for n in ("cmyk.jpg", "sixteen.png", "palette.png", "anim.gif")]
+    assert formats == ["JPEG", "PNG", "PNG", "GIF"]
     with Image.open(assets["anim.gif"].thumbnail.path) as thumb:
         assert thumb.getpixel((5, 5))[0] > 200, "first frame (red)"
     with Image.open(assets["palette.png"].thumbnail.path) as thumb:

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from labeling.models import Label, ModelVersion, Suggestion, TrainingRun
+from labeling.models import ImportJob, JobState, Label, ModelVersion, Suggestion, TrainingRun
 from labeling.services import importing, labels, training
 from tests.conftest import BRANDS, copy_shoes
 
@@ -113,10 +113,15 @@ def test_a_run_without_labels_fails_with_its_reason_and_backs_off(world):
     assert training.request_run(world.brand) is not None
 
 
-def test_a_run_whose_worker_died_stops_blocking_after_the_stale_timeout(world, settings):
+def test_a_run_or_import_whose_worker_died_stops_blocking_after_the_stale_timeout(world, settings):
     run = training.request_run(world.brand, force=True)
     old = timezone.now() - timedelta(seconds=settings.TAGLOOP_RUN_STALE_SECONDS + 5)
     TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.RUNNING, heartbeat=old)
-    assert training.fail_stale_runs() == 1
+    job = ImportJob.objects.create(client=world.acme, source="/x", state=JobState.RUNNING, heartbeat=old)
+    alive = ImportJob.objects.create(client=world.acme, source="/y", state=JobState.RUNNING, heartbeat=timezone.now())
+    assert training.fail_stale_runs() == 2
     assert TrainingRun.objects.get(pk=run.pk).state == TrainingRun.State.FAILED
+    job.refresh_from_db(), alive.refresh_from_db()
+    assert job.state == JobState.FAILED and "worker lost" in job.error
+    assert alive.state == JobState.RUNNING
     assert training.request_run(world.brand, force=True) is not None

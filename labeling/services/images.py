@@ -21,7 +21,9 @@ from ml.preprocess import load_rgb
 
 # Formats we store and can show in every browser (or convert for the thumbnail: TIFF, BMP).
 # MPO is what Pillow calls multi-picture JPEGs from phones and 3D cameras.
-EXTENSION_OF = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+EXTENSION_OF = {
+    "JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 # The model centre-crops a square, so a strip thinner than this carries nothing to tag and its
 # thumbnail would be a line of pixels (and a 30000x1 header is a cheap way to stall a decoder).

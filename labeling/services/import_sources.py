@@ -7,6 +7,7 @@ under staging_dir(job) with names we sanitise, so a browser can't place a file e
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import uuid
 import zipfile
@@ -46,9 +47,13 @@ class Entry:
     kind: str = ""
 
 
+_LITTER = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+
+
 def _hidden(part: str) -> bool:
-    # Finder / Windows leftovers nobody meant to import: .DS_Store, ._x.jpg, __MACOSX/, Thumbs.db
-    return (part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" or part.lower() in ("thumbs.db", "desktop.ini")
+    # Finder / Windows leftovers nobody meant to import: .DS_Store, ._x.jpg, __MACOSX/, Thumbs.db.
+    # '..' is not hidden: it is an unsafe ZIP name and gets reported.
+    return (part.startswith(".") and part not in (".", "..")) or part.lower() in _LITTER
 
 
 def _folder_of(parts: tuple[str, ...], outer: str | None = None) -> str | None:
@@ -62,7 +67,7 @@ def _classify(parts: tuple[str, ...], name: str, folder: str | None) -> Entry | 
     suffix = PurePosixPath(parts[-1]).suffix.lower()
     if suffix not in images.IMAGE_SUFFIXES:
         what = f"'{suffix}' files" if suffix else "files without an extension"
-        return Entry(name, folder, refusal=f"skipped: not an image type ({what} are not imported)", kind="skipped")
+        return Entry(name, folder, refusal=f"not an image type ({what} are not imported)", kind="skipped")
     return Entry(name, folder)
 
 
@@ -105,7 +110,7 @@ def _zip_entries(path: Path, stack: ExitStack, prefix: str = "", outer: str | No
         if any(_hidden(p) for p in parts):
             continue
         if parts[-1].lower().endswith(".zip"):
-            entries.append(Entry(name, None, refusal="skipped: ZIP inside a ZIP is not opened; import it on its own",
+            entries.append(Entry(name, None, refusal="ZIP inside a ZIP is not opened; import it on its own",
                                  kind="skipped"))
             continue
         entry = _classify(parts, name, _folder_of(parts, outer))
@@ -151,8 +156,6 @@ def scan(source: Path, stack: ExitStack) -> list[Entry]:
     raise SourceError(f"source not found: {source}")
 
 
-
-
 # --- browser uploads ----------------------------------------------------------------------
 
 class Uploaded(Protocol):
@@ -193,11 +196,15 @@ def stage_files(files: Iterable[tuple[Uploaded, str]]) -> Path:
     """Write uploaded files (with their relative paths) chunk by chunk into a fresh folder."""
     folder = uploads_root() / f"incoming-{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
-    for upload, relative in files:
-        rel = safe_relative(relative or os.path.basename(upload.name or ""))
-        parent = folder.joinpath(*rel.parent.parts)
-        parent.mkdir(parents=True, exist_ok=True)
-        with open(_free_name(parent, rel.name), "wb") as out:
-            for chunk in upload.chunks():
-                out.write(chunk)
+    try:
+        for upload, relative in files:
+            rel = safe_relative(relative or os.path.basename(upload.name or ""))
+            parent = folder.joinpath(*rel.parent.parts)
+            parent.mkdir(parents=True, exist_ok=True)
+            with open(_free_name(parent, rel.name), "wb") as out:
+                for chunk in upload.chunks():
+                    out.write(chunk)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder

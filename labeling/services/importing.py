@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 import zipfile
+import zlib
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterable
@@ -32,6 +33,9 @@ FLUSH_SECONDS = 1.0
 LABEL_BATCH = 200
 MAX_REPORTED = 1000  # job.errors entries kept; the rest are counted in one last line
 Progress = Callable[[int, int], None]
+# What reading one file (a ZIP member above all) may raise when its bytes are damaged.
+READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+
 
 def create_job(client: Client, source: str, user=None, labels_taxonomy: Taxonomy | None = None) -> ImportJob:
     if labels_taxonomy is not None and labels_taxonomy.client_id != client.pk:
@@ -82,8 +86,9 @@ def enqueue(job: ImportJob) -> bool:
 def run_job(job_id: int, progress: Progress | None = None) -> ImportJob:
     """Run a queued job. Safe to call twice: only the caller whose UPDATE moves it from queued
     to running does the work (a redelivered Celery message returns at once)."""
+    now = timezone.now()
     claimed = ImportJob.objects.filter(pk=job_id, state=JobState.QUEUED).update(
-        state=JobState.RUNNING, started=timezone.now()
+        state=JobState.RUNNING, started=now, heartbeat=now
     )
     job = ImportJob.objects.select_related("client", "labels_from_folders", "created_by").get(pk=job_id)
     if not claimed:
@@ -91,6 +96,8 @@ def run_job(job_id: int, progress: Progress | None = None) -> ImportJob:
     source = staging_dir(job) if job.source == UPLOAD else Path(job.source).expanduser()
     importer = _Importer(job, progress)
     try:
+        if job.source == UPLOAD and not source.is_dir():
+            raise SourceError(f"uploaded files not found in {source} (web and workers must share TAGLOOP_VAR)")
         with ExitStack() as stack:
             importer.run(scan(source, stack))
     except SourceError as exc:
@@ -147,7 +154,7 @@ class _Importer:
         j = self.job
         ImportJob.objects.filter(pk=j.pk).update(
             total=j.total, processed=j.processed, n_created=j.n_created, n_duplicates=j.n_duplicates,
-            n_failed=j.n_failed, n_labeled=j.n_labeled, errors=self.reported(),
+            n_failed=j.n_failed, n_labeled=j.n_labeled, errors=self.reported(), heartbeat=timezone.now(),
         )
 
     def reported(self) -> list[dict]:
@@ -183,8 +190,8 @@ class _Importer:
         except images.ImageError as exc:
             self.add("failed", entry.name, str(exc))
             return
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            self.add("failed", entry.name, f"can't be read ({exc})")
+        except READ_ERRORS as exc:
+            self.add("failed", entry.name, f"can't be read ({type(exc).__name__}: {exc})")
             return
         with spooled.file:
             asset, created = self.existing(spooled.sha256), False
@@ -283,7 +290,8 @@ class _Importer:
         from . import suggesting, vectors
 
         try:
-            result = vectors.embed_assets(self.created_ids) or {}
+            beat = lambda done, total: ImportJob.objects.filter(pk=self.job.pk).update(heartbeat=timezone.now())
+            result = vectors.embed_assets(self.created_ids, progress=beat) or {}
             suggesting.score_new_assets(self.job.client_id, self.created_ids)
         except Exception as exc:  # assets are in; they can be embedded again later
             log.exception("import %s: embedding/scoring failed", self.job.pk)

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 from django.db import transaction
 from django.db.models import F
 
-from ..models import Asset, Label, Suggestion, Tag, Taxonomy
+from ..models import Asset, BulkAction, Label, LabelEvent, Suggestion, Tag, Taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +62,49 @@ def save_label(
     tag_ids: Sequence[int],
     user=None,
     source: str | None = None,
+    notify: bool = True,
+    batch: BulkAction | None = None,
 ) -> Label:
-    """Store the asset's current label (older ones stay as history) and count it toward a retrain."""
+    """Store the asset's current label (older ones stay as history) and count it toward a retrain.
+
+    ``notify=False`` leaves the retrain check to the caller (bulk saves send one, not one each).
+    """
     if asset.client_id != taxonomy.client_id:
         raise LabelError("asset: not in this taxonomy's client")
     tags = validate_tags(taxonomy, tag_ids)
     suggestion = live_suggestion(taxonomy, asset)
+    user = user if user is not None and user.is_authenticated else None
     with transaction.atomic():
-        Label.objects.filter(asset=asset, taxonomy=taxonomy, is_current=True).update(is_current=False)
+        previous = current_label(taxonomy, asset, for_update=True)
+        if previous is not None:
+            Label.objects.filter(pk=previous.pk).update(is_current=False)
         label = Label.objects.create(
             asset=asset,
             taxonomy=taxonomy,
-            user=user if user is not None and user.is_authenticated else None,
+            user=user,
             source=source or _source_for(taxonomy, tags, suggestion),
             suggestion=suggestion,
+            batch=batch,
         )
         label.tags.set(tags)
+        LabelEvent.objects.create(
+            taxonomy=taxonomy, asset=asset, user=user, action=LabelEvent.Action.SET, label=label,
+            before=tag_ids_of(previous), after=sorted(t.pk for t in tags), source=label.source,
+        )
         Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=True)
         Taxonomy.objects.filter(pk=taxonomy.pk).update(labels_since_train=F("labels_since_train") + 1)
-        transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
+        if notify:
+            transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
     return label
+
+
+def current_label(taxonomy: Taxonomy, asset: Asset, for_update: bool = False) -> Label | None:
+    qs = Label.objects.filter(asset=asset, taxonomy=taxonomy, is_current=True)
+    return (qs.select_for_update() if for_update else qs).first()
+
+
+def tag_ids_of(label: Label | None) -> list[int] | None:
+    return None if label is None else sorted(label.tags.values_list("id", flat=True))
 
 
 def bulk_label(taxonomy: Taxonomy, items: Iterable[tuple[Asset, list[int]]], user=None, source: str | None = None) -> int:
@@ -89,8 +112,10 @@ def bulk_label(taxonomy: Taxonomy, items: Iterable[tuple[Asset, list[int]]], use
     n = 0
     with transaction.atomic():
         for asset, tag_ids in items:
-            save_label(taxonomy, asset, tag_ids, user=user, source=source)
+            save_label(taxonomy, asset, tag_ids, user=user, source=source, notify=False)
             n += 1
+        if n:
+            transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
     return n
 
 
@@ -106,12 +131,17 @@ def undo_last(taxonomy: Taxonomy, user) -> Label | None:
         if label is None:
             return None
         asset = label.asset
+        undone_tags = tag_ids_of(label)
         label.delete()
         previous = Label.objects.filter(asset=asset, taxonomy=taxonomy).order_by("-id").first()
         if previous is not None:
             Label.objects.filter(pk=previous.pk).update(is_current=True)
         else:
             Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
+        LabelEvent.objects.create(
+            taxonomy=taxonomy, asset=asset, user=user, action=LabelEvent.Action.UNDO, label=previous,
+            before=undone_tags, after=tag_ids_of(previous),
+        )
         # The undone label no longer counts toward the next retrain (never below zero).
         Taxonomy.objects.filter(pk=taxonomy.pk, labels_since_train__gt=0).update(
             labels_since_train=F("labels_since_train") - 1

@@ -21,7 +21,7 @@ from django.utils import timezone
 from ml.heads import train_head
 from ml.metrics import classification_metrics
 
-from ..models import Asset, Label, ModelVersion, Taxonomy, TrainingRun
+from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Taxonomy, TrainingRun
 from . import suggesting, vectors
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,17 @@ def train_now(taxonomy: Taxonomy, trigger: str = "manual") -> TrainingRun:
 
 
 def fail_stale_runs() -> int:
-    """A run whose worker died stops blocking its taxonomy after TAGLOOP_RUN_STALE_SECONDS."""
+    """A run (or import) whose worker died stops blocking after TAGLOOP_RUN_STALE_SECONDS
+    without a heartbeat; its error says so, and a new run can be requested."""
     cutoff = timezone.now() - timedelta(seconds=settings.TAGLOOP_RUN_STALE_SECONDS)
-    return TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat__lt=cutoff).update(
-        state=TrainingRun.State.FAILED, error="worker lost (no heartbeat)", finished=timezone.now()
+    lost = {"error": "worker lost (no heartbeat)", "finished": timezone.now()}
+    runs = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat__lt=cutoff).update(
+        state=TrainingRun.State.FAILED, **lost
     )
+    imports = ImportJob.objects.filter(state=JobState.RUNNING, heartbeat__lt=cutoff).update(
+        state=JobState.FAILED, **lost
+    )
+    return runs + imports
 
 
 # -- executing --------------------------------------------------------------------------

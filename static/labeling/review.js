@@ -67,7 +67,7 @@
     const res = await fetch(url, opts);
     if (res.status === 401) {
       // Session expired: back to the login page, then here again.
-      window.location.href = "/login/?next=" + encodeURIComponent(window.location.pathname);
+      window.location.href = `${root.dataset.loginUrl}?next=${encodeURIComponent(window.location.pathname)}`;
       throw new Error("login required");
     }
     const data = await res.json().catch(() => ({}));

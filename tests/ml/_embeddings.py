@@ -59,7 +59,7 @@ def _embed_with_product_embedder(paths: list[Path]) -> np.ndarray | None:
         from ml.embedding import Embedder  # noqa: PLC0415 - optional while being written
     except Exception:  # noqa: BLE001 - any import failure means "not ready yet"
         return None
-    result = Embedder(runtime="torch").embed_paths(paths)
+    result = Embedder().embed_paths(paths)
     if result.errors:
         raise RuntimeError(f"Embedder failed on test images: {result.errors}")
     return np.asarray(result.vectors, dtype=np.float32)

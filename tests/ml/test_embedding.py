@@ -201,7 +201,44 @@ def test_cuda_runtime_matches_onnx(shoes, onnx_embedder: Embedder, tmp_path: Pat
     r_cpu = onnx_embedder.embed_paths(paths)
     assert r_gpu.ok == r_cpu.ok and sorted(r_gpu.errors) == sorted(r_cpu.errors) == [len(paths) - 2, len(paths) - 1]
     cos = _cos(r_gpu.vectors, r_cpu.vectors)
-    # fp16 + torch's bicubic vs Pillow's: close, not bit-equal
-    assert cos.min() >= 0.99 and cos.mean() >= 0.995, cos
+    # fp16 + torch's antialiased bicubic vs Pillow's: close, not bit-equal
+    assert cos.min() >= 0.99 and cos.mean() >= 0.997, cos
     x = np.stack([to_input(Image.open(p).convert("RGB")) for p in good])
     assert _cos(emb.embed_arrays(x), onnx_embedder.embed_arrays(x)).min() >= 0.999
+
+
+def test_gpu_decode_path_logic_on_cpu(shoes, onnx_embedder: Embedder, torch_embedder: Embedder,
+                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA embed_paths pipeline (JPEG bytes -> decode_jpeg -> EXIF orientation -> tensor
+    crop/resize, Pillow fallback for PNG/CMYK, per-file errors) run on CPU tensors, so its logic
+    is checked on machines without a GPU."""
+    import torch
+
+    from ml.embedding import _embed_paths_cuda
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch_embedder._model(x)
+
+    monkeypatch.setattr(torch_embedder, "_cuda_forward", forward)
+    good = [shoes["test"][b][i] for b in BRANDS for i in range(3)]
+    logos = sorted((DATASETS / "flickrlogos27" / "images").glob("*.jpg"))[:4]
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    rotated = tmp_path / "rotated.jpg"
+    Image.open(good[0]).save(rotated, exif=exif, quality=95)
+    png = tmp_path / "shoe.png"
+    Image.open(good[1]).save(png)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(good[2]).convert("CMYK").save(cmyk, quality=95)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(good[3].read_bytes()[:400])
+    paths = [*good, *logos, rotated, png, cmyk, bad, tmp_path / "missing.jpg"]
+    want = onnx_embedder.embed_paths(paths)
+    for gpu_decode in (True, False):
+        monkeypatch.setattr(torch_embedder, "gpu_decode", gpu_decode)
+        monkeypatch.setattr(torch_embedder, "batch_size", 8)  # > 1 batch, mixed sizes per batch
+        got = _embed_paths_cuda(torch_embedder, paths, device="cpu")
+        assert got.ok == want.ok and sorted(got.errors) == sorted(want.errors) == [len(paths) - 2, len(paths) - 1]
+        cos = _cos(got.vectors, want.vectors)
+        assert cos.min() >= 0.995, (gpu_decode, cos)

@@ -117,7 +117,7 @@ def test_exif_rotated_jpeg(tmp_path: Path) -> None:
 def test_apply_orientation_tensor_matches_pil(tmp_path: Path) -> None:
     """The CUDA decode path orients tensors itself (nvJPEG ignores EXIF); check it on CPU."""
     torch = pytest.importorskip("torch")
-    from ml.embedding import apply_orientation
+    from ml.preprocess import apply_orientation
 
     src = _gradient(48, 32)
     chw = torch.from_numpy(np.asarray(src).copy()).permute(2, 0, 1)

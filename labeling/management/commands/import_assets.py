@@ -6,6 +6,7 @@ can't be read.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 
 from django.contrib.auth import get_user_model
@@ -43,8 +44,10 @@ class Command(BaseCommand):
                 raise CommandError(f"no user '{user}'")
 
         # tqdm writes to the real stderr: Django's OutputWrapper would end every \r redraw with a
-        # newline. disable=None: no bar when stderr is not a terminal (cron, CI logs).
-        with tqdm(unit="file", desc="import", file=sys.stderr, disable=None) as bar:
+        # newline. disable=None: no bar when stderr is not a terminal (cron, CI logs). Size: some
+        # ptys (ssh -t, script) report 0x0, and tqdm then draws nothing; shutil falls back to 80x24.
+        cols, rows = shutil.get_terminal_size()
+        with tqdm(unit="file", desc="import", file=sys.stderr, disable=None, ncols=cols, nrows=rows) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
