@@ -49,7 +49,7 @@ demo() {
   local worker=$!
   trap 'kill $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT INT TERM
   log "worker log: ${TAGLOOP_VAR:-var}/worker.log"
-  "$VENV/bin/python" manage.py runserver "${HOST:-127.0.0.1}:${PORT:-8000}"
+  "$VENV/bin/python" manage.py runserver --noreload "${HOST:-127.0.0.1}:${PORT:-8000}"
 }
 
 run_tests() {

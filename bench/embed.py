@@ -7,6 +7,15 @@ $TAGLOOP_DATASETS or <repo>/../shared/datasets; a flat folder of JPEGs also work
 once before timing so the page cache is warm for every runtime (we measure decode + model, not
 the disk). Eager PyTorch is slow on CPU, so it runs on the first --eager-n images; img/s is a rate
 so the ratio stays comparable. Prints a table and one final JSON line.
+
+Shared hosts: other processes steal cores, so besides wall-clock img/s the table gives CPU ms per
+image (all threads) and the rate that cost allows with every core free. What was tried on the
+2-core AVX-512 dev box (2026-11): one 2-thread ORT session 9.5 ms CPU/img (spin + sync) vs one
+thread per call 5.6; micro-batches of 1-4 beat 16-32 (cache); Pillow bicubic resize 0.7-1.2 ms vs
+torch's uint8 antialiased kernel 0.2 ms (same filter); threads beat processes for decode (no
+pickling); int8 QDQ 1.8x faster but cosine 0.966 (rejected, needs >= 0.999). Lite1 / Lite2
+(optional packages, picked up when installed): 1-NN shoe-brand accuracy 0.781 / 0.798 vs 0.763
+for Lite0, at 1.6x / 2.3x the CPU cost per image.
 """
 
 from __future__ import annotations

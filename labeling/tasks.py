@@ -34,7 +34,10 @@ def train(run_id: int) -> str:
 def run_import(job_id: int) -> str:
     from .services import importing
 
-    return importing.run_job(job_id).state
+    job = importing.run_job(job_id)
+    if job.n_created:
+        enqueue_recluster(job.client_id)  # new images join clusters, the map and the index
+    return job.state
 
 
 @shared_task(name="labeling.tasks.sweep")
@@ -59,3 +62,26 @@ def sweep() -> dict:
         except Exception as exc:
             log.warning("broker unreachable, import %s stays queued: %s", job_id, exc)
     return {"stale_runs": stale, "runs_requested": started, "runs_reenqueued": len(runs), "imports_reenqueued": len(jobs)}
+
+
+@shared_task(name="labeling.tasks.recluster")
+def recluster(client_id: int) -> int | None:
+    """k-means clusters, the 2-D map and the FAISS index of one client, rebuilt aside and
+    swapped in (labeling.services.clusters / similarity)."""
+    from .services import clusters, similarity
+
+    clustering = clusters.recluster(client_id)
+    similarity.get_index(client_id)  # adds newly embedded vectors (or rebuilds for a new backbone)
+    clusters.compute_map(client_id)
+    return clustering.pk if clustering else None
+
+
+def enqueue_recluster(client_id: int) -> bool:
+    """Ask a worker to recluster; False when the broker is unreachable (never raises: the
+    caller's import or promotion has already succeeded, and the next one asks again)."""
+    try:
+        recluster.apply_async((client_id,), retry=False)
+        return True
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        log.warning("broker unreachable, recluster of client %s skipped: %s", client_id, exc)
+        return False

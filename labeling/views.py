@@ -184,7 +184,11 @@ def queue_json(request: HttpRequest) -> JsonResponse:
     taxonomy = request.taxonomy
     return JsonResponse(
         {
-            "items": queue.review_batch(taxonomy, order=order, limit=limit, exclude=exclude),
+            # Operators lease what they are shown; a viewer's look hides nothing from them.
+            "items": queue.review_batch(
+                taxonomy, order=order, limit=limit, exclude=exclude,
+                user=request.user if can_label(request.role) else None,
+            ),
             "status": queue.queue_status(taxonomy),
             "tags": tag_list(taxonomy),
         }

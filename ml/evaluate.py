@@ -53,15 +53,24 @@ def _score(y: np.ndarray, proba: np.ndarray) -> float:
 
 def fit_predict(task: Task, store: FeatureStore, spec: str, use_boxes: bool,
                 train_idx: np.ndarray, test_idx: np.ndarray, seed: int = 0,
-                X: np.ndarray | None = None) -> np.ndarray:
+                X: np.ndarray | None = None, fine: bool = False) -> np.ndarray:
     """Train a head on train_idx (+ their box crops) and return test probabilities."""
     X = spec_features(store, task.shas, spec) if X is None else X
     Xtr, ytr = X[train_idx], task.y[train_idx]
+    owner = np.zeros(0, np.int64)
     if use_boxes:
         Xb, owner = box_features(store, [task.shas[i] for i in train_idx], spec)
         if len(owner):  # owner indexes train_idx, so test-fold boxes can never leak in
             Xtr = np.concatenate([Xtr, Xb])
             ytr = np.concatenate([ytr, ytr[owner]])
+    if fine and task.fine_y is not None:
+        # train on 27 brands + none and sum into the task's classes: "other" is 25 unrelated
+        # looks, which one linear class cannot model
+        yf = task.fine_y[train_idx]
+        yf = np.concatenate([yf, yf[owner]]) if use_boxes and len(owner) else yf
+        keep = yf >= 0
+        head = train_head(Xtr[keep], yf[keep], len(task.fine_labels), seed=seed)
+        return collapse_proba(task, head.predict_proba(X[test_idx]))
     head = train_head(Xtr, ytr, task.n_classes, seed=seed)
     return head.predict_proba(X[test_idx])
 
@@ -86,7 +95,7 @@ def search_config(task: Task, store: FeatureStore, train_idx: np.ndarray,
 
 
 def run_features(task: Task, store: FeatureStore, method: str, spec: str | None,
-                 use_boxes: bool, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                 use_boxes: bool, seed: int, fine: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Head-based methods. Returns (test indices, probabilities, per-fold info)."""
     specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
     views = sorted({v for s in specs for v in spec_views(s)} |
@@ -97,7 +106,7 @@ def run_features(task: Task, store: FeatureStore, method: str, spec: str | None,
         chosen, trials = (spec, use_boxes), []
         if method == "search":
             chosen, trials = search_config(task, store, tr, seed)
-        p = fit_predict(task, store, chosen[0], chosen[1], tr, te, seed)
+        p = fit_predict(task, store, chosen[0], chosen[1], tr, te, seed, fine=fine)
         idx.append(te)
         probas.append(p)
         info.append({"fold": k, "spec": chosen[0], "boxes": chosen[1], "n_train": len(tr),
@@ -165,7 +174,7 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
              spec: str | None = None, use_boxes: bool | None = None, data_dir: str | None = None,
              cache_dir: str | None = None, seed: int = 0, finetune_cfg: dict | None = None,
              max_folds: int | None = None, save_to: str | None = None,
-             load_from: str | None = None) -> dict:
+             load_from: str | None = None, fine_labels: bool = False) -> dict:
     t0 = time.time()
     task = load_task(task_name, data_dir)
     if max_folds:
@@ -184,11 +193,13 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
         spec = spec or (BASELINE_SPEC if method == "head" else MULTICROP_SPEC)
         use_boxes = (method == "multicrop") if use_boxes is None else use_boxes
         store = FeatureStore(backbone=backbone, cache_dir=cache_dir)
-        idx, proba, folds = run_features(task, store, method, spec, use_boxes, seed)
+        idx, proba, folds = run_features(task, store, method, spec, use_boxes, seed, fine_labels)
     m = classification_metrics(task.y[idx], proba, task.labels)
     return {
         "task": task_name, "backbone": backbone, "method": method,
         "spec": None if method == "search" else spec, "boxes": use_boxes,
+        "train_labels": "fine (27 brands + none), collapsed" if fine_labels and task.fine_y is not None
+        else "task",
         "protocol": "given train/test split" if len(task.splits) == 1 and not max_folds
         else f"{len(task.splits)}-fold stratified CV (seed 0) over sha256-deduplicated files, "
              "metrics on concatenated out-of-fold predictions",
@@ -239,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-proba", help="finetune: save out-of-fold probabilities (.npz)")
     ap.add_argument("--load-proba", help="finetune: evaluate saved out-of-fold probabilities "
                     "(e.g. from a GPU run) instead of training")
+    ap.add_argument("--fine-labels", action="store_true",
+                    help="fl27 heads: train on 27 brands + none, sum into the task's classes")
     ap.add_argument("--folds", type=int, help="only the first N CV folds (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", help="folder with shoes/ and flickrlogos27/")
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     r = evaluate(a.task, method, backbone=a.backbone, spec=a.features, use_boxes=boxes,
                  data_dir=a.data, cache_dir=a.cache, seed=a.seed,
                  finetune_cfg=_ft_overrides(a.ft), max_folds=a.folds,
-                 save_to=a.save_proba, load_from=a.load_proba)
+                 save_to=a.save_proba, load_from=a.load_proba, fine_labels=a.fine_labels)
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=1))

@@ -46,6 +46,25 @@ MIN_CV_SAMPLES = 40  # below this a 3-fold CV estimate is noise; use the default
 MIN_POSITIVES_FOR_THRESHOLD = 5  # fewer positives -> a tuned multi-label threshold is noise
 
 
+SCALE_PRIOR_SAMPLES = 20  # weight of the pooled variance in each feature's scale
+
+
+def shrunk_scale(X: np.ndarray) -> np.ndarray:
+    """Per-feature scale for standardisation, shrunk toward the pooled variance.
+
+    With a handful of labels a per-feature std is noise: post-ReLU features that happen to be
+    zero in every training sample get a near-zero std, and any later image where they fire is
+    blown up by orders of magnitude (six seed labels gave worse-than-chance predictions). The
+    pooled variance acts as a prior worth SCALE_PRIOR_SAMPLES samples; with many labels the
+    feature's own std dominates.
+    """
+    n = X.shape[0]
+    var = X.var(axis=0)
+    pooled = float(var.mean()) or 1.0
+    scale = np.sqrt((n * var + SCALE_PRIOR_SAMPLES * pooled) / (n + SCALE_PRIOR_SAMPLES))
+    return np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
+
+
 def default_l2(n: int) -> float:
     """L2 strength for the mean loss when there is too little data to cross-validate.
 
@@ -361,8 +380,7 @@ def train_head(
 
     torch.manual_seed(seed)
     mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    scale = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+    scale = shrunk_scale(X)
     Xs = torch.from_numpy((X - mean) / scale)
 
     weight = np.zeros((X.shape[1], n_classes), dtype=np.float32)

@@ -109,6 +109,7 @@ def _load(src: str | Path | BinaryIO, draft_size: int | None) -> tuple[Image.Ima
         raise ValueError(f"corrupt or truncated image header ({exc}): {name}") from exc
     except Image.DecompressionBombError as exc:
         raise ValueError(f"image too large (decompression bomb guard, > {MAX_IMAGE_PIXELS} px): {name}") from exc
+    opened = img
     try:
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
@@ -142,9 +143,12 @@ def _load(src: str | Path | BinaryIO, draft_size: int | None) -> tuple[Image.Ima
                 img = ImageOps.exif_transpose(img) or img
         except Exception:  # noqa: BLE001 - broken EXIF is common in the wild: keep pixels as stored
             pass
-        return _to_rgb(img), extent
+        out = _to_rgb(img)
+        if out is not opened:
+            opened.close()  # animated files keep their handle open until closed
+        return out, extent
     except ValueError:
-        img.close()
+        opened.close()
         raise
 
 

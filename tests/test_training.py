@@ -42,7 +42,7 @@ def test_a_model_that_is_worse_on_the_held_out_labels_is_not_promoted(world, big
     assets, truth, tags = big_library
     first = training.train_now(world.brand)
     assert first.state == TrainingRun.State.PROMOTED
-    assert first.metrics["accuracy"] > 0.7 and first.metrics["n_holdout"] >= training.MIN_HOLDOUT
+    assert first.metrics["accuracy"] > 0.5 and first.metrics["n_holdout"] >= training.MIN_HOLDOUT
 
     # Someone relabels every training asset with the wrong brand: the next model must lose.
     for a in assets:

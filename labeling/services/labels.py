@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Sequence
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from ..models import Asset, BulkAction, Label, LabelEvent, Suggestion, Tag, Taxonomy
@@ -19,6 +19,22 @@ log = logging.getLogger(__name__)
 
 class LabelError(ValueError):
     """Bad label input; the message names the field."""
+
+
+class LabelConflict(LabelError):
+    """The asset's current label is no longer the one the writer saw (``base_label``), so the
+    write was refused rather than silently replacing someone else's work. Nothing was saved."""
+
+    def __init__(self, current: "Label | None") -> None:
+        super().__init__("base_label: the asset's label changed since it was loaded")
+        self.current = current
+
+
+# save_label(base_label=NO_CHECK): last write wins (the review page, imports). Any other value,
+# None included ("it was unlabeled"), must equal the current label's id or LabelConflict is raised.
+NO_CHECK = object()
+# A writer that loses the race for the first label of an asset retries this often (no check).
+WRITE_ATTEMPTS = 3
 
 
 def validate_tags(taxonomy: Taxonomy, tag_ids: Sequence[int]) -> list[Tag]:
@@ -64,10 +80,13 @@ def save_label(
     source: str | None = None,
     notify: bool = True,
     batch: BulkAction | None = None,
+    base_label: "int | None | object" = NO_CHECK,
 ) -> Label:
     """Store the asset's current label (older ones stay as history) and count it toward a retrain.
 
     ``notify=False`` leaves the retrain check to the caller (bulk saves send one, not one each).
+    ``base_label``: the current label id the writer saw (None: unlabeled); LabelConflict when
+    it changed meanwhile. Left out, the write replaces whatever is current.
     """
     if asset.client_id != taxonomy.client_id:
         raise LabelError("asset: not in this taxonomy's client")
@@ -75,17 +94,31 @@ def save_label(
     suggestion = live_suggestion(taxonomy, asset)
     user = user if user is not None and user.is_authenticated else None
     with transaction.atomic():
-        previous = current_label(taxonomy, asset, for_update=True)
-        if previous is not None:
-            Label.objects.filter(pk=previous.pk).update(is_current=False)
-        label = Label.objects.create(
-            asset=asset,
-            taxonomy=taxonomy,
-            user=user,
-            source=source or _source_for(taxonomy, tags, suggestion),
-            suggestion=suggestion,
-            batch=batch,
-        )
+        for attempt in range(WRITE_ATTEMPTS):
+            previous = current_label(taxonomy, asset, for_update=True)
+            if base_label is not NO_CHECK and (previous.pk if previous else None) != base_label:
+                # Re-read: under READ COMMITTED a label committed during our lock wait is only
+                # visible to a new statement, and that is the one the writer must be shown.
+                raise LabelConflict(current_label(taxonomy, asset))
+            try:
+                # A savepoint, so losing the race below leaves the caller's transaction usable.
+                with transaction.atomic():
+                    if previous is not None:
+                        Label.objects.filter(pk=previous.pk).update(is_current=False)
+                    label = Label.objects.create(
+                        asset=asset,
+                        taxonomy=taxonomy,
+                        user=user,
+                        source=source or _source_for(taxonomy, tags, suggestion),
+                        suggestion=suggestion,
+                        batch=batch,
+                    )
+                break
+            except IntegrityError:
+                # Another writer's first label of this asset became current after our read
+                # (one_current_label): with a check that is a conflict, without one read again.
+                if base_label is not NO_CHECK or attempt == WRITE_ATTEMPTS - 1:
+                    raise LabelConflict(current_label(taxonomy, asset)) from None
         label.tags.set(tags)
         LabelEvent.objects.create(
             taxonomy=taxonomy, asset=asset, user=user, action=LabelEvent.Action.SET, label=label,

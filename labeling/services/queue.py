@@ -5,15 +5,20 @@ unlabeled rows by uncertainty). Without one, assets come in import order.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Sequence
 
 from django.db.models import Exists, OuterRef
 from django.urls import reverse
+from django.utils import timezone
 
-from ..models import Asset, Label, Suggestion, Taxonomy, TrainingRun
+from ..models import Asset, Label, Lease, Suggestion, Taxonomy, TrainingRun
 
 ORDERS = {"uncertain": ("-uncertainty", "id"), "confident": ("uncertainty", "id")}
 MAX_BATCH = 50
+# How long an asset shown to one operator stays out of the others' queues. Long enough to
+# look and decide; short enough that a closed tab gives its assets back soon.
+LEASE_SECONDS = 120
 
 
 def _asset_urls(asset_id: int) -> dict[str, str]:
@@ -24,18 +29,59 @@ def _asset_urls(asset_id: int) -> dict[str, str]:
 
 
 def review_batch(
-    taxonomy: Taxonomy, order: str = "uncertain", limit: int = 10, exclude: Sequence[int] = ()
+    taxonomy: Taxonomy, order: str = "uncertain", limit: int = 10, exclude: Sequence[int] = (), user=None
 ) -> list[dict]:
-    """Next assets to review, each with its suggestion (tags sorted by probability)."""
+    """Next assets to review, each with its suggestion (tags sorted by probability).
+
+    With ``user``, assets leased by other operators are skipped and the returned ones are
+    leased to ``user`` for LEASE_SECONDS, so two operators are not shown the same asset.
+    """
     if order not in ORDERS:
         raise ValueError("order: must be 'uncertain' or 'confident'")
     limit = max(1, min(int(limit), MAX_BATCH))
+    if user is None or not user.is_authenticated:
+        return _batch(taxonomy, order, limit, exclude, user=None)
+    now = timezone.now()
+    Lease.objects.filter(taxonomy=taxonomy, expires__lte=now).delete()
+    items: list[dict] = []
+    skip = list(exclude)
+    # Another operator may claim a candidate between our read and our insert; ask again for
+    # what was lost (a few rounds at most: each round at least one candidate is settled).
+    for _ in range(3):
+        candidates = _batch(taxonomy, order, limit - len(items), skip, user=user, now=now)
+        if not candidates:
+            break
+        ids = [i["asset"] for i in candidates]
+        expires = now + timedelta(seconds=LEASE_SECONDS)
+        Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).update(expires=expires)
+        Lease.objects.bulk_create(
+            [Lease(taxonomy=taxonomy, asset_id=a, user=user, expires=expires) for a in ids], ignore_conflicts=True
+        )
+        mine = set(Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).values_list("asset_id", flat=True))
+        items += [i for i in candidates if i["asset"] in mine]
+        skip += ids
+        if len(items) >= limit or len(mine) == len(ids):
+            break
+    return items
+
+
+def _leased_by_others(taxonomy: Taxonomy, user, now, ref: str) -> Exists:
+    return Exists(
+        Lease.objects.filter(taxonomy=taxonomy, asset_id=OuterRef(ref), expires__gt=now).exclude(user=user)
+    )
+
+
+def _batch(
+    taxonomy: Taxonomy, order: str, limit: int, exclude: Sequence[int], user=None, now=None
+) -> list[dict]:
     tags = {t.pk: t for t in taxonomy.tags.all()}
     items: list[dict] = []
     if taxonomy.live_model_id:
+        rows = Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, is_labeled=False)
+        if user is not None:
+            rows = rows.exclude(_leased_by_others(taxonomy, user, now, "asset_id"))
         rows = (
-            Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, is_labeled=False)
-            .exclude(asset_id__in=list(exclude))
+            rows.exclude(asset_id__in=list(exclude))
             .select_related("asset", "model_version")
             .order_by(*ORDERS[order])[:limit]
         )
@@ -62,9 +108,11 @@ def review_batch(
         seen = [i["asset"] for i in items] + list(exclude)
         labeled = Label.objects.filter(asset=OuterRef("pk"), taxonomy=taxonomy, is_current=True)
         scored = Suggestion.objects.filter(asset=OuterRef("pk"), model_version_id=taxonomy.live_model_id)
+        rest = Asset.objects.filter(client_id=taxonomy.client_id)
+        if user is not None:
+            rest = rest.exclude(_leased_by_others(taxonomy, user, now, "pk"))
         rest = (
-            Asset.objects.filter(client_id=taxonomy.client_id)
-            .exclude(pk__in=seen)
+            rest.exclude(pk__in=seen)
             .exclude(Exists(labeled))
             .exclude(Exists(scored))
             .order_by("id")[: limit - len(items)]

@@ -255,4 +255,7 @@ def _execute(run: TrainingRun) -> None:
     if promote:
         taxonomy.refresh_from_db()
         suggesting.prune_old_suggestions(taxonomy)
+        from .. import tasks  # tasks import services: imported here to keep the graph acyclic
+
+        transaction.on_commit(lambda: tasks.enqueue_recluster(taxonomy.client_id))  # stats follow the new model
     log.info("run %s: v%s %s (%s)", run.pk, version, "promoted" if promote else "rejected", reason)

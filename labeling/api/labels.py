@@ -1,0 +1,154 @@
+"""Labels: one at a time (with an optimistic check against lost updates), in bulk, undo, and
+the review queue with leases for many operators at once."""
+from __future__ import annotations
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ..models import Asset, BulkAction, Label, Role, Taxonomy
+from ..services import labels, queue
+from .base import MAX_ID, ScopedAPIView, decode_cursor, int_param, page_limit, page_serializer, paged
+from .serializers import (
+    BulkLabelSerializer, BulkResultSerializer, LabelConflictSerializer, LabelCreateSerializer, LabelSerializer,
+    QueueItemSerializer,
+)
+
+MAX_EXCLUDE = 1000
+
+
+def suggested_tags(taxonomy: Taxonomy, asset: Asset) -> list[int] | None:
+    """What the live model proposes for the asset; None when there is nothing to accept."""
+    suggestion = labels.live_suggestion(taxonomy, asset)
+    if suggestion is None:
+        return None
+    return sorted(labels.suggested_tag_ids(taxonomy, suggestion)) or None
+
+
+class LabelListAPI(ScopedAPIView):
+    """GET: current labels of the taxonomy (keyset pages). POST (operators): label one asset,
+    accept its suggestion, or correct it. With ``base_label`` a concurrent change is a 409."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("asset", int), OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
+        responses=page_serializer(LabelSerializer),
+    )
+    def get(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        limit = page_limit(request)
+        qs = Label.objects.filter(taxonomy=self.taxonomy, is_current=True)
+        asset_id = int_param(request, "asset", 1, MAX_ID)
+        if asset_id is not None:
+            qs = qs.filter(asset_id=asset_id)
+        cursor = decode_cursor(request.query_params.get("cursor"), {"id": int})
+        if cursor:
+            qs = qs.filter(pk__gt=cursor["id"])
+        rows = qs.select_related("user").prefetch_related("tags").order_by("pk")[: limit + 1]
+        page, next_cursor = paged(request, rows, limit, lambda lb: {"id": lb.pk})
+        return Response({"results": LabelSerializer(page, many=True).data, "next_cursor": next_cursor})
+
+    @extend_schema(
+        request=LabelCreateSerializer,
+        responses={201: LabelSerializer, 409: LabelConflictSerializer},
+    )
+    def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        serializer = LabelCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        taxonomy = self.taxonomy
+        asset = Asset.objects.filter(pk=data["asset"], client_id=taxonomy.client_id).first()
+        if asset is None:
+            raise NotFound("asset: not found")  # another client's asset looks like a missing one
+        tag_ids = data.get("tags") or []
+        if data["accept_suggestion"]:
+            tag_ids = suggested_tags(taxonomy, asset)
+            if tag_ids is None:
+                raise ValidationError({"accept_suggestion": ["no suggestion to accept (no live model, or not scored)"]})
+        base = data["base_label"] if "base_label" in data else labels.NO_CHECK
+        try:
+            label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base)
+        except labels.LabelConflict as conflict:
+            current = LabelSerializer(conflict.current).data if conflict.current else None
+            return Response({"detail": str(conflict), "current": current}, status=status.HTTP_409_CONFLICT)
+        return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED)
+
+
+class LabelBulkAPI(ScopedAPIView):
+    """Label many assets in one action (one BulkAction, one transaction, one retrain check):
+    ``apply_tags`` gives them all the same tags, ``accept`` takes each one's suggestion."""
+
+    @extend_schema(request=BulkLabelSerializer, responses={201: BulkResultSerializer})
+    def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        serializer = BulkLabelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data, taxonomy = serializer.validated_data, self.taxonomy
+        ids = list(dict.fromkeys(data["assets"]))
+        if data["kind"] == BulkAction.Kind.APPLY_TAGS:
+            labels.validate_tags(taxonomy, data["tags"])  # once, before anything is written
+        found = {a.pk: a for a in Asset.objects.filter(client_id=taxonomy.client_id, pk__in=ids)}
+        skipped: dict[str, str] = {}
+        with transaction.atomic():
+            action = BulkAction.objects.create(taxonomy=taxonomy, user=request.user, kind=data["kind"])
+            n = 0
+            for asset_id in ids:
+                asset = found.get(asset_id)
+                if asset is None:
+                    skipped[str(asset_id)] = "not found"
+                    continue
+                tag_ids = data.get("tags") or suggested_tags(taxonomy, asset)
+                if not tag_ids:
+                    skipped[str(asset_id)] = "no suggestion to accept"
+                    continue
+                try:
+                    labels.save_label(taxonomy, asset, tag_ids, user=request.user, batch=action, notify=False)
+                except labels.LabelError as exc:
+                    skipped[str(asset_id)] = str(exc)
+                    continue
+                n += 1
+            BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
+            if n:
+                transaction.on_commit(lambda: labels.request_retrain_check(taxonomy.pk))
+        body = {"bulk_action": action.pk, "n_labels": n, "skipped": skipped}
+        return Response(BulkResultSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class UndoAPI(ScopedAPIView):
+    """Undo the caller's most recent label in the taxonomy (the one before it becomes current)."""
+
+    @extend_schema(request=None, responses={200: LabelSerializer, 404: None})
+    def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        label = labels.undo_last(self.taxonomy, request.user)
+        if label is None:
+            raise NotFound("nothing of yours to undo")
+        return Response({"undone": label.asset_id})
+
+
+class QueueAPI(ScopedAPIView):
+    """The next assets to review, most uncertain first. An operator's items are leased to them
+    for a while, so operators working side by side are not shown the same assets."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("order", str, enum=list(queue.ORDERS)),
+            OpenApiParameter("limit", int, description=f"1..{queue.MAX_BATCH}"),
+            OpenApiParameter("exclude", str, description="comma-separated asset ids already on screen"),
+        ],
+        responses=QueueItemSerializer(many=True),
+    )
+    def get(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        order = request.query_params.get("order") or "uncertain"
+        if order not in queue.ORDERS:
+            raise ValidationError({"order": [f"must be one of {', '.join(queue.ORDERS)}"]})
+        limit = int_param(request, "limit", 1, queue.MAX_BATCH) or 10
+        try:
+            exclude = [int(x) for x in (request.query_params.get("exclude") or "").split(",") if x.strip()]
+        except ValueError:
+            raise ValidationError({"exclude": ["comma-separated asset ids expected"]}) from None
+        if len(exclude) > MAX_EXCLUDE or any(not 0 < x <= MAX_ID for x in exclude):
+            raise ValidationError({"exclude": [f"at most {MAX_EXCLUDE} asset ids"]})
+        leases = self.role in (Role.OPERATOR, Role.ADMIN)
+        items = queue.review_batch(self.taxonomy, order=order, limit=limit, exclude=exclude,
+                                   user=request.user if leases else None)
+        return Response(QueueItemSerializer(items, many=True).data)

@@ -1,0 +1,116 @@
+"""The model side: batch predictions with the live model, model versions with their metrics,
+training runs (start one, follow its progress)."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ml.preprocess import load_rgb
+
+from ..models import ModelVersion, Role, TrainingRun
+from ..services import images, suggesting, training, vectors
+from .assets import ranked_tags, refuse_large_body
+from .base import ScopedAPIView, get_or_404
+from .serializers import (
+    ModelVersionDetailSerializer, ModelVersionSerializer, PredictRequestSerializer, PredictResultSerializer,
+    TrainingRunSerializer,
+)
+
+MAX_PREDICT_IMAGES = 64
+MAX_PREDICT_BYTES = 10 * 1024**2  # per image
+MAX_RUNS_LISTED = 100
+
+
+class NoLiveModel(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "this taxonomy has no live model yet: label some assets and train one"
+
+
+class PredictAPI(ScopedAPIView):
+    """Top-n tags for up to 64 uploaded images (multipart field ``images``) from the live model.
+    Nothing is stored."""
+
+    read_role = write_role = Role.OPERATOR
+
+    @extend_schema(request={"multipart/form-data": PredictRequestSerializer}, responses=PredictResultSerializer)
+    def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        refuse_large_body(request, MAX_PREDICT_IMAGES * MAX_PREDICT_BYTES + 1024**2, "images")
+        serializer = PredictRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        files, top = serializer.validated_data["images"], serializer.validated_data["top"]
+        if len(files) > MAX_PREDICT_IMAGES:
+            raise ValidationError({"images": [f"at most {MAX_PREDICT_IMAGES} images per request"]})
+        live = self.taxonomy.live_model
+        if live is None:
+            raise NoLiveModel()
+        embedder = vectors.get_embedder()
+        if live.backbone != embedder.name and live.backbone != vectors.backbone_name():
+            raise NoLiveModel(f"the live model was trained on {live.backbone}, this server embeds with {embedder.name}")
+        errors, pictures = {}, []
+        for i, f in enumerate(files):
+            if f.size > MAX_PREDICT_BYTES:
+                errors[i] = [f"over {MAX_PREDICT_BYTES // 1024**2} MiB"]
+                continue
+            try:
+                images.decode(f)  # the import's checks: format, pixel bomb, aspect ratio
+                f.seek(0)
+                pictures.append(load_rgb(f, draft_size=embedder.input_size))
+            except (images.ImageError, ValueError, OSError) as exc:
+                errors[i] = [str(exc)]
+        if errors:
+            raise ValidationError({"images": errors})
+        P = suggesting.predict(live, embedder.embed_images(pictures))
+        tags = {t.pk: t for t in self.taxonomy.tags.select_related("parent")}
+        predictions = [
+            {"index": i, "name": f.name or "", "tags": ranked_tags(live.tag_ids, P[i], tags, top)}
+            for i, f in enumerate(files)
+        ]
+        body = {"model_version": live.pk, "version": live.version, "predictions": predictions}
+        return Response(PredictResultSerializer(body).data)
+
+
+class ModelVersionListAPI(ScopedAPIView):
+    @extend_schema(responses=ModelVersionSerializer(many=True))
+    def get(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        rows = ModelVersion.objects.filter(taxonomy=self.taxonomy).select_related("taxonomy").order_by("-version")
+        return Response(ModelVersionSerializer(rows, many=True).data)
+
+
+class ModelVersionDetailAPI(ScopedAPIView):
+    @extend_schema(responses=ModelVersionDetailSerializer)
+    def get(self, request: Request, slug: str, taxonomy_id: int, version_id: int) -> Response:
+        mv = get_or_404(ModelVersion.objects.filter(taxonomy=self.taxonomy).select_related("taxonomy"), pk=version_id)
+        return Response(ModelVersionDetailSerializer(mv).data)
+
+
+class TrainingRunListAPI(ScopedAPIView):
+    """GET: recent runs. POST (admins): retrain now, whatever the label counter says (202)."""
+
+    write_role = Role.ADMIN
+
+    @extend_schema(responses=TrainingRunSerializer(many=True))
+    def get(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        rows = TrainingRun.objects.filter(taxonomy=self.taxonomy).order_by("-id")[:MAX_RUNS_LISTED]
+        return Response(TrainingRunSerializer(rows, many=True).data)
+
+    @extend_schema(request=None, responses={202: TrainingRunSerializer, 409: TrainingRunSerializer})
+    def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        run = training.request_run(self.taxonomy, trigger="api", force=True)
+        if run is None:
+            # The database allows one queued/running run per taxonomy: show that one.
+            active = TrainingRun.objects.filter(taxonomy=self.taxonomy, state__in=TrainingRun.ACTIVE).first()
+            return Response(TrainingRunSerializer(active).data if active else {"detail": "a run is already active"},
+                            status=status.HTTP_409_CONFLICT)
+        return Response(TrainingRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class TrainingRunDetailAPI(ScopedAPIView):
+    """One run: state, progress (0..1), message, metrics once finished. Poll it."""
+
+    @extend_schema(responses=TrainingRunSerializer)
+    def get(self, request: Request, slug: str, taxonomy_id: int, run_id: int) -> Response:
+        run = get_or_404(TrainingRun.objects.filter(taxonomy=self.taxonomy), pk=run_id)
+        return Response(TrainingRunSerializer(run).data)

@@ -1,0 +1,299 @@
+"""Serializers of the REST API: outputs mirror the models, inputs are bounded and name the
+field that is wrong."""
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..models import Asset, BulkAction, Label, LabelEvent, ModelVersion, Role, Tag, Taxonomy, TrainingRun
+from .base import MAX_ID
+
+MAX_TAGS_PER_LABEL = 100
+MAX_BULK = 500
+MAX_TOP = 20
+
+
+def IdField(**kwargs) -> serializers.IntegerField:  # noqa: N802 - reads like a field class
+    return serializers.IntegerField(min_value=1, max_value=MAX_ID, **kwargs)
+
+
+def id_list(max_length: int, **kwargs) -> serializers.ListField:
+    return serializers.ListField(child=IdField(), max_length=max_length, **kwargs)
+
+
+# --- clients, taxonomies, tags --------------------------------------------------------------
+
+
+class ClientSerializer(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class TaxonomySerializer(serializers.ModelSerializer):
+    live_model = serializers.IntegerField(source="live_model_id", read_only=True, allow_null=True,
+                                          help_text="id of the live model version")
+    live_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Taxonomy
+        fields = ["id", "name", "kind", "retrain_threshold", "labels_since_train", "live_model", "live_version",
+                  "created"]
+        read_only_fields = ["labels_since_train", "created"]
+        extra_kwargs = {"retrain_threshold": {"min_value": 1, "max_value": 1_000_000}, "name": {"max_length": 200}}
+        # The (client, name) constraint is checked by validate_name: the client is not a field.
+        validators: list = []
+
+    def get_live_version(self, obj: Taxonomy) -> int | None:
+        return obj.live_model.version if obj.live_model_id and obj.live_model else None
+
+    def validate_name(self, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise serializers.ValidationError("may not be blank")
+        client = self.context["client"]
+        clash = Taxonomy.objects.filter(client=client, name=value)
+        if self.instance is not None:
+            clash = clash.exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise serializers.ValidationError("a taxonomy of this client already has this name")
+        return value
+
+
+class TagSerializer(serializers.ModelSerializer):
+    path = serializers.CharField(read_only=True)
+    parent = serializers.IntegerField(source="parent_id", required=False, allow_null=True, min_value=1,
+                                      max_value=MAX_ID)
+
+    class Meta:
+        model = Tag
+        fields = ["id", "name", "path", "parent", "retired", "position"]
+        extra_kwargs = {"position": {"min_value": -1_000_000, "max_value": 1_000_000}, "name": {"max_length": 200}}
+        validators: list = []
+
+    def validate_name(self, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise serializers.ValidationError("may not be blank")
+        clash = Tag.objects.filter(taxonomy=self.context["taxonomy"], name=value)
+        if self.instance is not None:
+            clash = clash.exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise serializers.ValidationError("this taxonomy already has a tag with this name")
+        return value
+
+    def validate_parent(self, value: int | None) -> int | None:
+        if value is None:
+            return None
+        parent = Tag.objects.filter(taxonomy=self.context["taxonomy"], pk=value).first()
+        if parent is None:
+            raise serializers.ValidationError("not a tag of this taxonomy")
+        # A tag may not sit below itself: walk up from the new parent.
+        node, seen = parent, set()
+        while node is not None and node.pk not in seen:
+            if self.instance is not None and node.pk == self.instance.pk:
+                raise serializers.ValidationError("would make the tag its own ancestor")
+            seen.add(node.pk)
+            node = node.parent
+        return value
+
+
+# --- assets, labels, suggestions ------------------------------------------------------------
+
+
+class ScoredTagSerializer(serializers.Serializer):
+    tag = serializers.IntegerField()
+    name = serializers.CharField()
+    prob = serializers.FloatField()
+
+
+class LabelSerializer(serializers.ModelSerializer):
+    tags = serializers.SerializerMethodField()
+    user = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Label
+        fields = ["id", "asset", "taxonomy", "tags", "user", "source", "batch", "is_current", "created"]
+
+    def get_tags(self, obj: Label) -> list[int]:
+        return sorted(t.pk for t in obj.tags.all())
+
+    def get_user(self, obj: Label) -> str | None:
+        return obj.user.get_username() if obj.user_id and obj.user else None
+
+
+class SuggestionSerializer(serializers.Serializer):
+    model_version = serializers.IntegerField(help_text="ModelVersion id")
+    version = serializers.IntegerField()
+    uncertainty = serializers.FloatField()
+    suggested = serializers.ListField(child=serializers.IntegerField(), help_text="tag ids the model proposes")
+    top = ScoredTagSerializer(many=True)
+
+
+class AssetSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(source="original_name")
+    image = serializers.SerializerMethodField()
+    thumbnail = serializers.SerializerMethodField()
+    label = serializers.SerializerMethodField(help_text="current label in ?taxonomy= (null: unlabeled)")
+    suggestion = serializers.SerializerMethodField(help_text="live model's suggestion in ?taxonomy=")
+
+    class Meta:
+        model = Asset
+        fields = ["id", "name", "sha256", "byte_size", "width", "height", "format", "embedded_with", "created",
+                  "image", "thumbnail", "label", "suggestion"]
+
+    def get_image(self, obj: Asset) -> str:
+        return reverse("asset_image", args=[obj.pk])
+
+    def get_thumbnail(self, obj: Asset) -> str:
+        return reverse("asset_thumb", args=[obj.pk])
+
+    @extend_schema_field(LabelSerializer(allow_null=True))
+    def get_label(self, obj: Asset) -> dict | None:
+        label = self.context.get("labels", {}).get(obj.pk)
+        return LabelSerializer(label).data if label else None
+
+    @extend_schema_field(SuggestionSerializer(allow_null=True))
+    def get_suggestion(self, obj: Asset) -> dict | None:
+        return self.context.get("suggestions", {}).get(obj.pk)
+
+
+class LabelEventSerializer(serializers.ModelSerializer):
+    user = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LabelEvent
+        fields = ["id", "action", "user", "label", "before", "after", "source", "created"]
+
+    def get_user(self, obj: LabelEvent) -> str | None:
+        return obj.user.get_username() if obj.user_id and obj.user else None
+
+
+class LabelCreateSerializer(serializers.Serializer):
+    asset = IdField()
+    tags = id_list(MAX_TAGS_PER_LABEL, required=False, help_text="tag ids; leave out with accept_suggestion")
+    accept_suggestion = serializers.BooleanField(default=False, help_text="store what the live model suggests")
+    base_label = IdField(
+        required=False, allow_null=True,
+        help_text="the current label id you saw (null: none). If it changed meanwhile: 409 with the current label.",
+    )
+
+    def validate(self, data: dict) -> dict:
+        if data.get("accept_suggestion") and data.get("tags"):
+            raise serializers.ValidationError({"tags": ["leave out with accept_suggestion"]})
+        if not data.get("accept_suggestion") and not data.get("tags"):
+            raise serializers.ValidationError({"tags": ["pick at least one tag (or set accept_suggestion)"]})
+        return data
+
+
+class LabelConflictSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    current = LabelSerializer(allow_null=True)
+
+
+class BulkLabelSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=BulkAction.Kind.choices)
+    assets = id_list(MAX_BULK, min_length=1)
+    tags = id_list(MAX_TAGS_PER_LABEL, required=False, help_text="for apply_tags")
+
+    def validate(self, data: dict) -> dict:
+        if data["kind"] == BulkAction.Kind.APPLY_TAGS and not data.get("tags"):
+            raise serializers.ValidationError({"tags": ["apply_tags needs at least one tag"]})
+        if data["kind"] == BulkAction.Kind.ACCEPT_SUGGESTIONS and data.get("tags"):
+            raise serializers.ValidationError({"tags": ["leave out with accept"]})
+        return data
+
+
+class BulkResultSerializer(serializers.Serializer):
+    bulk_action = serializers.IntegerField()
+    n_labels = serializers.IntegerField()
+    skipped = serializers.DictField(child=serializers.CharField(), help_text="asset id -> why not labeled")
+
+
+class QueueItemSerializer(serializers.Serializer):
+    asset = serializers.IntegerField()
+    name = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    uncertainty = serializers.FloatField(allow_null=True)
+    suggested = serializers.ListField(child=serializers.IntegerField())
+    tags = ScoredTagSerializer(many=True)
+    image = serializers.CharField()
+    thumb = serializers.CharField()
+
+
+# --- uploads, jobs, predictions -------------------------------------------------------------
+
+
+class UploadSerializer(serializers.Serializer):
+    files = serializers.ListField(child=serializers.FileField(allow_empty_file=False), min_length=1)
+    labels_taxonomy = IdField(required=False, allow_null=True,
+                              help_text="tag each file by its folder name in this taxonomy")
+
+
+class ImportJobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.CharField()
+    done = serializers.BooleanField()
+    source = serializers.CharField()
+    total = serializers.IntegerField()
+    processed = serializers.IntegerField()
+    percent = serializers.IntegerField()
+    created = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    labeled = serializers.IntegerField()
+    error = serializers.CharField(allow_blank=True)
+    errors = serializers.ListField(child=serializers.DictField())
+    started = serializers.CharField(allow_null=True)
+    finished = serializers.CharField(allow_null=True)
+
+
+class PredictRequestSerializer(serializers.Serializer):
+    images = serializers.ListField(child=serializers.FileField(allow_empty_file=False), min_length=1)
+    top = serializers.IntegerField(min_value=1, max_value=MAX_TOP, default=3)
+
+
+class PredictionSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    name = serializers.CharField()
+    tags = ScoredTagSerializer(many=True)
+
+
+class PredictResultSerializer(serializers.Serializer):
+    model_version = serializers.IntegerField()
+    version = serializers.IntegerField()
+    predictions = PredictionSerializer(many=True)
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    is_live = serializers.SerializerMethodField()
+    summary = serializers.SerializerMethodField(help_text="headline metrics on held-out labels")
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "version", "backbone", "n_labels", "label_watermark", "created", "is_live", "summary"]
+
+    def get_is_live(self, obj: ModelVersion) -> bool:
+        return obj.taxonomy.live_model_id == obj.pk
+
+    def get_summary(self, obj: ModelVersion) -> dict:
+        m = obj.metrics or {}
+        keys = ("n", "n_train", "n_holdout", "accuracy", "accuracy_ci95", "top3_accuracy", "top3_ci95",
+                "balanced_accuracy", "macro_f1", "micro_f1", "decision")
+        return {k: m[k] for k in keys if k in m}
+
+
+class ModelVersionDetailSerializer(ModelVersionSerializer):
+    metrics = serializers.JSONField(help_text="ml.metrics report: per_class, confusion, labels, CIs, ...")
+
+    class Meta(ModelVersionSerializer.Meta):
+        fields = ModelVersionSerializer.Meta.fields + ["tag_ids", "metrics"]
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TrainingRun
+        fields = ["id", "state", "trigger", "progress", "message", "error", "labels_consumed", "model_version",
+                  "metrics", "created", "started", "finished"]

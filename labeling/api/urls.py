@@ -1,0 +1,53 @@
+"""/api/v1/: everything below a client lives under clients/<slug>/ (tenant in the path)."""
+from __future__ import annotations
+
+from django.urls import path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+
+from . import assets, exports, labels, models, taxonomies
+
+
+class IdConverter:
+    """Like <int:>, but at most 18 digits: a larger number is a 404, never an overflow (500)."""
+
+    regex = "[0-9]{1,18}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(IdConverter, "id")
+
+C = "clients/<slug:slug>/"
+T = C + "taxonomies/<id:taxonomy_id>/"
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
+    path("auth/token/", obtain_auth_token, name="api_token"),
+    path("clients/", taxonomies.ClientListAPI.as_view(), name="api_clients"),
+    path(C + "taxonomies/", taxonomies.TaxonomyListAPI.as_view(), name="api_taxonomies"),
+    path(T, taxonomies.TaxonomyDetailAPI.as_view(), name="api_taxonomy"),
+    path(T + "tags/", taxonomies.TagListAPI.as_view(), name="api_tags"),
+    path(T + "tags/<id:tag_id>/", taxonomies.TagDetailAPI.as_view(), name="api_tag"),
+    path(C + "assets/", assets.AssetListAPI.as_view(), name="api_assets"),
+    path(C + "assets/<id:asset_id>/", assets.AssetDetailAPI.as_view(), name="api_asset"),
+    path(C + "imports/<id:job_id>/", assets.ImportJobAPI.as_view(), name="api_import"),
+    path(T + "assets/<id:asset_id>/history/", assets.AssetHistoryAPI.as_view(), name="api_asset_history"),
+    path(T + "assets/<id:asset_id>/suggestions/", assets.SuggestionAPI.as_view(), name="api_suggestions"),
+    path(T + "labels/", labels.LabelListAPI.as_view(), name="api_labels"),
+    path(T + "labels/bulk/", labels.LabelBulkAPI.as_view(), name="api_labels_bulk"),
+    path(T + "labels/undo/", labels.UndoAPI.as_view(), name="api_labels_undo"),
+    path(T + "queue/", labels.QueueAPI.as_view(), name="api_queue"),
+    path(T + "predict/", models.PredictAPI.as_view(), name="api_predict"),
+    path(T + "models/", models.ModelVersionListAPI.as_view(), name="api_models"),
+    path(T + "models/<id:version_id>/", models.ModelVersionDetailAPI.as_view(), name="api_model"),
+    path(T + "runs/", models.TrainingRunListAPI.as_view(), name="api_runs"),
+    path(T + "runs/<id:run_id>/", models.TrainingRunDetailAPI.as_view(), name="api_run"),
+    path(T + "export/<str:kind>/", exports.ExportAPI.as_view(), name="api_export"),
+]

@@ -1,0 +1,129 @@
+"""Bulk tagging: one operator action over many assets, stored as individual labels.
+
+An action is one transaction: a BulkAction row plus one Label (and LabelEvent) per asset via
+``labels.save_label(..., batch=action, notify=False)``, then a single retrain check once
+committed. Undo is per action: every label it created that is still current is removed and
+the asset's previous label (if any) becomes current again, with an UNDO event each.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from ..models import Asset, BulkAction, Label, LabelEvent, Role, Suggestion, Taxonomy
+from ..permissions import RANK, role_in
+from . import labels
+
+log = logging.getLogger(__name__)
+MAX_ASSETS = 5000  # per action: bounds the transaction and the request
+
+
+class BulkError(ValueError):
+    """Bad bulk input; the message starts with the field name."""
+
+
+def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[int] | None = None,
+          accept: bool = False) -> BulkAction:
+    """Label every asset with ``tag_ids``, or (``accept``) with its own live suggestion.
+    Assets outside the taxonomy's client are refused as a whole; with ``accept``, assets that
+    have no suggestion are left out (reported by the smaller ``n_labels``)."""
+    ids = list(dict.fromkeys(int(a) for a in asset_ids))
+    if not ids:
+        raise BulkError("assets: select at least one image")
+    if len(ids) > MAX_ASSETS:
+        raise BulkError(f"assets: at most {MAX_ASSETS} per action")
+    if accept == bool(tag_ids):
+        raise BulkError("tags: give tags to apply, or accept the suggestions, not both")
+    assets = Asset.objects.filter(client_id=taxonomy.client_id, pk__in=ids).in_bulk()
+    if len(assets) != len(ids):
+        raise BulkError("assets: not found")  # another client's id looks like a missing one
+    if tag_ids:
+        labels.validate_tags(taxonomy, tag_ids)
+    suggested = _suggested(taxonomy, ids) if accept else {}
+    kind = BulkAction.Kind.ACCEPT_SUGGESTIONS if accept else BulkAction.Kind.APPLY_TAGS
+    with transaction.atomic():
+        action = BulkAction.objects.create(taxonomy=taxonomy, user=_user(user), kind=kind)
+        n = 0
+        for asset_id in ids:
+            tags = suggested.get(asset_id) if accept else list(tag_ids)
+            if not tags:
+                continue
+            labels.save_label(taxonomy, assets[asset_id], tags, user=user, notify=False, batch=action)
+            n += 1
+        BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
+        action.n_labels = n
+        transaction.on_commit(lambda: _after(taxonomy, ids))
+    return action
+
+
+def _suggested(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
+    if taxonomy.live_model_id is None:
+        return {}
+    rows = Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, asset_id__in=ids).select_related(
+        "model_version"
+    )
+    return {s.asset_id: sorted(labels.suggested_tag_ids(taxonomy, s)) for s in rows}
+
+
+def _user(user):
+    return user if user is not None and user.is_authenticated else None
+
+
+def _after(taxonomy: Taxonomy, asset_ids: list[int]) -> None:
+    """Once committed: one retrain check, and cluster stats that reflect the new labels.
+    Neither may fail the request: the labels are already saved."""
+    labels.request_retrain_check(taxonomy.pk)
+    try:
+        from . import clusters
+
+        clusters.refresh_for_assets(taxonomy.client_id, asset_ids)
+    except Exception:
+        log.exception("cluster stats not refreshed after a bulk action on taxonomy %s", taxonomy.pk)
+
+
+def may_undo(action: BulkAction, user) -> bool:
+    """The operator who did it, or an admin of the client."""
+    if action.user_id is not None and action.user_id == getattr(user, "pk", None):
+        return True
+    role = role_in(user, action.taxonomy.client)
+    return role is not None and RANK[role] >= RANK[Role.ADMIN]
+
+
+def undo(action: BulkAction, user) -> int:
+    """Undo a whole bulk action; returns how many labels were removed. Assets labeled again
+    since (their bulk label is no longer current) keep the newer label. Idempotent."""
+    taxonomy = action.taxonomy
+    with transaction.atomic():
+        locked = BulkAction.objects.select_for_update().get(pk=action.pk)
+        if locked.undone is not None:
+            return 0
+        n = 0
+        asset_ids = []
+        for label in Label.objects.select_for_update().filter(batch=locked, is_current=True).order_by("id"):
+            undone_tags = labels.tag_ids_of(label)
+            asset = label.asset
+            label.delete()
+            previous = Label.objects.filter(asset=asset, taxonomy=taxonomy).order_by("-id").first()
+            if previous is not None:
+                Label.objects.filter(pk=previous.pk).update(is_current=True)
+            else:
+                Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
+            LabelEvent.objects.create(
+                taxonomy=taxonomy, asset=asset, user=_user(user), action=LabelEvent.Action.UNDO, label=previous,
+                before=undone_tags, after=labels.tag_ids_of(previous), source="bulk-undo",
+            )
+            asset_ids.append(asset.pk)
+            n += 1
+        # The undone labels no longer count toward the next retrain (never below zero).
+        Taxonomy.objects.filter(pk=taxonomy.pk).update(
+            labels_since_train=Greatest(F("labels_since_train") - n, Value(0))
+        )
+        BulkAction.objects.filter(pk=locked.pk).update(undone=timezone.now())
+        transaction.on_commit(lambda: _after(taxonomy, asset_ids))
+    action.refresh_from_db()
+    return n

@@ -1,0 +1,200 @@
+"""Clusters of a client's library and the 2-D map: built aside, switched in one transaction.
+
+``recluster`` runs k-means over the client's vectors, writes a new Clustering with its
+Cluster and ClusterMember rows while the current one keeps serving pages, then flips
+``is_current`` in one transaction. Per-cluster statistics (per taxonomy) come from
+``ml.clustering.cluster_stats``; ``refresh_stats`` recomputes them for a few clusters after a
+bulk action without running k-means again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from ml import clustering as ml_clustering
+
+from ..models import Cluster, ClusterMember, Clustering, JobState, Label, Suggestion, Taxonomy
+from . import vectors
+
+log = logging.getLogger(__name__)
+KEEP_OLD = 1  # previous clusterings kept (a page opened before the switch can still finish)
+WRITE_BATCH = 5000
+IN_MAX = 5000  # ids in one IN (...) clause; SQLite caps bound parameters
+
+
+def current(client_id: int) -> Clustering | None:
+    return Clustering.objects.filter(client_id=client_id, is_current=True).first()
+
+
+def recluster(client_id: int, k: int | None = None, seed: int = 0) -> Clustering | None:
+    """k-means over all of the client's vectors; None when there are fewer than 2."""
+    ids, X = vectors.store_for(client_id).all()
+    if len(ids) < 2:
+        return None
+    k = min(k or ml_clustering.choose_k(len(ids)), len(ids))
+    clustering = Clustering.objects.create(
+        client_id=client_id, backbone=vectors.backbone_name(), k=k, state=JobState.RUNNING
+    )
+    try:
+        result = ml_clustering.kmeans(X, k, seed=seed)
+        clusters = Cluster.objects.bulk_create(
+            [Cluster(clustering=clustering, index=c, size=int((result.assign == c).sum())) for c in range(k)]
+        )
+        members = [
+            ClusterMember(cluster=clusters[int(c)], asset_id=int(a), distance=float(d))
+            for a, c, d in zip(ids, result.assign, result.distance)
+        ]
+        for s in range(0, len(members), WRITE_BATCH):
+            ClusterMember.objects.bulk_create(members[s : s + WRITE_BATCH])
+        refresh_stats(clustering)
+    except Exception as exc:
+        Clustering.objects.filter(pk=clustering.pk).update(state=JobState.FAILED, error=str(exc)[:2000])
+        raise
+    with transaction.atomic():
+        Clustering.objects.filter(client_id=client_id, is_current=True).update(is_current=False)
+        Clustering.objects.filter(pk=clustering.pk).update(
+            is_current=True, state=JobState.SUCCEEDED, finished=timezone.now(),
+            stats={"n": int(len(ids)), "k": k, "mean_distance": float(result.distance.mean())},
+        )
+    old = Clustering.objects.filter(client_id=client_id, is_current=False).order_by("-id")[KEEP_OLD:]
+    Clustering.objects.filter(pk__in=[c.pk for c in old]).delete()
+    clustering.refresh_from_db()
+    return clustering
+
+
+def _label_arrays(taxonomy: Taxonomy, asset_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label tag id or -1, suggested tag id or -1, uncertainty or NaN) per asset id.
+    For multi-label taxonomies a label counts by its first tag (purity is then approximate)."""
+    pos = {int(a): i for i, a in enumerate(asset_ids)}
+    label = np.full(len(asset_ids), -1, dtype=np.int64)
+    suggested = np.full(len(asset_ids), -1, dtype=np.int64)
+    unc = np.full(len(asset_ids), np.nan, dtype=np.float64)
+    labels = Label.objects.filter(taxonomy=taxonomy, is_current=True)
+    suggestions = Suggestion.objects.filter(model_version_id=taxonomy.live_model_id)
+    if len(pos) <= IN_MAX:  # a few clusters: ask for their assets; all of them: read everything
+        labels, suggestions = labels.filter(asset_id__in=list(pos)), suggestions.filter(asset_id__in=list(pos))
+    for a, t in labels.values_list("asset_id", "tags").order_by("asset_id", "tags"):
+        if a in pos and t is not None and label[pos[a]] < 0:
+            label[pos[a]] = t
+    if taxonomy.live_model_id:
+        for a, t, u in suggestions.values_list("asset_id", "top1_tag_id", "uncertainty"):
+            if a not in pos:
+                continue
+            suggested[pos[a]] = t if t is not None else -1
+            unc[pos[a]] = u
+    return label, suggested, unc
+
+
+def refresh_stats(clustering: Clustering, clusters: QuerySet | list[int] | None = None) -> None:
+    """Recompute Cluster.stats (one entry per taxonomy id) for some or all clusters."""
+    qs = Cluster.objects.filter(clustering=clustering)
+    if clusters is not None:
+        qs = qs.filter(pk__in=clusters)
+    rows = list(qs.order_by("index"))
+    if not rows:
+        return
+    pos = {c.pk: i for i, c in enumerate(rows)}
+    members = np.array(
+        list(ClusterMember.objects.filter(cluster__in=rows).values_list("asset_id", "cluster_id")), dtype=np.int64
+    ).reshape(-1, 2)
+    asset_ids = members[:, 0]
+    assign = np.array([pos[c] for c in members[:, 1]], dtype=np.int64)
+    per_cluster: list[dict] = [{} for _ in rows]
+    for taxonomy in Taxonomy.objects.filter(client_id=clustering.client_id):
+        label, suggested, unc = _label_arrays(taxonomy, asset_ids)
+        for i, s in enumerate(ml_clustering.cluster_stats(assign, len(rows), label, suggested, unc)):
+            per_cluster[i][str(taxonomy.pk)] = s
+    for cluster, stats in zip(rows, per_cluster):
+        cluster.stats = stats
+        cluster.size = stats[next(iter(stats))]["size"] if stats else cluster.size
+    Cluster.objects.bulk_update(rows, ["stats", "size"], batch_size=500)
+
+
+def refresh_for_assets(client_id: int, asset_ids: list[int]) -> None:
+    """After labels change: recompute the stats of the current clusters holding these assets."""
+    clustering = current(client_id)
+    if clustering is None or not asset_ids:
+        return
+    touched = ClusterMember.objects.filter(cluster__clustering=clustering, asset_id__in=asset_ids).values_list(
+        "cluster_id", flat=True
+    )
+    refresh_stats(clustering, list(set(touched)))
+
+
+def overview(taxonomy: Taxonomy, clustering: Clustering, thumbs: int = 6) -> list[dict]:
+    """Clusters ranked by work saved for this taxonomy, each with a few central thumbnails."""
+    from .queue import _asset_urls
+
+    rows = []
+    for c in Cluster.objects.filter(clustering=clustering):
+        s = (c.stats or {}).get(str(taxonomy.pk)) or {}
+        rows.append({"cluster": c, "stats": s, "work_saved": s.get("work_saved", 0.0)})
+    rows.sort(key=lambda r: (-r["work_saved"], -r["cluster"].size))
+    for r in rows:
+        central = ClusterMember.objects.filter(cluster=r["cluster"]).order_by("distance")[:thumbs]
+        r["thumbs"] = [_asset_urls(m.asset_id)["thumb"] for m in central]
+    return rows
+
+
+def members(cluster: Cluster) -> list[int]:
+    """Asset ids of a cluster, nearest to the centroid first (the cluster page's order)."""
+    return list(cluster.members.order_by("distance", "asset_id").values_list("asset_id", flat=True))
+
+
+# -- map ---------------------------------------------------------------------------------
+def map_path(client_id: int) -> Path:
+    return vectors.store_for(client_id).root / "map.npz"
+
+
+def compute_map(client_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """2-D coordinates of every stored vector (t-SNE, sampled past 50k), saved atomically."""
+    ids, X = vectors.store_for(client_id).all()
+    xy = ml_clustering.embed_2d(X) if len(ids) else np.zeros((0, 2), np.float32)
+    path = map_path(client_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".map.{os.getpid()}.tmp.npz")
+    np.savez(tmp, ids=ids, xy=xy)
+    os.replace(tmp, path)
+    return ids, xy
+
+
+def map_coordinates(client_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The saved map, recomputed when vectors were added since."""
+    path = map_path(client_id)
+    if path.exists():
+        with np.load(path) as f:
+            ids, xy = f["ids"], f["xy"]
+        if len(ids) == len(vectors.store_for(client_id)):
+            return ids, xy
+    return compute_map(client_id)
+
+
+def map_points(taxonomy: Taxonomy) -> dict:
+    """Everything the map page plots: per point id, x, y, label, suggestion, cluster, uncertainty."""
+    from .similarity import describe
+
+    ids, xy = map_coordinates(taxonomy.client_id)
+    rows = describe(taxonomy, [int(i) for i in ids])
+    clustering = current(taxonomy.client_id)
+    cluster_of = {}
+    if clustering:
+        cluster_of = dict(
+            ClusterMember.objects.filter(cluster__clustering=clustering).values_list("asset_id", "cluster__index")
+        )
+    points = []
+    for a, (x, y) in zip(ids.tolist(), xy.tolist()):
+        row = rows.get(a)
+        if row is None:
+            continue  # deleted since the map was made
+        points.append({
+            "id": a, "x": round(x, 4), "y": round(y, 4), "name": row["name"], "thumb": row["thumb"],
+            "label": (row["label"] or [None])[0], "suggested": row["suggested"],
+            "uncertainty": row["uncertainty"], "cluster": cluster_of.get(a),
+        })
+    return {"points": points}

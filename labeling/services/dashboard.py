@@ -1,0 +1,214 @@
+"""What a taxonomy's dashboard shows, as plain data (the page plots it with plotly.js).
+
+Counts are aggregated in the database; only the model metrics (small JSON per version) and a
+bounded scan for the misclassification gallery are handled in Python.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+from django.db.models import Count, Exists, OuterRef
+from django.db.models.functions import TruncDate
+from django.urls import reverse
+from django.utils import timezone
+
+from ml.metrics import precision_recall_f1
+
+from ..models import Asset, ImportJob, JobState, Label, LabelEvent, ModelVersion, Suggestion, Taxonomy, TrainingRun
+from .training import is_holdout
+
+DAYS = 90  # labels-over-time window
+GALLERY = 24  # misclassified held-out images shown
+GALLERY_SCAN = 20_000  # labeled assets looked at to find them: bounded on a huge library
+BOOTSTRAP = 400
+
+
+def build(taxonomy: Taxonomy) -> dict:
+    return {
+        "coverage": coverage(taxonomy),
+        "over_time": labels_over_time(taxonomy),
+        "by_operator": by_operator(taxonomy),
+        "agreement": agreement(taxonomy),
+        "versions": versions(taxonomy),
+        "live": live_report(taxonomy),
+        "gallery": gallery(taxonomy),
+    }
+
+
+def coverage(taxonomy: Taxonomy) -> dict:
+    n_assets = Asset.objects.filter(client_id=taxonomy.client_id).count()
+    current = Label.objects.filter(taxonomy=taxonomy, is_current=True)
+    n_labeled = current.count()
+    per_tag = (
+        current.values("tags__id").annotate(n=Count("id")).order_by("-n")
+    )
+    names = {t.pk: t.path for t in taxonomy.tags.select_related("parent")}
+    return {
+        "assets": n_assets,
+        "labeled": n_labeled,
+        "pct": round(100 * n_labeled / n_assets, 1) if n_assets else 0.0,
+        "per_tag": [{"tag": names.get(r["tags__id"], "?"), "n": r["n"]} for r in per_tag if r["tags__id"]],
+    }
+
+
+def labels_over_time(taxonomy: Taxonomy) -> dict:
+    since = timezone.now() - timedelta(days=DAYS)
+    rows = (
+        LabelEvent.objects.filter(taxonomy=taxonomy, action=LabelEvent.Action.SET, created__gte=since)
+        .annotate(day=TruncDate("created"))
+        .values("day", "user__username")
+        .annotate(n=Count("id"))
+        .order_by("day")
+    )
+    days = sorted({r["day"] for r in rows})
+    index = {d: i for i, d in enumerate(days)}
+    series: dict[str, list[int]] = {}
+    for r in rows:
+        who = r["user__username"] or "import / system"
+        series.setdefault(who, [0] * len(days))[index[r["day"]]] += r["n"]
+    return {"days": [d.isoformat() for d in days], "series": series}
+
+
+def by_operator(taxonomy: Taxonomy) -> list[dict]:
+    rows = (
+        Label.objects.filter(taxonomy=taxonomy, is_current=True)
+        .values("user__username", "source")
+        .annotate(n=Count("id"))
+    )
+    out: dict[str, dict] = {}
+    for r in rows:
+        who = r["user__username"] or "import / system"
+        out.setdefault(who, {"user": who, "total": 0})
+        out[who][r["source"]] = r["n"]
+        out[who]["total"] += r["n"]
+    return sorted(out.values(), key=lambda r: -r["total"])
+
+
+def agreement(taxonomy: Taxonomy) -> dict:
+    """How often operators kept the model's suggestion, overall and per model version."""
+    rows = (
+        Label.objects.filter(taxonomy=taxonomy, is_current=True, suggestion__isnull=False,
+                             source__in=[Label.Source.ACCEPTED, Label.Source.CORRECTED])
+        .values("suggestion__model_version__version", "source")
+        .annotate(n=Count("id"))
+    )
+    per: dict[int, dict] = {}
+    for r in rows:
+        v = per.setdefault(r["suggestion__model_version__version"], {"accepted": 0, "corrected": 0})
+        v[r["source"]] += r["n"]
+    by_version = [
+        {"version": k, **v, "rate": round(v["accepted"] / (v["accepted"] + v["corrected"]), 4)}
+        for k, v in sorted(per.items())
+    ]
+    accepted = sum(v["accepted"] for v in per.values())
+    total = accepted + sum(v["corrected"] for v in per.values())
+    return {"accepted": accepted, "reviewed": total, "rate": round(accepted / total, 4) if total else None,
+            "by_version": by_version}
+
+
+def macro_f1_ci(confusion: list[list[int]], reps: int = BOOTSTRAP, seed: int = 0) -> list[float] | None:
+    """95% bootstrap interval of macro-F1: resample the held-out (true, predicted) pairs, which
+    the confusion matrix holds exactly, with replacement."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    n = int(cm.sum())
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, (cm / n).ravel(), size=reps).reshape(reps, *cm.shape)
+    scores = []
+    for m in draws:
+        _, _, f1, _ = precision_recall_f1(m)
+        seen = (m.sum(axis=0) + m.sum(axis=1)) > 0
+        scores.append(float(f1[seen].mean()) if seen.any() else 0.0)
+    lo, hi = np.percentile(scores, [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def versions(taxonomy: Taxonomy) -> list[dict]:
+    out = []
+    for mv in ModelVersion.objects.filter(taxonomy=taxonomy).order_by("version"):
+        m = mv.metrics or {}
+        out.append({
+            "version": mv.version,
+            "live": mv.pk == taxonomy.live_model_id,
+            "created": mv.created.isoformat(),
+            "n_labels": mv.n_labels,
+            "n_train": m.get("n_train"),
+            "n_holdout": m.get("n_holdout", 0),
+            "accuracy": m.get("accuracy"),
+            "accuracy_ci95": m.get("accuracy_ci95"),
+            "top3_accuracy": m.get("top3_accuracy"),
+            "top3_ci95": m.get("top3_ci95"),
+            "macro_f1": m.get("macro_f1"),
+            "macro_f1_ci95": macro_f1_ci(m["confusion"]) if m.get("confusion") else None,
+            "decision": m.get("decision", ""),
+        })
+    return out
+
+
+def live_report(taxonomy: Taxonomy) -> dict | None:
+    live = taxonomy.live_model
+    if live is None:
+        return None
+    m = live.metrics or {}
+    per_class = [{"tag": name, **vals} for name, vals in (m.get("per_class") or {}).items()]
+    return {"version": live.version, "labels": m.get("labels") or [], "confusion": m.get("confusion") or [],
+            "per_class": per_class, "n_holdout": m.get("n_holdout", 0)}
+
+
+def gallery(taxonomy: Taxonomy) -> list[dict]:
+    """Held-out assets (never trained on) whose current label the live model gets wrong."""
+    live = taxonomy.live_model
+    if live is None or taxonomy.multilabel:
+        return []
+    names = {t.pk: t.path for t in taxonomy.tags.select_related("parent")}
+    through = Label.tags.through
+    labels = (
+        Label.objects.filter(taxonomy=taxonomy, is_current=True)
+        .filter(Exists(Suggestion.objects.filter(model_version=live, asset_id=OuterRef("asset_id"))))
+        .select_related("asset")
+        .order_by("-id")[:GALLERY_SCAN]
+    )
+    picked: list[Label] = [lb for lb in labels if is_holdout(lb.asset.sha256)]
+    tag_of = dict(through.objects.filter(label_id__in=[lb.pk for lb in picked]).values_list("label_id", "tag_id"))
+    suggestions = {
+        s.asset_id: s for s in Suggestion.objects.filter(model_version=live, asset_id__in=[lb.asset_id for lb in picked])
+    }
+    out = []
+    for lb in picked:
+        s = suggestions.get(lb.asset_id)
+        truth = tag_of.get(lb.pk)
+        if s is None or truth is None or s.top1_tag_id == truth:
+            continue
+        out.append({
+            "asset": lb.asset_id,
+            "name": lb.asset.original_name,
+            "thumb": reverse("asset_thumb", args=[lb.asset_id]),
+            "label": names.get(truth, "?"),
+            "predicted": names.get(s.top1_tag_id, "?"),
+            "prob": round(float(s.top1_prob), 3),
+        })
+        if len(out) >= GALLERY:
+            break
+    return out
+
+
+def progress(taxonomy: Taxonomy, include_imports: bool) -> dict:
+    """Live progress of long jobs: the latest training run and (admins) running imports."""
+    run = TrainingRun.objects.filter(taxonomy=taxonomy).order_by("-id").first()
+    body: dict = {
+        "run": None if run is None else {
+            "id": run.pk, "state": run.state, "progress": run.progress, "message": run.message,
+            "active": run.state in TrainingRun.ACTIVE,
+        },
+        "imports": [],
+    }
+    if include_imports:
+        jobs = ImportJob.objects.filter(client_id=taxonomy.client_id, state__in=[JobState.QUEUED, JobState.RUNNING])
+        body["imports"] = [
+            {"id": j.pk, "state": j.state, "processed": j.processed, "total": j.total, "percent": round(100 * j.progress)}
+            for j in jobs.order_by("id")[:10]
+        ]
+    body["active"] = bool(body["imports"]) or bool(body["run"] and body["run"]["active"])
+    return body

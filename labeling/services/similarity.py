@@ -1,0 +1,184 @@
+"""More like this: one FAISS index per client and backbone over the vector store.
+
+The index file lives at TAGLOOP_VECTOR_DIR/<client>/<backbone>/index.faiss, next to the
+client's vectors, so another client's assets can never be in it. A new backbone gets its own
+file (the old one stays until it is removed), and ``rebuild`` writes aside and swaps
+atomically. Assets embedded after the last build are added on the next read, so an import
+never waits for an index rebuild.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from django.conf import settings
+
+from ml.index import VectorIndex
+
+from ..models import Asset, Label, Suggestion, Taxonomy
+from . import vectors
+
+log = logging.getLogger(__name__)
+FILTERS = ("all", "labeled", "unlabeled", "tag")
+OVERFETCH = 10  # neighbours fetched per neighbour asked for, when a filter drops some
+_lock = threading.Lock()  # one writer per process; across processes os.replace decides
+
+
+def index_path(client_id: int, backbone: str | None = None) -> Path:
+    return settings.TAGLOOP_VECTOR_DIR / str(client_id) / (backbone or vectors.backbone_name()) / "index.faiss"
+
+
+@functools.lru_cache(maxsize=16)
+def _load(path: str, mtime_ns: int) -> VectorIndex:
+    # mtime in the key: after a rebuild's os.replace the next read opens the new file, while
+    # callers still holding the old object keep searching it.
+    return VectorIndex.load(path)
+
+
+def rebuild(client_id: int, backbone: str | None = None) -> VectorIndex | None:
+    """Build the client's index from all stored vectors and swap it in atomically.
+    On any failure the old file stays as it was."""
+    ids, X = vectors.store_for(client_id, backbone).all()
+    if not len(ids):
+        return None
+    index = VectorIndex.build(ids, X)
+    with _lock:
+        index.save(index_path(client_id, backbone))
+    return index
+
+
+def get_index(client_id: int, backbone: str | None = None) -> VectorIndex | None:
+    """The client's index, with vectors stored since the last build added (and saved)."""
+    path = index_path(client_id, backbone)
+    store = vectors.store_for(client_id, backbone)
+    if not path.exists():
+        return rebuild(client_id, backbone)
+    index = _load(str(path), path.stat().st_mtime_ns)
+    stored = store.ids()
+    if len(stored) != index.ntotal or not np.isin(stored, index.ids()).all():
+        missing = np.setdiff1d(stored, index.ids())
+        if len(missing) and len(missing) + index.ntotal == len(stored):
+            found, X = store.get(missing)
+            fresh = VectorIndex.load(str(path))  # the cached object is shared: never mutate it
+            fresh.add(found, X)
+            with _lock:
+                fresh.save(path)
+            return fresh
+        return rebuild(client_id, backbone)  # ids vanished or changed: start over
+    return index
+
+
+def _search(client_id: int, q: np.ndarray, k: int) -> list[tuple[int, float]]:
+    index = get_index(client_id)
+    if index is None:
+        return []
+    sims, ids = index.search(q, k)
+    return [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0]
+
+
+def neighbours(taxonomy: Taxonomy, asset_id: int, k: int = 24, filter: str = "all",
+               tag_id: int | None = None) -> list[dict]:
+    """Nearest assets of the taxonomy's client to ``asset_id`` (itself excluded), best first."""
+    found, X = vectors.vectors_for(taxonomy.client_id, [asset_id])
+    if not len(found):
+        return []
+    return _neighbour_rows(taxonomy, X[0], k, filter, tag_id, exclude={int(asset_id)})
+
+
+def search_image(taxonomy: Taxonomy, image: BinaryIO, k: int = 24, filter: str = "all",
+                 tag_id: int | None = None) -> list[dict]:
+    """Nearest assets to an uploaded image. The image is embedded in memory and never stored."""
+    from ml.preprocess import load_rgb
+
+    q = vectors.get_embedder().embed_images([load_rgb(image)])
+    return _neighbour_rows(taxonomy, q[0], k, filter, tag_id, exclude=set())
+
+
+def _neighbour_rows(taxonomy: Taxonomy, q: np.ndarray, k: int, filter: str, tag_id: int | None,
+                    exclude: set[int]) -> list[dict]:
+    if filter not in FILTERS:
+        raise ValueError(f"filter: one of {', '.join(FILTERS)}")
+    fetch = k + len(exclude) if filter == "all" else k * OVERFETCH
+    hits = [(a, s) for a, s in _search(taxonomy.client_id, q[None, :], fetch) if a not in exclude]
+    rows = describe(taxonomy, [a for a, _ in hits])
+    out = []
+    for asset_id, sim in hits:
+        row = rows.get(asset_id)
+        if row is None or not _keep(row, filter, tag_id):
+            continue
+        out.append({**row, "similarity": round(sim, 4)})
+        if len(out) == k:
+            break
+    return out
+
+
+def _keep(row: dict, filter: str, tag_id: int | None) -> bool:
+    if filter == "labeled":
+        return row["label"] is not None
+    if filter == "unlabeled":
+        return row["label"] is None
+    if filter == "tag":
+        return tag_id in (row["label"] or []) or (row["label"] is None and row["suggested"] == tag_id)
+    return True
+
+
+def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
+    """Tile data for assets of the taxonomy's client: name, thumbnail, current label tag ids,
+    live suggestion (top-1 tag, probability, uncertainty). Other clients' ids are dropped."""
+    from .queue import _asset_urls
+
+    assets = Asset.objects.filter(client_id=taxonomy.client_id, pk__in=asset_ids).values_list("pk", "original_name")
+    out = {pk: {"asset": pk, "name": name, "label": None, "suggested": None, "prob": None,
+                "uncertainty": None, **_asset_urls(pk)} for pk, name in assets}
+    for asset_id, tag_id in Label.objects.filter(
+        taxonomy=taxonomy, is_current=True, asset_id__in=list(out)
+    ).values_list("asset_id", "tags"):
+        row = out[asset_id]
+        row["label"] = sorted((row["label"] or []) + ([tag_id] if tag_id else []))
+    if taxonomy.live_model_id:
+        for asset_id, top, prob, unc in Suggestion.objects.filter(
+            model_version_id=taxonomy.live_model_id, asset_id__in=list(out)
+        ).values_list("asset_id", "top1_tag_id", "top1_prob", "uncertainty"):
+            out[asset_id].update(suggested=top, prob=round(prob, 4), uncertainty=round(unc, 4))
+    return out
+
+
+# -- second look --------------------------------------------------------------------------
+def second_look(taxonomy: Taxonomy, limit: int = 50) -> list[dict]:
+    """Current labels that the model (out-of-fold) and the neighbours disagree with, most
+    suspicious first (ml.noise.suspicion_scores). Labels confirmed with "keep" (a re-save of
+    the same tags, whose event has before == after) are left out. Single-label taxonomies
+    use their one tag; multi-label ones their first tag."""
+    from ml.noise import suspicion_scores
+
+    from ..models import LabelEvent
+
+    tag_ids = list(taxonomy.active_tags().values_list("id", flat=True))
+    col = {t: i for i, t in enumerate(tag_ids)}
+    given: dict[int, int] = {}
+    for asset_id, tag_id in Label.objects.filter(taxonomy=taxonomy, is_current=True).values_list(
+        "asset_id", "tags"
+    ).order_by("asset_id", "tags"):
+        if tag_id in col:
+            given.setdefault(asset_id, tag_id)
+    found, X = vectors.vectors_for(taxonomy.client_id, list(given))
+    if len(found) < 4 or len({given[int(a)] for a in found}) < 2:
+        return []  # nothing to compare a label with
+    y = np.array([col[given[int(a)]] for a in found], dtype=np.int64)
+    scores = suspicion_scores(X, y, len(tag_ids), k_folds=min(5, len(found)), n_neighbors=min(10, len(found) - 1))
+    kept = {
+        e.asset_id for e in LabelEvent.objects.filter(
+            taxonomy=taxonomy, action=LabelEvent.Action.SET, label__is_current=True, asset_id__in=[int(a) for a in found]
+        ).only("asset_id", "before", "after")
+        if e.before is not None and e.before == e.after
+    }
+    order = [i for i in np.argsort(-scores, kind="stable") if int(found[i]) not in kept][:limit]
+    rows = describe(taxonomy, [int(found[i]) for i in order])
+    return [
+        {**rows[int(found[i])], "given": given[int(found[i])], "score": round(float(scores[i]), 4)}
+        for i in order if int(found[i]) in rows
+    ]

@@ -1,0 +1,45 @@
+"""Per-taxonomy dashboard (plots), its progress poll, and streamed export downloads."""
+from __future__ import annotations
+
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from .models import Role
+from .permissions import RANK, taxonomy_view
+from .services import dashboard as dashboard_service
+from .services import exporting
+
+
+@require_GET
+@taxonomy_view()
+def dashboard(request: HttpRequest) -> HttpResponse:
+    taxonomy = request.taxonomy
+    is_admin = request.role == Role.ADMIN
+    return render(
+        request,
+        "labeling/dashboard.html",
+        {
+            "client": request.client,
+            "taxonomy": taxonomy,
+            "is_admin": is_admin,
+            "can_label": RANK[request.role] >= RANK[Role.OPERATOR],
+            "kinds": exporting.KINDS,
+            "data": dashboard_service.build(taxonomy),
+            "progress": dashboard_service.progress(taxonomy, include_imports=is_admin),
+        },
+    )
+
+
+@require_GET
+@taxonomy_view()
+def progress_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(dashboard_service.progress(request.taxonomy, include_imports=request.role == Role.ADMIN))
+
+
+@require_GET
+@taxonomy_view()
+def export(request: HttpRequest, kind: str) -> HttpResponse:
+    if kind not in exporting.KINDS:
+        raise Http404("No such export")
+    return exporting.response(request.taxonomy, kind, labeled_only=request.GET.get("all") not in ("1", "true"))

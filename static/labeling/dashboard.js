@@ -1,0 +1,127 @@
+// Dashboard plots (plotly.js from the installed Python package) and live job progress.
+// Data comes from json_script tags; nothing is fetched for the plots themselves.
+(function () {
+  "use strict";
+  const data = JSON.parse(document.getElementById("dashboard-data").textContent);
+  const ACCENT = "#4f46e5", OK = "#12805c", WARN = "#c2410c", MUTED = "#98a2b3";
+  const layout = (extra) => Object.assign({
+    margin: { l: 48, r: 12, t: 8, b: 40 }, font: { family: "system-ui, sans-serif", size: 12 },
+    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", showlegend: true,
+    legend: { orientation: "h", y: -0.2 },
+  }, extra || {});
+  const config = { displaylogo: false, responsive: true };
+
+  function plot(id, traces, extra) {
+    const el = document.getElementById(id);
+    if (!el) return;
+    if (!traces.length || traces.every((t) => !(t.x || t.z || []).length)) {
+      // Still draw empty axes: an empty plot says "no data yet" more clearly than a gap.
+      extra = Object.assign({ annotations: [{ text: "no data yet", showarrow: false, font: { color: MUTED } }] }, extra);
+    }
+    Plotly.newPlot(el, traces, layout(extra), config);
+  }
+
+  // errors bars from [lo, hi] intervals around each value
+  const ci = (vals, cis) => ({
+    type: "data", symmetric: false, visible: true,
+    array: vals.map((v, i) => (cis[i] && v != null ? cis[i][1] - v : 0)),
+    arrayminus: vals.map((v, i) => (cis[i] && v != null ? v - cis[i][0] : 0)),
+  });
+
+  const t = data.over_time;
+  plot("plot-time", Object.entries(t.series).map(([who, ys]) => ({ type: "bar", name: who, x: t.days, y: ys })),
+    { barmode: "stack", yaxis: { title: "labels" } });
+
+  const ops = data.by_operator;
+  plot("plot-operators", ["accepted", "corrected", "manual", "imported"].map((src) => ({
+    type: "bar", name: src, x: ops.map((o) => o.user), y: ops.map((o) => o[src] || 0),
+  })), { barmode: "stack" });
+
+  const cov = data.coverage;
+  plot("plot-coverage", [
+    { type: "bar", name: "labeled", x: cov.per_tag.map((r) => r.tag), y: cov.per_tag.map((r) => r.n), marker: { color: ACCENT } },
+  ], { showlegend: false, yaxis: { title: "images" } });
+
+  const ag = data.agreement;
+  document.getElementById("agreement-text").textContent = ag.rate == null
+    ? "No reviewed suggestions yet."
+    : `${Math.round(ag.rate * 100)}% of ${ag.reviewed} reviewed suggestions were accepted as is.`;
+  plot("plot-agreement", [{
+    type: "scatter", mode: "lines+markers", name: "accepted", x: ag.by_version.map((v) => "v" + v.version),
+    y: ag.by_version.map((v) => v.rate), marker: { color: OK },
+  }], { showlegend: false, yaxis: { range: [0, 1], tickformat: ".0%" } });
+
+  const vs = data.versions;
+  const vx = vs.map((v) => "v" + v.version + (v.live ? " (live)" : ""));
+  const metric = (key, ciKey, name, color) => {
+    const ys = vs.map((v) => v[key]);
+    return { type: "scatter", mode: "lines+markers", name, x: vx, y: ys, error_y: ci(ys, vs.map((v) => v[ciKey])), marker: { color } };
+  };
+  plot("plot-versions", [
+    metric("accuracy", "accuracy_ci95", "accuracy", ACCENT),
+    metric("top3_accuracy", "top3_ci95", "top-3 accuracy", OK),
+    metric("macro_f1", "macro_f1_ci95", "macro-F1", WARN),
+  ], { yaxis: { range: [0, 1.05], tickformat: ".0%" } });
+
+  const learn = vs.filter((v) => v.accuracy != null);
+  const ly = learn.map((v) => v.accuracy);
+  plot("plot-learning", [{
+    type: "scatter", mode: "lines+markers", name: "held-out accuracy", x: learn.map((v) => v.n_labels), y: ly,
+    text: learn.map((v) => "v" + v.version), error_y: ci(ly, learn.map((v) => v.accuracy_ci95)), marker: { color: ACCENT },
+  }], { xaxis: { title: "labels" }, yaxis: { range: [0, 1.05], tickformat: ".0%" }, showlegend: false });
+
+  const live = data.live;
+  if (live) {
+    document.getElementById("confusion-caption").textContent = `live v${live.version}, ${live.n_holdout} held-out labels`;
+  }
+  const labels = live ? live.labels : [];
+  plot("plot-confusion", live && live.confusion.length ? [{
+    type: "heatmap", x: labels, y: labels, z: live.confusion, colorscale: "Blues", hoverongaps: false,
+    texttemplate: "%{z}", hovertemplate: "true %{y}<br>predicted %{x}<br>%{z}<extra></extra>",
+  }] : [], { xaxis: { title: "predicted" }, yaxis: { title: "true", autorange: "reversed" }, showlegend: false });
+
+  const pc = live ? live.per_class : [];
+  plot("plot-prf", [
+    { type: "bar", name: "precision", x: pc.map((r) => r.tag), y: pc.map((r) => r.precision), marker: { color: ACCENT } },
+    { type: "bar", name: "recall", x: pc.map((r) => r.tag), y: pc.map((r) => r.recall), marker: { color: OK } },
+  ], { barmode: "group", yaxis: { range: [0, 1.05], tickformat: ".0%" } });
+
+  // --- live progress of long jobs: poll while something runs -------------------------------
+  const box = document.getElementById("progress");
+  function showProgress(p) {
+    const run = p.run;
+    document.getElementById("run-text").textContent = run
+      ? `run #${run.id}: ${run.state}${run.message ? " · " + run.message : ""}` : "no run yet";
+    document.getElementById("run-bar").style.width = run ? Math.round(run.progress * 100) + "%" : "0%";
+    const imports = document.getElementById("import-progress");
+    imports.replaceChildren(...p.imports.map((j) => {
+      const row = document.createElement("div");
+      row.className = "dash-progress-row";
+      row.innerHTML = '<span class="stat-label">Import</span><span class="muted"></span><div class="meter"><span></span></div>';
+      row.children[1].textContent = `#${j.id} ${j.state}: ${j.processed} / ${j.total}`;
+      row.querySelector(".meter span").style.width = j.percent + "%";
+      return row;
+    }));
+    return p.active;
+  }
+  let timer = null;
+  async function poll() {
+    try {
+      const r = await fetch(box.dataset.url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (r.ok && showProgress(await r.json())) { timer = setTimeout(poll, 2000); return; }
+    } catch (e) { /* network blip: try again a little later */ timer = setTimeout(poll, 5000); return; }
+    timer = null;
+  }
+  if (showProgress(JSON.parse(document.getElementById("progress-data").textContent))) poll();
+
+  const retrain = document.getElementById("retrain");
+  if (retrain) {
+    retrain.addEventListener("click", async () => {
+      const token = (document.cookie.match(/(?:^|; )csrftoken=([^;]+)/) || [])[1] || "";
+      retrain.disabled = true;
+      const r = await fetch(retrain.dataset.url, { method: "POST", headers: { "X-CSRFToken": token, Accept: "application/json" }, credentials: "same-origin" });
+      retrain.disabled = false;
+      if ((r.ok || r.status === 409) && !timer) poll();
+    });
+  }
+})();

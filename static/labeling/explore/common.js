@@ -1,0 +1,63 @@
+// Shared by the explore pages: config from json_script, JSON calls, the toast, and the one
+// bulk action (apply a tag / accept each suggestion) with its undo.
+export const config = JSON.parse(document.getElementById("explore-config").textContent);
+
+function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+export async function postJSON(url, body) {
+  const res = await fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+    body: JSON.stringify(body),
+  });
+  const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  return data;
+}
+
+let toastTimer = null;
+export function toast(html, kind = "") {
+  const el = document.getElementById("toast");
+  el.innerHTML = html;
+  el.className = `toast ${kind}`;
+  el.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { el.hidden = true; }, 6000);
+}
+
+export const tagName = (id) => (config.tags.find((t) => t.id === id) || { name: "?" }).name;
+
+// The undo stack of this page: bulk action ids, newest last.
+const done = [];
+
+/** Apply `tagId` (or each asset's suggestion when tagId is null) to `assets`.
+ *  Resolves to {action, n_labels, labels: {asset: tag}}. */
+export async function bulkApply(assets, tagId) {
+  const body = tagId == null ? { assets, accept: true } : { assets, tags: [tagId] };
+  const data = await postJSON(config.bulkUrl, body);
+  done.push(data.action);
+  const what = tagId == null ? "their suggestions" : tagName(tagId);
+  const skipped = assets.length - data.n_labels;
+  toast(`Labeled ${data.n_labels} as ${what}${skipped ? ` · ${skipped} without a suggestion left open` : ""} · <kbd>u</kbd> undo`, "ok");
+  return data;
+}
+
+/** Undo the newest bulk action of this page; resolves to {assets} it unlabeled, or null. */
+export async function bulkUndo() {
+  const action = done.pop();
+  if (action == null) return null;
+  const data = await postJSON(config.undoUrl, { action });
+  toast(`Undone: ${data.undone} label${data.undone === 1 ? "" : "s"} restored to what they were`);
+  return data;
+}
+
+export const canUndo = () => done.length > 0;
+
+export function isTyping(e) {
+  const t = e.target;
+  return t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement;
+}

@@ -1,0 +1,19 @@
+// Duplicates page: "Label the other N as X" applies the group's agreed label to the rest,
+// through the same bulk action (undoable with u).
+import { bulkApply, bulkUndo, toast } from "./common.js";
+
+document.querySelectorAll(".x-dup-apply").forEach((btn) => btn.addEventListener("click", async () => {
+  const assets = btn.dataset.assets.split(",").map(Number);
+  const tag = Number(btn.dataset.tags.split(",")[0]);
+  btn.disabled = true;
+  try {
+    await bulkApply(assets, tag);
+    btn.textContent = "Labeled";
+  } catch (err) {
+    btn.disabled = false;
+    toast(String(err.message || err), "error");
+  }
+}));
+document.addEventListener("keydown", (e) => {
+  if (e.key === "u" && !e.ctrlKey && !e.metaKey) bulkUndo().then((d) => d && window.location.reload());
+});

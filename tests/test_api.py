@@ -1,0 +1,450 @@
+"""REST API (/api/v1/): every endpoint, its role rules, its bad input, through DRF's client.
+
+Most tests use small generated PNGs and a ModelVersion row with known suggestions (what is
+under test is the API); predictions use a real model from the training service.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from labeling.models import (
+    Asset, BulkAction, Cluster, Clustering, ClusterMember, ImportJob, Label, LabelEvent, ModelVersion, Suggestion,
+    Tag, TrainingRun,
+)
+from labeling.services import importing, labels, training
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    """Retrain checks and job messages are counted, never sent: no worker in these tests."""
+    sent = {"retrain": 0, "train": 0, "import": 0}
+    monkeypatch.setattr(labels, "request_retrain_check", lambda tid: sent.__setitem__("retrain", sent["retrain"] + 1))
+    monkeypatch.setattr(training, "enqueue", lambda run_id: sent.__setitem__("train", sent["train"] + 1))
+    monkeypatch.setattr(importing, "enqueue", lambda job: sent.__setitem__("import", sent["import"] + 1))
+    return sent
+
+
+def png_bytes(seed: int, size: int = 24) -> bytes:
+    im = Image.new("RGB", (size, size), ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_asset(client, seed: int, name: str | None = None, data: bytes | None = None, sha: str | None = None) -> Asset:
+    data = data if data is not None else png_bytes(seed)
+    asset = Asset(
+        client=client, original_name=name or f"img-{seed}.png", sha256=sha or hashlib.sha256(data + str(seed).encode()).hexdigest(),
+        byte_size=len(data), width=24, height=24, format="PNG",
+    )
+    asset.file.save("x.png", ContentFile(data), save=False)
+    asset.save()
+    return asset
+
+
+def api(user=None, token: bool = False) -> APIClient:
+    c = APIClient()
+    if user is not None and token:
+        c.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    elif user is not None:
+        c.force_authenticate(user)
+    return c
+
+
+def base(world, tax=None) -> str:
+    tax = tax or world.brand
+    return f"/api/v1/clients/{tax.client.slug}/taxonomies/{tax.pk}/"
+
+
+@pytest.fixture
+def lib(world):
+    """Six acme assets; a live model row whose suggestion for asset i has uncertainty (i+1)/10 and
+    top-1 tag cycling adidas, converse, nike; one globex asset."""
+    tags = {t.name: t.pk for t in world.brand.tags.all()}
+    tag_ids = list(tags.values())
+    assets = [make_asset(world.acme, i) for i in range(6)]
+    mv = ModelVersion.objects.create(
+        taxonomy=world.brand, version=1, backbone="test", artifact="none", tag_ids=tag_ids,
+        metrics={"accuracy": 0.8, "accuracy_ci95": [0.6, 0.9], "confusion": [[2, 1, 0], [0, 3, 0], [1, 0, 3]],
+                 "labels": list(tags), "per_class": {}, "n_holdout": 10},
+    )
+    for i, a in enumerate(assets):
+        probs = [0.1, 0.1, 0.1]
+        probs[i % 3] = 0.8
+        Suggestion.objects.create(asset=a, taxonomy=world.brand, model_version=mv, probs=probs,
+                                  top1_tag_id=tag_ids[i % 3], top1_prob=0.8, margin=0.7, entropy=0.5,
+                                  uncertainty=(i + 1) / 10)
+    world.brand.live_model = mv
+    world.brand.save(update_fields=["live_model"])
+    other = make_asset(world.globex, 99)
+    return type("Lib", (), {"assets": assets, "tags": tags, "mv": mv, "other": other})
+
+
+def field_of(response) -> set[str]:
+    return set(response.json())
+
+
+# --- auth, clients, docs ----------------------------------------------------------------
+
+
+def test_anonymous_callers_get_401_and_no_data(world):
+    r = api().get("/api/v1/clients/")
+    assert r.status_code == 401 and "results" not in r.json()
+    assert api().get(base(world) + "labels/").status_code == 401
+
+
+def test_a_token_authenticates_and_lists_the_callers_clients_with_roles(world):
+    from labeling.models import Membership, Role
+
+    Membership.objects.create(user=world.vic, client=world.globex, role=Role.ADMIN)
+    r = api(world.vic, token=True).get("/api/v1/clients/")
+    assert r.status_code == 200
+    assert {(c["slug"], c["role"]) for c in r.json()} == {("acme", "viewer"), ("globex", "admin")}
+
+
+def test_a_token_can_be_obtained_with_username_and_password(world):
+    r = APIClient().post("/api/v1/auth/token/", {"username": "olga", "password": "olga-pass-123"}, format="json")
+    assert r.status_code == 200 and r.json()["token"] == Token.objects.get(user=world.olga).key
+
+
+def test_the_schema_and_swagger_docs_are_served_without_a_cdn(world):
+    c = api(world.vic)
+    schema = c.get("/api/v1/schema/?format=json")
+    assert schema.status_code == 200 and "/api/v1/clients/{slug}/assets/" in schema.json()["paths"]
+    docs = c.get("/api/v1/docs/")
+    html = docs.content.decode()
+    assert docs.status_code == 200 and "drf_spectacular_sidecar/swagger-ui-dist" in html
+    assert "cdn" not in html.lower()
+    assert api().get("/api/v1/schema/").status_code == 401
+
+
+# --- taxonomies and tags -----------------------------------------------------------------
+
+
+def test_admins_create_taxonomies_and_others_only_read_them(world):
+    url = "/api/v1/clients/acme/taxonomies/"
+    r = api(world.alice).post(url, {"name": "color", "kind": "multi", "retrain_threshold": 5}, format="json")
+    assert r.status_code == 201 and r.json()["kind"] == "multi"
+    assert api(world.olga).post(url, {"name": "x"}, format="json").status_code == 403
+    assert api(world.vic).patch(base(world), {"name": "y"}, format="json").status_code == 403
+    assert {t["name"] for t in api(world.vic).get(url).json()} == {"brand", "color"}
+
+
+def test_a_duplicate_or_blank_taxonomy_name_is_a_400_naming_the_field(world):
+    url = "/api/v1/clients/acme/taxonomies/"
+    assert "name" in field_of(api(world.alice).post(url, {"name": "brand"}, format="json"))
+    assert "name" in field_of(api(world.alice).post(url, {"name": "  "}, format="json"))
+    assert "retrain_threshold" in field_of(api(world.alice).post(url, {"name": "z", "retrain_threshold": 0}, format="json"))
+
+
+def test_other_clients_taxonomies_are_404_for_every_method(world):
+    other = base(world, world.other_tax)
+    for method in ("get", "patch", "delete"):
+        assert getattr(api(world.alice), method)(other).status_code == 404
+    assert api(world.nobody).get("/api/v1/clients/acme/taxonomies/").status_code == 404
+
+
+def test_a_taxonomy_with_labels_is_not_deleted(world, lib):
+    labels.save_label(world.brand, lib.assets[0], [lib.tags["nike"]])
+    assert api(world.alice).delete(base(world)).status_code == 409
+
+
+def test_admins_add_tags_nest_them_and_retire_them(world):
+    c = api(world.alice)
+    parent = c.post(base(world) + "tags/", {"name": "sneaker"}, format="json").json()
+    child = c.post(base(world) + "tags/", {"name": "runner", "parent": parent["id"]}, format="json")
+    assert child.status_code == 201 and child.json()["path"] == "sneaker / runner"
+    cycle = c.patch(base(world) + f"tags/{parent['id']}/", {"parent": child.json()["id"]}, format="json")
+    assert cycle.status_code == 400 and "parent" in cycle.json()
+    retired = c.patch(base(world) + f"tags/{parent['id']}/", {"retired": True}, format="json")
+    assert retired.status_code == 200 and Tag.objects.get(pk=parent["id"]).retired
+    assert api(world.olga).post(base(world) + "tags/", {"name": "q"}, format="json").status_code == 403
+    foreign = Tag.objects.filter(taxonomy=world.other_tax).first()
+    assert c.get(base(world) + f"tags/{foreign.pk}/").status_code == 404
+
+
+# --- assets -----------------------------------------------------------------------------
+
+
+def walk(c, url: str) -> list[int]:
+    ids, cursor = [], None
+    while True:
+        r = c.get(url + (f"&cursor={cursor}" if cursor else ""))
+        assert r.status_code == 200, r.content
+        ids += [a["id"] for a in r.json()["results"]]
+        cursor = r.json()["next_cursor"]
+        if not cursor:
+            return ids
+
+
+def test_assets_page_by_id_with_a_keyset_cursor(world, lib):
+    ids = walk(api(world.vic), "/api/v1/clients/acme/assets/?limit=4")
+    assert ids == sorted(a.pk for a in lib.assets)
+
+
+def test_assets_page_most_uncertain_first(world, lib):
+    t = world.brand.pk
+    ids = walk(api(world.vic), f"/api/v1/clients/acme/assets/?taxonomy={t}&order=uncertain&limit=2")
+    assert ids == [a.pk for a in reversed(lib.assets)]
+
+
+def test_assets_filter_by_tag_state_uncertainty_and_cluster(world, lib):
+    c, t = api(world.vic), world.brand.pk
+    labels.save_label(world.brand, lib.assets[0], [lib.tags["nike"]])
+    labels.save_label(world.brand, lib.assets[1], [lib.tags["adidas"]])
+    url = f"/api/v1/clients/acme/assets/?taxonomy={t}"
+    assert walk(c, url + f"&tag={lib.tags['nike']}") == [lib.assets[0].pk]
+    assert walk(c, url + "&state=labeled") == [lib.assets[0].pk, lib.assets[1].pk]
+    assert len(walk(c, url + "&state=unlabeled&order=uncertain")) == 4
+    assert walk(c, url + "&uncertainty_min=0.25&uncertainty_max=0.45") == [lib.assets[2].pk, lib.assets[3].pk]
+    clustering = Clustering.objects.create(client=world.acme, backbone="test", k=2, state="succeeded", is_current=True)
+    cluster = Cluster.objects.create(clustering=clustering, index=1, size=1)
+    ClusterMember.objects.create(cluster=cluster, asset=lib.assets[5], distance=0.1)
+    assert walk(c, "/api/v1/clients/acme/assets/?cluster=1") == [lib.assets[5].pk]
+    row = c.get(url + "&tag=" + str(lib.tags["nike"])).json()["results"][0]
+    assert row["label"]["tags"] == [lib.tags["nike"]] and row["suggestion"]["top"][0]["prob"] == 0.8
+
+
+@pytest.mark.parametrize("query, field", [
+    ("tag=1", "tag"), ("state=maybe&taxonomy={t}", "state"), ("limit=0", "limit"), ("limit=abc", "limit"),
+    ("cursor=%%%", "cursor"), ("cursor=eyJ4IjoxfQ", "cursor"), ("order=sideways", "order"),
+    ("taxonomy={o}", "taxonomy"), ("uncertainty_min=2&taxonomy={t}", "uncertainty_min"),
+])
+def test_bad_asset_list_parameters_are_400_naming_the_parameter(world, lib, query, field):
+    q = query.format(t=world.brand.pk, o=world.other_tax.pk)
+    r = api(world.vic).get(f"/api/v1/clients/acme/assets/?{q}")
+    assert r.status_code == 400 and field in r.json()
+
+
+def test_one_asset_shows_its_label_and_suggestion_and_other_clients_assets_are_404(world, lib):
+    c = api(world.vic)
+    r = c.get(f"/api/v1/clients/acme/assets/{lib.assets[0].pk}/?taxonomy={world.brand.pk}")
+    assert r.status_code == 200 and r.json()["suggestion"]["version"] == 1 and r.json()["label"] is None
+    assert c.get(f"/api/v1/clients/acme/assets/{lib.other.pk}/").status_code == 404
+    assert c.get(f"/api/v1/clients/globex/assets/{lib.other.pk}/").status_code == 404
+
+
+def test_admins_upload_images_which_are_imported_and_followed_as_a_job(world, no_broker, monkeypatch):
+    from labeling.services import suggesting, vectors
+
+    monkeypatch.setattr(vectors, "embed_assets", lambda ids, progress=None: {"embedded": 0, "failed": {}})
+    monkeypatch.setattr(suggesting, "score_new_assets", lambda client_id, ids: 0)
+    files = [SimpleUploadedFile(f"u{i}.png", png_bytes(i + 10), "image/png") for i in range(3)]
+    r = api(world.alice).post("/api/v1/clients/acme/assets/", {"files": files}, format="multipart")
+    assert r.status_code == 202, r.content
+    assert no_broker["import"] == 1
+    importing.run_job(r.json()["id"])
+    job = api(world.alice).get(f"/api/v1/clients/acme/imports/{r.json()['id']}/").json()
+    assert job["state"] == "succeeded" and job["created"] == 3
+    assert api(world.olga).post("/api/v1/clients/acme/assets/", {"files": files}, format="multipart").status_code == 403
+    assert api(world.olga).get(f"/api/v1/clients/acme/imports/{r.json()['id']}/").status_code == 403
+    assert "files" in api(world.alice).post("/api/v1/clients/acme/assets/", {}, format="multipart").json()
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(world, settings):
+    settings.TAGLOOP_MAX_UPLOAD_BYTES = 1000
+    files = [SimpleUploadedFile("big.png", b"x" * 5000, "image/png")]
+    r = api(world.alice).post("/api/v1/clients/acme/assets/", {"files": files}, format="multipart")
+    assert r.status_code == 413 and "files" in r.json()
+    assert not ImportJob.objects.exists()
+
+
+# --- labels -----------------------------------------------------------------------------
+
+
+def test_an_operator_labels_accepts_and_corrects_and_the_source_says_which(world, lib):
+    c, url = api(world.olga), base(world) + "labels/"
+    a0, a1, a2 = lib.assets[:3]
+    r = c.post(url, {"asset": a0.pk, "accept_suggestion": True}, format="json")
+    assert r.status_code == 201 and r.json()["source"] == "accepted" and r.json()["tags"] == [lib.tags["adidas"]]
+    r = c.post(url, {"asset": a1.pk, "tags": [lib.tags["nike"]]}, format="json")
+    assert r.status_code == 201 and r.json()["source"] == "corrected" and r.json()["user"] == "olga"
+    r = c.post(url, {"asset": a2.pk, "tags": [lib.tags["nike"]], "base_label": None}, format="json")
+    assert r.status_code == 201 and r.json()["source"] == "accepted"
+    listed = c.get(url).json()["results"]
+    assert [lb["asset"] for lb in listed] == [a0.pk, a1.pk, a2.pk]
+
+
+def test_a_stale_base_label_is_a_409_with_the_current_label_and_nothing_is_lost(world, lib):
+    url, a = base(world) + "labels/", lib.assets[0]
+    first = api(world.olga).post(url, {"asset": a.pk, "tags": [lib.tags["nike"]], "base_label": None}, format="json").json()
+    stale = api(world.alice).post(url, {"asset": a.pk, "tags": [lib.tags["adidas"]], "base_label": None}, format="json")
+    assert stale.status_code == 409 and stale.json()["current"]["id"] == first["id"]
+    ok = api(world.alice).post(url, {"asset": a.pk, "tags": [lib.tags["adidas"]], "base_label": first["id"]}, format="json")
+    assert ok.status_code == 201
+    assert Label.objects.filter(asset=a, taxonomy=world.brand, is_current=True).get().pk == ok.json()["id"]
+    again = api(world.olga).post(url, {"asset": a.pk, "tags": [lib.tags["converse"]], "base_label": first["id"]}, format="json")
+    assert again.status_code == 409 and again.json()["current"]["id"] == ok.json()["id"]
+    assert Label.objects.filter(asset=a).count() == 2
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"tags": [1]}, "asset"), ({"asset": "x", "tags": [1]}, "asset"), ({"asset": 1}, "tags"),
+    ({"asset": 1, "tags": "nike"}, "tags"), ({"asset": 1, "tags": [0]}, "tags"),
+    ({"asset": 1, "tags": list(range(1, 200))}, "tags"), ({"asset": 1, "tags": [1], "base_label": "?"}, "base_label"),
+    ({"asset": 1, "tags": [1], "accept_suggestion": True}, "tags"), ({"asset": 10**30, "tags": [1]}, "asset"),
+])
+def test_bad_label_bodies_are_400_naming_the_field(world, lib, body, field):
+    r = api(world.olga).post(base(world) + "labels/", body, format="json")
+    assert r.status_code == 400 and field in r.json(), r.content
+
+
+def test_unknown_tags_are_400_and_other_clients_assets_404_and_viewers_403(world, lib):
+    url = base(world) + "labels/"
+    foreign_tag = Tag.objects.filter(taxonomy=world.other_tax).first().pk
+    r = api(world.olga).post(url, {"asset": lib.assets[0].pk, "tags": [foreign_tag]}, format="json")
+    assert r.status_code == 400 and "tags" in r.json()
+    r = api(world.olga).post(url, {"asset": lib.assets[0].pk, "tags": [lib.tags["nike"], lib.tags["adidas"]]}, format="json")
+    assert r.status_code == 400 and "tags" in r.json()  # single-label taxonomy
+    assert api(world.olga).post(url, {"asset": lib.other.pk, "tags": [lib.tags["nike"]]}, format="json").status_code == 404
+    assert api(world.vic).post(url, {"asset": lib.assets[0].pk, "tags": [lib.tags["nike"]]}, format="json").status_code == 403
+    assert api(world.otto).post(url, {"asset": lib.assets[0].pk, "tags": [lib.tags["nike"]]}, format="json").status_code == 404
+
+
+def test_bulk_labels_make_one_action_and_one_retrain_check(world, lib, no_broker, django_capture_on_commit_callbacks):
+    ids = [a.pk for a in lib.assets[:4]] + [lib.other.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        r = api(world.olga).post(base(world) + "labels/bulk/", {"kind": "apply_tags", "assets": ids, "tags": [lib.tags["nike"]]}, format="json")
+    assert r.status_code == 201 and r.json()["n_labels"] == 4 and r.json()["skipped"] == {str(lib.other.pk): "not found"}
+    action = BulkAction.objects.get(pk=r.json()["bulk_action"])
+    assert action.labels.count() == 4 and action.n_labels == 4
+    assert no_broker["retrain"] == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        r = api(world.olga).post(base(world) + "labels/bulk/", {"kind": "accept", "assets": [lib.assets[4].pk]}, format="json")
+    assert r.json()["n_labels"] == 1 and Label.objects.get(asset=lib.assets[4]).source == "accepted"
+    assert no_broker["retrain"] == 2
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"kind": "apply_tags", "assets": [1]}, "tags"), ({"kind": "nope", "assets": [1]}, "kind"),
+    ({"kind": "accept", "assets": []}, "assets"), ({"kind": "accept", "assets": list(range(1, 600))}, "assets"),
+    ({"kind": "apply_tags", "assets": [1], "tags": [999999]}, "tags"),
+])
+def test_bad_bulk_bodies_are_400_naming_the_field(world, lib, body, field):
+    r = api(world.olga).post(base(world) + "labels/bulk/", body, format="json")
+    assert r.status_code == 400 and field in r.json(), r.content
+    assert not BulkAction.objects.exists()
+
+
+def test_history_lists_every_change_of_an_asset_with_who_before_and_after(world, lib):
+    a = lib.assets[0]
+    url = base(world) + "labels/"
+    api(world.olga).post(url, {"asset": a.pk, "tags": [lib.tags["nike"]]}, format="json")
+    api(world.alice).post(url, {"asset": a.pk, "tags": [lib.tags["adidas"]]}, format="json")
+    api(world.alice).post(base(world) + "labels/undo/")
+    events = api(world.vic).get(base(world) + f"assets/{a.pk}/history/").json()
+    assert [(e["action"], e["user"], e["before"], e["after"]) for e in events] == [
+        ("undo", "alice", [lib.tags["adidas"]], [lib.tags["nike"]]),
+        ("set", "alice", [lib.tags["nike"]], [lib.tags["adidas"]]),
+        ("set", "olga", None, [lib.tags["nike"]]),
+    ]
+    assert api(world.otto).get(base(world) + f"assets/{a.pk}/history/").status_code == 404
+    # olga's label is current again, so she can undo it; then nothing of hers is left
+    assert api(world.olga).post(base(world) + "labels/undo/").status_code == 200
+    assert api(world.olga).post(base(world) + "labels/undo/").status_code == 404
+
+
+def test_suggestions_give_the_top_n_tags_with_probabilities(world, lib):
+    r = api(world.vic).get(base(world) + f"assets/{lib.assets[1].pk}/suggestions/?top=2")
+    body = r.json()
+    assert r.status_code == 200 and [t["tag"] for t in body["top"]][:1] == [lib.tags["converse"]]
+    assert len(body["top"]) == 2 and body["top"][0]["prob"] >= body["top"][1]["prob"]
+    assert "top" in api(world.vic).get(base(world) + f"assets/{lib.assets[1].pk}/suggestions/?top=99").json()
+    assert api(world.vic).get(base(world) + f"assets/{lib.other.pk}/suggestions/").status_code == 404
+
+
+def test_the_queue_leases_items_so_two_operators_see_different_assets(world, lib):
+    from labeling.models import Lease, Membership, Role
+
+    Membership.objects.filter(user=world.alice).update(role=Role.OPERATOR)
+    first = [i["asset"] for i in api(world.olga).get(base(world) + "queue/?limit=3").json()]
+    second = [i["asset"] for i in api(world.alice).get(base(world) + "queue/?limit=3").json()]
+    assert len(first) == len(second) == 3 and not set(first) & set(second)
+    assert Lease.objects.filter(user=world.olga).count() == 3
+    viewer = [i["asset"] for i in api(world.vic).get(base(world) + "queue/?limit=6").json()]
+    assert len(viewer) == 6 and not Lease.objects.filter(user=world.vic).exists()
+    assert "limit" in api(world.olga).get(base(world) + "queue/?limit=500").json()
+    assert "exclude" in api(world.olga).get(base(world) + "queue/?exclude=a,b").json()
+
+
+# --- models, runs, predictions ------------------------------------------------------------
+
+
+def test_model_versions_list_with_headline_metrics_and_detail_with_everything(world, lib):
+    c = api(world.vic)
+    rows = c.get(base(world) + "models/").json()
+    assert rows[0]["is_live"] and rows[0]["summary"]["accuracy_ci95"] == [0.6, 0.9]
+    detail = c.get(base(world) + f"models/{lib.mv.pk}/").json()
+    assert detail["metrics"]["confusion"][0] == [2, 1, 0]
+    assert c.get(base(world, world.other_tax) + f"models/{lib.mv.pk}/").status_code == 404
+
+
+def test_admins_start_a_training_run_and_follow_its_progress(world, no_broker):
+    c = api(world.alice)
+    r = c.post(base(world) + "runs/")
+    assert r.status_code == 202 and r.json()["state"] == "queued" and r.json()["trigger"] == "api"
+    assert no_broker["train"] == 1
+    again = c.post(base(world) + "runs/")
+    assert again.status_code == 409 and again.json()["id"] == r.json()["id"]
+    TrainingRun.objects.filter(pk=r.json()["id"]).update(state="running", progress=0.6, message="evaluating")
+    run = api(world.vic).get(base(world) + f"runs/{r.json()['id']}/").json()
+    assert run["progress"] == 0.6 and run["message"] == "evaluating"
+    assert len(api(world.vic).get(base(world) + "runs/").json()) == 1
+    assert api(world.olga).post(base(world) + "runs/").status_code == 403
+
+
+def test_predict_without_a_live_model_is_a_409(world):
+    files = [SimpleUploadedFile("a.png", png_bytes(1), "image/png")]
+    r = api(world.olga).post(base(world) + "predict/", {"images": files}, format="multipart")
+    assert r.status_code == 409
+
+
+def test_predict_refuses_non_images_too_many_and_viewers(world, lib, monkeypatch):
+    from labeling.api import models as api_models
+
+    c, url = api(world.olga), base(world) + "predict/"
+    r = c.post(url, {"images": [SimpleUploadedFile("a.txt", b"not an image", "text/plain")]}, format="multipart")
+    assert r.status_code == 400 and "images" in r.json()
+    monkeypatch.setattr(api_models, "MAX_PREDICT_IMAGES", 2)
+    many = [SimpleUploadedFile(f"{i}.png", png_bytes(i), "image/png") for i in range(3)]
+    r = c.post(url, {"images": many}, format="multipart")
+    assert r.status_code == 400 and "images" in r.json()
+    assert "top" in c.post(url, {"images": many[:1], "top": 0}, format="multipart").json()
+    assert api(world.vic).post(url, {"images": many[:1]}, format="multipart").status_code == 403
+
+
+def test_predict_returns_the_live_models_top_3_for_each_image(world, trained, shoe_paths):
+    paths = [shoe_paths["test"]["nike"][0], shoe_paths["test"]["adidas"][0]]
+    files = [SimpleUploadedFile(p.name, p.read_bytes(), "image/jpeg") for p in paths]
+    r = api(world.olga, token=True).post(base(world) + "predict/", {"images": files, "top": 3}, format="multipart")
+    assert r.status_code == 200, r.content
+    body = r.json()
+    assert body["version"] == 1 and [p["name"] for p in body["predictions"]] == [p.name for p in paths]
+    for p in body["predictions"]:
+        probs = [t["prob"] for t in p["tags"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 0.01
+
+
+def test_the_export_endpoint_streams_csv(world, lib):
+    labels.save_label(world.brand, lib.assets[0], [lib.tags["nike"]], user=world.olga)
+    r = api(world.vic).get(base(world) + "export/csv/")
+    assert r.status_code == 200 and r.streaming
+    text = b"".join(r.streaming_content).decode()
+    assert text.splitlines()[1].startswith(f"{lib.assets[0].pk},img-0.png")
+    assert api(world.vic).get(base(world) + "export/pdf/").status_code == 404
+    assert api(world.otto).get(base(world) + "export/csv/").status_code == 404

@@ -1,0 +1,127 @@
+"""Clusters of a client's library: built aside and switched, stats per taxonomy, pages, the
+task that follows imports and promotions, and client isolation."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from .conftest import BRANDS, copy_shoes, login
+
+
+@pytest.fixture
+def explored(world, trained, shoe_paths, tmp_path):
+    """``trained`` (acme: 24 shoes, 6 labeled, model v1) plus globex holding copies of the
+    same photos (same bytes: same vectors), and acme's first clustering."""
+    from labeling.services import clusters, importing
+
+    copy_shoes(shoe_paths, tmp_path / "globex", per_brand=3)
+    job = importing.import_paths(world.globex, tmp_path / "globex")
+    assert job.n_created == 9, job.errors
+    clustering = clusters.recluster(world.acme.pk)
+    return SimpleNamespace(world=world, clustering=clustering, **vars(trained))
+
+
+def test_recluster_builds_a_new_clustering_aside_and_switches_current_in_one_go(explored):
+    from labeling.models import Cluster, ClusterMember, Clustering
+    from labeling.services import clusters
+
+    first = explored.clustering
+    assert first.is_current and first.state == "succeeded" and first.k == 3
+    assert ClusterMember.objects.filter(cluster__clustering=first).count() == 24
+    second = clusters.recluster(explored.world.acme.pk, k=4)
+    assert list(Clustering.objects.filter(client=explored.world.acme, is_current=True)) == [second]
+    assert Cluster.objects.filter(clustering=second).count() == 4
+    clusters.recluster(explored.world.acme.pk)
+    assert Clustering.objects.filter(client=explored.world.acme).count() == 1 + clusters.KEEP_OLD
+
+
+def test_a_failed_recluster_leaves_the_current_clustering_in_place(explored, monkeypatch):
+    from labeling.models import Clustering
+    from labeling.services import clusters
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(clusters.ml_clustering, "kmeans", broken)
+    with pytest.raises(RuntimeError):
+        clusters.recluster(explored.world.acme.pk)
+    assert clusters.current(explored.world.acme.pk) == explored.clustering
+    assert Clustering.objects.filter(client=explored.world.acme, state="failed").count() == 1
+
+
+def test_clusters_of_shoes_are_purer_than_chance_and_their_stats_add_up(explored):
+    from labeling.models import Cluster
+
+    key = str(explored.world.brand.pk)
+    rows = list(Cluster.objects.filter(clustering=explored.clustering).prefetch_related("members"))
+    majority = 0
+    for c in rows:
+        brands = [explored.truth[m.asset_id] for m in c.members.all()]
+        majority += max(brands.count(b) for b in BRANDS)
+        s = c.stats[key]
+        assert s["size"] == c.size == len(brands)
+        assert 0 <= s["unlabeled_share"] <= 1 and s["work_saved"] >= 0
+    assert sum(c.stats[key]["n_unlabeled"] for c in rows) == 24 - len(explored.seeded)
+    assert majority / 24 > 1 / 3 + 0.2  # chance: one brand in three
+
+
+def test_cluster_pages_rank_by_work_saved_and_order_members_by_distance(explored, client):
+    from labeling.services import clusters
+
+    login(client, explored.world.vic)  # a viewer may look
+    base = f"/c/acme/t/{explored.world.brand.pk}"
+    page = client.get(f"{base}/clusters/")
+    assert page.status_code == 200
+    rows = page.context["rows"]
+    assert [r["work_saved"] for r in rows] == sorted((r["work_saved"] for r in rows), reverse=True)
+    cluster = rows[0]["cluster"]
+    detail = client.get(f"{base}/clusters/{cluster.index}/")
+    assert detail.status_code == 200
+    assert [t["asset"] for t in detail.context["tiles"]] == clusters.members(cluster)
+    distances = list(cluster.members.order_by("distance").values_list("distance", flat=True))
+    assert distances == sorted(distances)
+    assert client.get(f"{base}/clusters/99/").status_code == 404
+    assert client.post(f"{base}/clusters/rebuild/").status_code == 404  # viewers may not rebuild
+
+
+def test_the_map_has_one_point_per_asset_of_this_client_only(explored, client):
+    login(client, explored.world.olga)
+    data = client.get(f"/c/acme/t/{explored.world.brand.pk}/map.json").json()
+    assert sorted(p["id"] for p in data["points"]) == sorted(explored.assets)
+    assert {p["cluster"] for p in data["points"]} == {0, 1, 2}
+    assert all(-1 <= p["x"] <= 1 and -1 <= p["y"] <= 1 for p in data["points"])
+    assert sum(p["label"] is not None for p in data["points"]) == len(explored.seeded)
+
+
+def test_recluster_is_enqueued_after_an_import_and_a_promotion_and_a_broker_outage_breaks_neither(
+    world, shoe_paths, tmp_path, monkeypatch, django_capture_on_commit_callbacks
+):
+    from labeling import tasks
+    from labeling.services import importing, labels, training
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks.recluster, "apply_async", broker_down)
+    monkeypatch.setattr(labels, "request_retrain_check", lambda taxonomy_id: False)
+    calls = []
+    real = tasks.enqueue_recluster
+    monkeypatch.setattr(tasks, "enqueue_recluster", lambda client_id: calls.append(client_id) or real(client_id))
+    copy_shoes(shoe_paths, tmp_path / "lib", per_brand=2)
+    job = importing.create_job(world.acme, str(tmp_path / "lib"), labels_taxonomy=world.brand)
+    assert tasks.run_import(job.pk) == "succeeded"
+    assert calls == [world.acme.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        run = training.train_now(world.brand)
+    assert run.state == "promoted" and calls == [world.acme.pk, world.acme.pk]
+
+
+def test_the_recluster_task_builds_clusters_index_and_map(explored):
+    from labeling import tasks
+    from labeling.services import clusters, similarity
+
+    pk = tasks.recluster(explored.world.acme.pk)
+    assert clusters.current(explored.world.acme.pk).pk == pk
+    assert similarity.index_path(explored.world.acme.pk).exists()
+    assert clusters.map_path(explored.world.acme.pk).exists()
