@@ -7,8 +7,9 @@ Two independent signals, averaged:
    the share carrying another label, relative to what the class size allows.
 The first catches items the classifier finds implausible; the second catches mislabeled
 near-duplicates even where the linear head is weak. Averaging beats either alone: on shoes
-(Lite0 embeddings, 5 % of train labels flipped, 6 random flips) the top 5 % held 50 % of the
-flipped labels by model signal alone, ~53 % by kNN alone and ~58 % (47-64 %) combined.
+(Lite0 embeddings, 5 % of train labels flipped, 6 random draws) the top 5 % held on average
+48 % of the flipped labels by model signal alone, 52 % by kNN alone and 55 % (47-61 %)
+combined; ROC AUC of the combined score 0.91-0.96.
 """
 
 from __future__ import annotations

@@ -110,6 +110,9 @@ def _load(src: str | Path | BinaryIO, draft_size: int | None) -> tuple[Image.Ima
     except Image.DecompressionBombError as exc:
         raise ValueError(f"image too large (decompression bomb guard, > {MAX_IMAGE_PIXELS} px): {name}") from exc
     opened = img
+    # Closing a multi-frame image closes its file too: only do that to a file we opened here,
+    # never to the caller's file object (the import reads it again for the thumbnail).
+    owns_file = isinstance(src, (str, Path))
     try:
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
@@ -144,11 +147,12 @@ def _load(src: str | Path | BinaryIO, draft_size: int | None) -> tuple[Image.Ima
         except Exception:  # noqa: BLE001 - broken EXIF is common in the wild: keep pixels as stored
             pass
         out = _to_rgb(img)
-        if out is not opened:
+        if out is not opened and owns_file:
             opened.close()  # animated files keep their handle open until closed
         return out, extent
     except ValueError:
-        opened.close()
+        if owns_file:
+            opened.close()
         raise
 
 

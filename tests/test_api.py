@@ -39,6 +39,13 @@ def no_broker(monkeypatch):
     return sent
 
 
+@pytest.fixture(autouse=True)
+def private_uploads(settings, tmp_path):
+    """Staged uploads go under VAR_DIR/uploads/<job id>; job ids restart with each test database,
+    so each test stages into its own folder."""
+    settings.VAR_DIR = tmp_path / "var"
+
+
 def png_bytes(seed: int, size: int = 24) -> bytes:
     im = Image.new("RGB", (size, size), ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
     buf = io.BytesIO()
@@ -394,9 +401,10 @@ def test_model_versions_list_with_headline_metrics_and_detail_with_everything(wo
     assert c.get(base(world, world.other_tax) + f"models/{lib.mv.pk}/").status_code == 404
 
 
-def test_admins_start_a_training_run_and_follow_its_progress(world, no_broker):
+def test_admins_start_a_training_run_and_follow_its_progress(world, no_broker, django_capture_on_commit_callbacks):
     c = api(world.alice)
-    r = c.post(base(world) + "runs/")
+    with django_capture_on_commit_callbacks(execute=True):
+        r = c.post(base(world) + "runs/")
     assert r.status_code == 202 and r.json()["state"] == "queued" and r.json()["trigger"] == "api"
     assert no_broker["train"] == 1
     again = c.post(base(world) + "runs/")
@@ -408,7 +416,7 @@ def test_admins_start_a_training_run_and_follow_its_progress(world, no_broker):
     assert api(world.olga).post(base(world) + "runs/").status_code == 403
 
 
-def test_predict_without_a_live_model_is_a_409(world):
+def test_predict_without_a_live_model_is_a_409_conflict(world):
     files = [SimpleUploadedFile("a.png", png_bytes(1), "image/png")]
     r = api(world.olga).post(base(world) + "predict/", {"images": files}, format="multipart")
     assert r.status_code == 409

@@ -43,22 +43,29 @@ class PredictAPI(ScopedAPIView):
         files, top = serializer.validated_data["images"], serializer.validated_data["top"]
         if len(files) > MAX_PREDICT_IMAGES:
             raise ValidationError({"images": [f"at most {MAX_PREDICT_IMAGES} images per request"]})
-        live = self.taxonomy.live_model
-        if live is None:
-            raise NoLiveModel()
-        embedder = vectors.get_embedder()
-        if live.backbone != embedder.name and live.backbone != vectors.backbone_name():
-            raise NoLiveModel(f"the live model was trained on {live.backbone}, this server embeds with {embedder.name}")
-        errors, pictures = {}, []
+        errors = {}
         for i, f in enumerate(files):
             if f.size > MAX_PREDICT_BYTES:
                 errors[i] = [f"over {MAX_PREDICT_BYTES // 1024**2} MiB"]
                 continue
             try:
                 images.decode(f)  # the import's checks: format, pixel bomb, aspect ratio
-                f.seek(0)
-                pictures.append(load_rgb(f, draft_size=embedder.input_size))
             except (images.ImageError, ValueError, OSError) as exc:
+                errors[i] = [str(exc)]
+        if errors:
+            raise ValidationError({"images": errors})
+        live = self.taxonomy.live_model
+        if live is None:
+            raise NoLiveModel()
+        embedder = vectors.get_embedder()
+        if live.backbone != embedder.name and live.backbone != vectors.backbone_name():
+            raise NoLiveModel(f"the live model was trained on {live.backbone}, this server embeds with {embedder.name}")
+        pictures = []
+        for i, f in enumerate(files):
+            f.seek(0)
+            try:
+                pictures.append(load_rgb(f, draft_size=embedder.input_size))
+            except (ValueError, OSError) as exc:
                 errors[i] = [str(exc)]
         if errors:
             raise ValidationError({"images": errors})

@@ -19,6 +19,7 @@ MAX_BATCH = 50
 # How long an asset shown to one operator stays out of the others' queues. Long enough to
 # look and decide; short enough that a closed tab gives its assets back soon.
 LEASE_SECONDS = 120
+LEASE_ROUNDS = 20
 
 
 def _asset_urls(asset_id: int) -> dict[str, str]:
@@ -45,9 +46,10 @@ def review_batch(
     Lease.objects.filter(taxonomy=taxonomy, expires__lte=now).delete()
     items: list[dict] = []
     skip = list(exclude)
-    # Another operator may claim a candidate between our read and our insert; ask again for
-    # what was lost (a few rounds at most: each round at least one candidate is settled).
-    for _ in range(3):
+    # Another operator may claim a candidate between our read and our insert; ask again past
+    # what was lost. An empty answer must mean "nothing left", never "you lost a race", so
+    # only a run of lost rounds this long (many operators on few assets) gives up early.
+    for _ in range(LEASE_ROUNDS):
         candidates = _batch(taxonomy, order, limit - len(items), skip, user=user, now=now)
         if not candidates:
             break
@@ -60,7 +62,7 @@ def review_batch(
         mine = set(Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).values_list("asset_id", flat=True))
         items += [i for i in candidates if i["asset"] in mine]
         skip += ids
-        if len(items) >= limit or len(mine) == len(ids):
+        if len(items) >= limit or (items and len(mine) == len(ids)):
             break
     return items
 

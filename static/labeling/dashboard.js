@@ -78,7 +78,7 @@
   plot("plot-confusion", live && live.confusion.length ? [{
     type: "heatmap", x: labels, y: labels, z: live.confusion, colorscale: "Blues", hoverongaps: false,
     texttemplate: "%{z}", hovertemplate: "true %{y}<br>predicted %{x}<br>%{z}<extra></extra>",
-  }] : [], { xaxis: { title: "predicted" }, yaxis: { title: "true", autorange: "reversed" }, showlegend: false });
+  }] : [], { xaxis: { title: "predicted", automargin: true }, yaxis: { title: "true", autorange: "reversed", automargin: true }, showlegend: false });
 
   const pc = live ? live.per_class : [];
   plot("plot-prf", [

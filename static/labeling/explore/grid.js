@@ -126,6 +126,7 @@ function init(grid) {
     render();
   });
   render();
+  grid.dataset.ready = "1"; // keys are handled from now on (tests wait for it)
 }
 
 function markLabeled(tile, tagId) {

@@ -29,7 +29,8 @@ function category(p) {
 }
 
 function traces() {
-  const base = { type: "scattergl", mode: "markers", hoverinfo: "text" };
+  // SVG while small (crisp, works without WebGL); WebGL past a few thousand points.
+  const base = { type: points.length > 5000 ? "scattergl" : "scatter", mode: "markers", hoverinfo: "text" };
   if (colorBy === "uncertainty") {
     return [{
       ...base, name: "uncertainty", x: points.map((p) => p.x), y: points.map((p) => p.y),

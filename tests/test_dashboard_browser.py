@@ -1,0 +1,53 @@
+"""The dashboard in Chromium: real shoes, a real first model, labels by two operators; every
+plot is drawn by plotly.js (served from the installed package) and the gallery shows images."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.test_review_browser import browser, shots  # noqa: F401 - fixtures reused
+
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+pytestmark = pytest.mark.browser
+PLOTS = ["plot-time", "plot-operators", "plot-coverage", "plot-agreement", "plot-versions", "plot-confusion",
+         "plot-prf", "plot-learning"]
+
+
+@pytest.fixture
+def dashboard_data(transactional_db, settings, world, trained, monkeypatch):
+    from labeling.services import labels, queue, training
+
+    monkeypatch.setattr(labels, "request_retrain_check", lambda tid: False)
+    # 24 images hold only a few held-out labels (by hash); evaluate the second model on them anyway.
+    monkeypatch.setattr(training, "MIN_HOLDOUT", 1)
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    for i, item in enumerate(queue.review_batch(world.brand, limit=50)):
+        user = world.olga if i % 2 else world.alice
+        tags = item["suggested"] if i % 3 else [trained.tags[trained.truth[item["asset"]]]]
+        labels.save_label(world.brand, trained.assets[item["asset"]], tags, user=user)
+    run = training.train_now(world.brand)
+    assert run.state in ("promoted", "rejected"), run.error
+    return trained
+
+
+def test_the_dashboard_draws_every_plot(live_server, browser, shots, world, dashboard_data):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 2200})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server.url + "/login/")
+    page.fill("input[name=username]", "vic")
+    page.fill("input[name=password]", "vic-pass-123")
+    page.click("button[type=submit]")
+    page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/dashboard/")
+    for plot in PLOTS:
+        page.wait_for_selector(f"#{plot} .main-svg", timeout=15_000)
+    path = shots(page, "dashboard")
+    assert page.locator("#plot-confusion .hm").count() == 1  # the heat map has cells
+    assert page.locator("#plot-versions .errorbar").count() > 0  # confidence intervals drawn
+    assert page.locator("#plot-prf .point").count() == 6  # precision and recall of 3 tags
+    assert page.locator(".main-svg").count() >= len(PLOTS)
+    assert path.stat().st_size > 20_000
+    assert not errors, errors
+    context.close()

@@ -1,0 +1,124 @@
+"""Cluster page and map in a real browser: select a cluster, deselect one, apply a tag by
+key, check the stored labels and that the deselected image is still in the review queue,
+undo; keyboard ranges; a box selection on the map feeds the same bulk action.
+Screenshots go to $TAGLOOP_SCREENSHOTS (default: the test's tmp_path)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .test_review_browser import browser, fast_passwords, reviewable, shots, wait_for  # noqa: F401  (fixtures)
+
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # the ORM between browser steps
+pytestmark = pytest.mark.browser
+ALL_IMAGES_LOADED = "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+
+
+def _labels(asset_ids):
+    from labeling.models import Label
+
+    return dict(Label.objects.filter(asset_id__in=asset_ids, is_current=True).values_list("asset_id", "tags"))
+
+
+def _login(page, base, user):
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", user)
+    page.fill("#id_password", f"{user}-pass-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/c/acme/")
+
+
+def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the_queue(
+    reviewable, live_server, browser, shots  # noqa: F811
+):
+    from labeling.models import Cluster, Label
+    from labeling.services import clusters, queue
+
+    world = reviewable
+    clustering = clusters.recluster(world.acme.pk, k=2)
+    cluster = Cluster.objects.filter(clustering=clustering).order_by("-size").first()
+    members = clusters.members(cluster)
+    before = _labels(members)
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _login(page, live_server.url, "olga")
+
+    page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/clusters/")
+    page.wait_for_function(ALL_IMAGES_LOADED)
+    shots(page, "10-clusters")
+    page.click(f"a[href='/c/acme/t/{world.brand.pk}/clusters/{cluster.index}/']")
+    page.wait_for_selector("#grid[data-ready]")
+    page.wait_for_function(ALL_IMAGES_LOADED)
+
+    page.keyboard.press("a")  # all
+    assert page.inner_text("#sel-count") == str(len(members))
+    open_tiles = page.locator(".x-tile:not(.is-labeled)")
+    left_out = int(open_tiles.nth(1).get_attribute("data-asset"))
+    open_tiles.nth(1).click()  # deselect one
+    assert page.inner_text("#sel-count") == str(len(members) - 1)
+    shots(page, "11-cluster-selected")
+
+    nike = next(t for t in world.brand.tags.all() if t.name == "nike")
+    key = page.locator(f"#bulk-tags [data-tag='{nike.pk}'] kbd").inner_text()
+    page.keyboard.press(key)
+    applied = [a for a in members if a != left_out]
+    wait_for(lambda: all(_labels(applied).get(a) == nike.pk for a in applied))
+    assert Label.objects.filter(asset_id__in=applied, is_current=True, batch__isnull=False).count() == len(applied)
+    assert left_out not in _labels([left_out])
+    assert left_out in [i["asset"] for i in queue.review_batch(world.brand, limit=50)]
+    page.wait_for_selector("#toast:has-text('Labeled')")
+    shots(page, "12-cluster-applied")
+
+    page.keyboard.press("u")  # undo the whole action
+    wait_for(lambda: _labels(members) == before)
+    page.wait_for_selector("#toast:has-text('Undone')")
+
+    page.keyboard.press("Escape")
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    assert page.inner_text("#sel-count") == "3"  # a keyboard range
+    page.close()
+    assert errors == [], errors
+
+
+def test_the_map_draws_every_image_and_a_box_selection_feeds_the_bulk_action(
+    reviewable, live_server, browser, shots  # noqa: F811
+):
+    from labeling.models import Asset
+    from labeling.services import clusters
+
+    world = reviewable
+    clusters.recluster(world.acme.pk)
+    ids = list(Asset.objects.filter(client=world.acme).values_list("id", flat=True))
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _login(page, live_server.url, "olga")
+    page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/map/")
+    page.wait_for_function(f"() => document.querySelectorAll('#map .scatterlayer .point').length === {len(ids)}")
+    dot = page.locator("#map .scatterlayer .point").first.bounding_box()  # plotly's drag layer is on top
+    page.mouse.move(dot["x"] + dot["width"] / 2, dot["y"] + dot["height"] / 2)
+    page.wait_for_selector("#map-hover:not([hidden])")
+    shots(page, "20-map-label")
+    page.click("#color-by [data-color=uncertainty]")
+    page.wait_for_selector("#map .colorbar")
+    shots(page, "21-map-uncertainty")
+
+    page.click("#map .modebar-btn[data-val='select']")  # box select
+    box = page.locator("#map .nsewdrag").bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=5)
+    page.mouse.up()
+    page.wait_for_function(f"() => document.getElementById('sel-count').textContent === '{len(ids)}'")
+    page.keyboard.press("Enter")  # accept each suggestion
+    unlabeled_before = [a for a in ids if a not in _labels(ids)]
+    wait_for(lambda: len(_labels(ids)) == len(ids))
+    assert unlabeled_before
+    page.close()
+    assert errors == [], errors
