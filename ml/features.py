@@ -36,7 +36,7 @@ POOLS = ("mean", "max", "meanmax")
 CACHE_VERSION = "v1"  # bump when a view's pixels change, so stale caches are not reused
 BOX_CONTEXT = 0.15  # grow boxes by 15 % per side: the backbone needs some surround
 MIN_BOX_SIDE = 24  # tinier annotations are mostly noise at 224 input
-DECODE_SIDE = 3 * IMAGE_SIZE  # enough pixels for tiles3 (each tile ~ half the image side)
+DECODE_SIDE = 3 * IMAGE_SIZE  # enough pixels for tiles3 at 224 (scaled for bigger inputs)
 
 
 def default_cache_dir() -> Path:
@@ -130,16 +130,20 @@ class FeatureStore:
         if not todo:
             return
         order = sorted(todo)
+        # crops at the backbone's input size: Lite0 takes 224, Lite2 260 (its embed_arrays
+        # rejects any other size); the decode keeps enough pixels for tiles3 at that size
+        size = int(getattr(self.embedder, "input_size", IMAGE_SIZE))
+        decode_side = DECODE_SIDE * size // IMAGE_SIZE
 
         def decode(i: int) -> tuple[int, dict[str, np.ndarray]]:
-            img = load_rgb(paths[i], draft_size=DECODE_SIDE)
+            img = load_rgb(paths[i], draft_size=decode_side)
             with Image.open(paths[i]) as raw:  # header only: boxes are in stored pixels
                 scale = max(img.size) / max(raw.size)
                 rotated = _exif_rotated(raw)
             # boxes were drawn on the stored (un-rotated) pixels; on a rotated file they
             # would point elsewhere, so such a file contributes no box crops
             b = boxes[i] if boxes is not None and not rotated else None
-            return i, {v: view_crops(img, v, boxes=b, scale=scale) for v in todo[i]}
+            return i, {v: view_crops(img, v, boxes=b, scale=scale, size=size) for v in todo[i]}
 
         pending: list[tuple[int, str, np.ndarray]] = []
         bar = tqdm(total=len(order), desc=f"embed {','.join(views)}", unit="img", file=sys.stderr)

@@ -63,7 +63,12 @@ def stage_upload(client: Client, files: Iterable[tuple[Uploaded, str]], user=Non
     try:
         with transaction.atomic():
             job = create_job(client, UPLOAD, user=user, labels_taxonomy=labels_taxonomy)
-            folder.rename(staging_dir(job))
+            target = staging_dir(job)
+            if target.exists():
+                # The id is new in this database, so the folder belongs to no job: it is left
+                # over from an earlier database whose ids started again at 1.
+                shutil.rmtree(target)
+            folder.rename(target)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
