@@ -27,7 +27,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from ml.datasets import TASKS, Task, load_task
-from ml.features import FeatureStore, box_features, spec_features, spec_views
+from ml.features import ConcatStore, FeatureStore, box_features, make_store, spec_features, spec_views
+
+Store = FeatureStore | ConcatStore
 from ml.heads import train_head
 from ml.metrics import classification_metrics
 
@@ -51,7 +53,7 @@ def _score(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
 
 
-def fit_predict(task: Task, store: FeatureStore, spec: str, use_boxes: bool,
+def fit_predict(task: Task, store: Store, spec: str, use_boxes: bool,
                 train_idx: np.ndarray, test_idx: np.ndarray, seed: int = 0,
                 X: np.ndarray | None = None, fine: bool = False) -> np.ndarray:
     """Train a head on train_idx (+ their box crops) and return test probabilities."""
@@ -75,7 +77,7 @@ def fit_predict(task: Task, store: FeatureStore, spec: str, use_boxes: bool,
     return head.predict_proba(X[test_idx])
 
 
-def search_config(task: Task, store: FeatureStore, train_idx: np.ndarray,
+def search_config(task: Task, store: Store, train_idx: np.ndarray,
                   seed: int = 0) -> tuple[tuple[str, bool], list[dict]]:
     """Inner stratified CV on the training part only; returns the best (spec, boxes)."""
     y = task.y[train_idx]
@@ -94,7 +96,7 @@ def search_config(task: Task, store: FeatureStore, train_idx: np.ndarray,
     return (best["spec"], best["boxes"]), results
 
 
-def run_features(task: Task, store: FeatureStore, method: str, spec: str | None,
+def run_features(task: Task, store: Store, method: str, spec: str | None,
                  use_boxes: bool, seed: int, fine: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Head-based methods. Returns (test indices, probabilities, per-fold info)."""
     specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
@@ -192,7 +194,7 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
     else:
         spec = spec or (BASELINE_SPEC if method == "head" else MULTICROP_SPEC)
         use_boxes = (method == "multicrop") if use_boxes is None else use_boxes
-        store = FeatureStore(backbone=backbone, cache_dir=cache_dir)
+        store = make_store(backbone, cache_dir=cache_dir)
         idx, proba, folds = run_features(task, store, method, spec, use_boxes, seed, fine_labels)
     m = classification_metrics(task.y[idx], proba, task.labels)
     return {
@@ -240,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=TASKS)
-    ap.add_argument("--backbone", default="efficientnet-lite0")
+    ap.add_argument("--backbone", default="efficientnet-lite0",
+                    help="feature backbone; heads also take a '+'-joined list whose features "
+                         "are concatenated, e.g. efficientnet-lite0+efficientnet-lite2")
     ap.add_argument("--method", default="search", choices=["head", "multicrop", "search", "finetune"])
     ap.add_argument("--finetune", action="store_true", help="same as --method finetune")
     ap.add_argument("--features", help="feature spec, e.g. 'center,flip:mean+tiles3:max'")

@@ -179,6 +179,33 @@ class FeatureStore:
         return [np.load(self._file(view, s)).astype(np.float32) for s in shas]
 
 
+class ConcatStore:
+    """Several backbones' crop features side by side, e.g. ``"efficientnet-lite0+efficientnet-lite2"``.
+
+    Every backbone embeds the same crops (box crops are filtered in original-file pixels,
+    so the counts agree), so per-crop features concatenate along the feature axis and the
+    spec/box pooling downstream works unchanged. Each part keeps its own cache."""
+
+    def __init__(self, backbones: Sequence[str], **kwargs) -> None:
+        self.parts = [FeatureStore(backbone=b, **kwargs) for b in backbones]
+        self.backbone = "+".join(backbones)
+
+    def ensure(self, paths: Sequence[str], shas: Sequence[str], views: Sequence[str],
+               boxes: Sequence[np.ndarray] | None = None) -> None:
+        for part in self.parts:
+            part.ensure(paths, shas, views, boxes)
+
+    def load(self, shas: Sequence[str], view: str) -> list[np.ndarray]:
+        per_part = [part.load(shas, view) for part in self.parts]
+        return [np.concatenate(crops, axis=1) for crops in zip(*per_part)]
+
+
+def make_store(backbone: str = "efficientnet-lite0", **kwargs) -> FeatureStore | ConcatStore:
+    """A FeatureStore, or a ConcatStore for a "+"-joined list of backbones."""
+    names = [b.strip() for b in backbone.split("+") if b.strip()]
+    return ConcatStore(names, **kwargs) if len(names) > 1 else FeatureStore(backbone=names[0], **kwargs)
+
+
 def _exif_rotated(raw: Image.Image) -> bool:
     """True when EXIF orientation swaps width and height (load_rgb transposes)."""
     try:
@@ -218,7 +245,7 @@ def spec_views(spec: str) -> list[str]:
     return sorted({v for vs, _ in parse_spec(spec) for v in vs})
 
 
-def spec_features(store: FeatureStore, shas: Sequence[str], spec: str) -> np.ndarray:
+def spec_features(store: FeatureStore | ConcatStore, shas: Sequence[str], spec: str) -> np.ndarray:
     """(n, D) image features for a spec; blocks concatenated in spec order."""
     cache: dict[str, list[np.ndarray]] = {}
     blocks = []
@@ -231,7 +258,7 @@ def spec_features(store: FeatureStore, shas: Sequence[str], spec: str) -> np.nda
     return np.concatenate(blocks, axis=1)
 
 
-def box_features(store: FeatureStore, shas: Sequence[str], spec: str) -> tuple[np.ndarray, np.ndarray]:
+def box_features(store: FeatureStore | ConcatStore, shas: Sequence[str], spec: str) -> tuple[np.ndarray, np.ndarray]:
     """Box crops as extra training rows in the spec's layout: a box crop stands in for
     every block (it *is* the logo at high resolution, what the tile max-pool looks for).
     Returns (X (b, D), owner (b,) index into shas)."""

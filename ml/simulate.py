@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ml.datasets import TASKS, load_task
-from ml.features import FeatureStore, spec_features, spec_views
+from ml.features import make_store, spec_features, spec_views
 from ml.heads import train_head
 from ml.selection import select_batch
 
@@ -65,7 +65,7 @@ def simulate(task_name: str, strategies: list[str], *, seed_size: int = 10, batc
              backbone: str = "efficientnet-lite0") -> dict:
     t0 = time.time()
     task = load_task(task_name, data_dir)
-    store = FeatureStore(backbone=backbone, cache_dir=cache_dir)
+    store = make_store(backbone, cache_dir=cache_dir)
     store.ensure(task.paths, task.shas, spec_views(spec), task.boxes)
     X = spec_features(store, task.shas, spec)
     tr, te = task.splits[0]

@@ -26,7 +26,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         default = Path(settings.BASE_DIR).parent / "shared" / "datasets"
         parser.add_argument("--data", default=str(default), help="datasets folder (default ../shared/datasets)")
-        parser.add_argument("--seed-per-class", type=int, default=5, help="seed labels per brand")
+        parser.add_argument(
+            "--seed-per-class", type=int, default=25,
+            help="seed labels per brand (about one in five is held out to evaluate the model)",
+        )
         parser.add_argument("--threshold", type=int, default=10, help="retrain after this many new labels")
         parser.add_argument("--password", default=None, help="use this password for all demo users")
 
