@@ -25,6 +25,7 @@ from . import vectors
 log = logging.getLogger(__name__)
 KEEP_OLD = 1  # previous clusterings kept (a page opened before the switch can still finish)
 WRITE_BATCH = 5000
+MAP_INLINE_MAX = 5000  # points; t-SNE of more takes longer than a page view should wait
 IN_MAX = 5000  # ids in one IN (...) clause; SQLite caps bound parameters
 
 
@@ -165,14 +166,22 @@ def compute_map(client_id: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def map_coordinates(client_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """The saved map, recomputed when vectors were added since."""
+    """The saved map, recomputed here when vectors were added since and the library is small;
+    a large one keeps showing the saved map while the recluster task computes the new one."""
     path = map_path(client_id)
+    ids, xy = np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
     if path.exists():
         with np.load(path) as f:
             ids, xy = f["ids"], f["xy"]
-        if len(ids) == len(vectors.store_for(client_id)):
-            return ids, xy
-    return compute_map(client_id)
+    n = len(vectors.store_for(client_id))
+    if len(ids) == n:
+        return ids, xy
+    if n <= MAP_INLINE_MAX:
+        return compute_map(client_id)
+    from .. import tasks
+
+    tasks.enqueue_recluster(client_id)
+    return ids, xy
 
 
 def map_points(taxonomy: Taxonomy) -> dict:

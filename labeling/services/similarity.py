@@ -32,7 +32,7 @@ def index_path(client_id: int, backbone: str | None = None) -> Path:
     return settings.TAGLOOP_VECTOR_DIR / str(client_id) / (backbone or vectors.backbone_name()) / "index.faiss"
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # a 1M-image index holds 2.6 GB
 def _load(path: str, mtime_ns: int) -> VectorIndex:
     # mtime in the key: after a rebuild's os.replace the next read opens the new file, while
     # callers still holding the old object keep searching it.

@@ -4,7 +4,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from ml.noise import knn_disagreement, knn_indices, suspicion_components, suspicion_scores
-from tests.ml._embeddings import shoes_embeddings
+from tests.ml._embeddings import datasets_dir, shoes_embeddings
+
+# Lite0 + Lite2, each [centre crop | max over a 2x2 tile grid]: the features with which the
+# flipped-label recall clears 60 % (docs/ml-results.md); needs the optional Lite2 weights.
+RICH_BACKBONE = "efficientnet-lite0+efficientnet-lite2"
+RICH_SPEC = "center:mean+tiles2:max"
 
 
 def _flip(y: np.ndarray, n_classes: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -16,6 +21,36 @@ def _flip(y: np.ndarray, n_classes: int, frac: float, seed: int) -> tuple[np.nda
     return noisy, idx
 
 
+def _flip_recall(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+    """Flip 5 % of y (draw `seed`); (share of them in the top 5 % most suspicious, ROC AUC)."""
+    noisy, flipped = _flip(y, 3, 0.05, seed)
+    scores = suspicion_scores(X, noisy, 3, seed=0)
+    assert scores.shape == noisy.shape and np.isfinite(scores).all()
+    assert scores.min() >= 0 and scores.max() <= 1
+    top = np.argsort(-scores, kind="stable")[: len(flipped)]
+    is_flipped = np.isin(np.arange(len(noisy)), flipped)
+    return float(np.isin(flipped, top).mean()), float(roc_auc_score(is_flipped, scores))
+
+
+def _rich_shoe_features() -> tuple[np.ndarray, np.ndarray]:
+    """Shoes train split in RICH_SPEC features, cached on disk by ml.features (first run
+    embeds 825 photos x 5 crops per backbone; later runs only read .npy files)."""
+    from ml.backbones import available_backbones
+    from ml.datasets import load_task
+    from ml.features import make_store, spec_features, spec_views
+
+    missing = [b for b in RICH_BACKBONE.split("+") if b not in available_backbones()]
+    if missing:
+        pytest.skip(f"offline weights not installed: {missing}")
+    if not (datasets_dir() / "shoes").is_dir():
+        pytest.skip("shoes dataset not available")
+    task = load_task("shoes-3", datasets_dir())
+    store = make_store(RICH_BACKBONE)
+    store.ensure(task.paths, task.shas, spec_views(RICH_SPEC))
+    train = task.splits[0][0]
+    return spec_features(store, task.shas, RICH_SPEC)[train], task.y[train]
+
+
 def test_flipped_shoe_labels_rank_high():
     """5 % of the shoes train labels flipped; the top 5 % most suspicious should hold most of them.
 
@@ -25,19 +60,24 @@ def test_flipped_shoe_labels_rank_high():
     reachable reliably with these embeddings, hence the floors below.
     """
     shoes = shoes_embeddings()
-    recalls, aucs = [], []
-    for seed in range(3):
-        noisy, flipped = _flip(shoes.y_train, 3, 0.05, seed)
-        scores = suspicion_scores(shoes.X_train, noisy, 3, seed=0)
-        assert scores.shape == noisy.shape and np.isfinite(scores).all()
-        assert scores.min() >= 0 and scores.max() <= 1
-        top = np.argsort(-scores, kind="stable")[: len(flipped)]
-        recalls.append(np.isin(flipped, top).mean())
-        is_flipped = np.isin(np.arange(len(noisy)), flipped)
-        aucs.append(roc_auc_score(is_flipped, scores))
+    recalls, aucs = zip(*[_flip_recall(shoes.X_train, shoes.y_train, seed) for seed in range(3)])
     print(f"flipped-label recall@5%: {np.round(recalls, 3)} (mean {np.mean(recalls):.3f}); AUC {np.round(aucs, 3)}")
     assert np.mean(recalls) >= 0.45 and min(recalls) >= 0.35
     assert min(aucs) >= 0.85
+
+
+def test_flipped_shoe_labels_rank_high_with_richer_features():
+    """The issue's bar: the top 5 % most suspicious hold >= 60 % of the flipped labels.
+
+    Reached with richer features, not with Lite0 centre crops: measured over flip draws 0-9,
+    recall mean 0.631 (0.556-0.667) for Lite0+Lite2 [centre | tiles2 max], vs 0.561 for Lite0
+    centre and 0.600 for Lite2 [centre | tiles2 max] alone. Draws 0-5 here (mean 0.634)."""
+    X, y = _rich_shoe_features()
+    recalls, aucs = zip(*[_flip_recall(X, y, seed) for seed in range(6)])
+    print(f"rich features: recall@5%: {np.round(recalls, 3)} (mean {np.mean(recalls):.3f}); "
+          f"AUC {np.round(aucs, 3)}")
+    assert np.mean(recalls) >= 0.60 and min(recalls) >= 0.50
+    assert min(aucs) >= 0.90
 
 
 def test_knn_indices_match_sklearn():
