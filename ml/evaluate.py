@@ -99,7 +99,8 @@ def search_config(task: Task, store: Store, train_idx: np.ndarray,
 
 
 def run_features(task: Task, store: Store, method: str, spec: str | None,
-                 use_boxes: bool, seed: int, fine: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                 use_boxes: bool, seed: int,
+                 fine: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Head-based methods. Returns (test indices, probabilities, per-fold info)."""
     specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
     views = sorted({v for s in specs for v in spec_views(s)} |

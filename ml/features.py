@@ -1,13 +1,15 @@
 """Cached multi-view features for benchmark tasks (and any list of files).
 
-A *view* turns one image into m crops of 224x224 that the backbone embeds:
+A *view* turns one image into m crops of the backbone's input size (224 for Lite0, 260 for
+Lite2) that the backbone embeds:
 
 - ``center``: resize shorter side + center crop (the contract's `to_input`, the baseline)
 - ``flip``:   the center crop mirrored (test-time augmentation)
 - ``full``:   the whole image squashed to 224x224 (nothing cropped away: logos near the border)
-- ``tiles2``/``tiles3``: a 2x2 / 3x3 grid of 50 %-overlapping tiles of the whole image,
-  each resized to 224 -> the backbone sees the photo at ~2x / ~3x resolution. Small logos
-  in big photos vanish under one global pooling at 224; on a tile they are 2-4x larger.
+- ``tiles2``/``tiles3``/``tiles4``: a 2x2 / 3x3 / 4x4 grid of 50 %-overlapping tiles of the
+  whole image, each resized to 224 -> the backbone sees the photo at ~2x / ~3x / ~4x
+  resolution. Small logos in big photos vanish under one global pooling at 224; on a tile
+  they are 2-4x larger.
 - ``boxes``:  the annotated logo boxes (with some context) -> extra *training* crops only.
 
 Features are cached per (backbone, view, file sha256) under ``cache_dir``
@@ -31,7 +33,7 @@ from tqdm import tqdm
 
 from ml.preprocess import IMAGE_SIZE, load_rgb, normalize, resize_crop
 
-VIEWS = ("center", "flip", "full", "tiles2", "tiles3", "boxes")
+VIEWS = ("center", "flip", "full", "tiles2", "tiles3", "tiles4", "boxes")
 POOLS = ("mean", "max", "meanmax")
 CACHE_VERSION = "v1"  # bump when a view's pixels change, so stale caches are not reused
 BOX_CONTEXT = 0.15  # grow boxes by 15 % per side: the backbone needs some surround
@@ -83,7 +85,7 @@ def view_crops(img: Image.Image, view: str, *, boxes: np.ndarray | None = None,
         crops = [resize_crop(img, size).transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     elif view == "full":
         crops = [img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)]
-    elif view in ("tiles2", "tiles3"):
+    elif view in ("tiles2", "tiles3", "tiles4"):
         crops = _grid_tiles(img, int(view[-1]), size)
     elif view == "boxes":
         crops = _box_crops(img, boxes if boxes is not None else np.zeros((0, 4)), scale, size)
@@ -258,7 +260,8 @@ def spec_features(store: FeatureStore | ConcatStore, shas: Sequence[str], spec: 
     return np.concatenate(blocks, axis=1)
 
 
-def box_features(store: FeatureStore | ConcatStore, shas: Sequence[str], spec: str) -> tuple[np.ndarray, np.ndarray]:
+def box_features(store: FeatureStore | ConcatStore, shas: Sequence[str],
+                 spec: str) -> tuple[np.ndarray, np.ndarray]:
     """Box crops as extra training rows in the spec's layout: a box crop stands in for
     every block (it *is* the logo at high resolution, what the tile max-pool looks for).
     Returns (X (b, D), owner (b,) index into shas)."""

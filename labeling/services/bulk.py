@@ -15,7 +15,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from ..models import Asset, BulkAction, Label, LabelEvent, Role, Suggestion, Taxonomy
+from ..models import Asset, BulkAction, Label, Role, Suggestion, Taxonomy
 from ..permissions import RANK, role_in
 from . import labels
 
@@ -105,19 +105,8 @@ def undo(action: BulkAction, user) -> int:
         n = 0
         asset_ids = []
         for label in Label.objects.select_for_update().filter(batch=locked, is_current=True).order_by("id"):
-            undone_tags = labels.tag_ids_of(label)
-            asset = label.asset
-            label.delete()
-            previous = Label.objects.filter(asset=asset, taxonomy=taxonomy).order_by("-id").first()
-            if previous is not None:
-                Label.objects.filter(pk=previous.pk).update(is_current=True)
-            else:
-                Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
-            LabelEvent.objects.create(
-                taxonomy=taxonomy, asset=asset, user=_user(user), action=LabelEvent.Action.UNDO, label=previous,
-                before=undone_tags, after=labels.tag_ids_of(previous), source="bulk-undo",
-            )
-            asset_ids.append(asset.pk)
+            asset_ids.append(label.asset_id)
+            labels.remove_label(label, user, source="bulk-undo")
             n += 1
         # The undone labels no longer count toward the next retrain (never below zero).
         Taxonomy.objects.filter(pk=taxonomy.pk).update(

@@ -152,6 +152,25 @@ def bulk_label(taxonomy: Taxonomy, items: Iterable[tuple[Asset, list[int]]], use
     return n
 
 
+def remove_label(label: Label, user=None, source: str = "") -> Label | None:
+    """Delete a current label, make the one before it current again (or put the asset back
+    in the queue) and record the undo. Call inside a transaction; returns the restored label."""
+    taxonomy, asset = label.taxonomy, label.asset
+    undone_tags = tag_ids_of(label)
+    label.delete()
+    previous = Label.objects.filter(asset=asset, taxonomy=taxonomy).order_by("-id").first()
+    if previous is not None:
+        Label.objects.filter(pk=previous.pk).update(is_current=True)
+    else:
+        Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
+    LabelEvent.objects.create(
+        taxonomy=taxonomy, asset=asset, user=user if user is not None and user.is_authenticated else None,
+        action=LabelEvent.Action.UNDO, label=previous, before=undone_tags, after=tag_ids_of(previous),
+        source=source,
+    )
+    return previous
+
+
 def undo_last(taxonomy: Taxonomy, user) -> Label | None:
     """Remove this user's most recent label in the taxonomy and restore the one before it."""
     with transaction.atomic():
@@ -163,18 +182,7 @@ def undo_last(taxonomy: Taxonomy, user) -> Label | None:
         )
         if label is None:
             return None
-        asset = label.asset
-        undone_tags = tag_ids_of(label)
-        label.delete()
-        previous = Label.objects.filter(asset=asset, taxonomy=taxonomy).order_by("-id").first()
-        if previous is not None:
-            Label.objects.filter(pk=previous.pk).update(is_current=True)
-        else:
-            Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
-        LabelEvent.objects.create(
-            taxonomy=taxonomy, asset=asset, user=user, action=LabelEvent.Action.UNDO, label=previous,
-            before=undone_tags, after=tag_ids_of(previous),
-        )
+        remove_label(label, user)
         # The undone label no longer counts toward the next retrain (never below zero).
         Taxonomy.objects.filter(pk=taxonomy.pk, labels_since_train__gt=0).update(
             labels_since_train=F("labels_since_train") - 1
