@@ -59,7 +59,7 @@ def main() -> None:
         for pk in [p for p, b in sorted(truth.items()) if b == brand][: args.seed_per_class]:
             labels.save_label(tax, client.assets.get(pk=pk), [tags[brand]], source=Label.Source.IMPORTED)
     t0 = time.monotonic()
-    run = training.train_now(tax, trigger="bench")
+    training.train_now(tax, trigger="bench")
     results["train_and_rescore_s"] = round(time.monotonic() - t0, 2)
     print(f"first model (train + evaluate + rescore {job.total} assets) in {results['train_and_rescore_s']}s")
 

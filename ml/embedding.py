@@ -236,7 +236,6 @@ class Embedder:
             raise RuntimeError("runtime='cuda' but torch.cuda.is_available() is False")
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest algo
         self._model = self._model.eval().cuda().to(memory_format=torch.channels_last)
-        model = self._model
 
         def run(x: np.ndarray) -> np.ndarray:
             t = torch.from_numpy(x).pin_memory().cuda(non_blocking=True)
