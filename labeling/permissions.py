@@ -24,6 +24,11 @@ def role_in(user, client: Client) -> str | None:
     return m.role if m else None
 
 
+def real_user(user):
+    """The user to record as the author of a change: None for anonymous or missing users."""
+    return user if user is not None and user.is_authenticated else None
+
+
 def has_role(user, client: Client, at_least: str = Role.VIEWER) -> bool:
     role = role_in(user, client)
     return role is not None and RANK[role] >= RANK[at_least]

@@ -24,9 +24,6 @@ class VectorStore:
         self.root = Path(root)
         self.dim = int(dim) if dim else self._stored_dim()
         self._cache_key: tuple | None = None
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._vecs = np.zeros((0, self.dim or 0), dtype=np.float16)
-        self._row: dict[int, int] = {}
 
     # -- writing -----------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -55,7 +52,9 @@ class VectorStore:
         old = self._shards()
         if len(old) <= 1:
             return
-        ids, vecs = self._load(old)
+        self._cache_key = None  # re-read: the merge covers at least the shards listed above
+        self._refresh()
+        ids, vecs = self._ids.copy(), self._gather(self._rows).astype(np.float16)  # stored as float16
         stem = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         self._atomic_save(self.root / f"{stem}.vec.npy", vecs)
         self._atomic_save(self.root / f"{stem}.ids.npy", ids)
@@ -86,33 +85,52 @@ class VectorStore:
             return []
         return sorted(p.name[: -len(".ids.npy")] for p in self.root.glob("shard-*.ids.npy"))
 
-    def _load(self, shards: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        id_parts, vec_parts = [], []
-        for s in shards:
-            try:
-                id_parts.append(np.load(self.root / f"{s}.ids.npy", allow_pickle=False))
-                vec_parts.append(np.load(self.root / f"{s}.vec.npy", mmap_mode="r", allow_pickle=False))
-            except FileNotFoundError:  # compacted away between listing and loading
-                continue
-        if not id_parts:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float16)
-        ids = np.concatenate(id_parts)
-        vecs = np.concatenate(vec_parts) if len(vec_parts) > 1 else np.asarray(vec_parts[0])
-        # Newest wins: keep the last occurrence of each id.
-        _, last_from_end = np.unique(ids[::-1], return_index=True)
-        keep = np.sort(len(ids) - 1 - last_from_end)
-        if len(keep) != len(ids):
-            ids, vecs = ids[keep], vecs[keep]
-        return ids, vecs
-
     def _refresh(self) -> None:
+        """Re-read the id files when the shard list changed. Vectors stay memory-mapped: only
+        the rows a caller asks for are ever read, so listing ids or looking one up is cheap
+        even for a million vectors."""
         shards = self._shards()
         key = tuple(shards)
         if key == self._cache_key:
             return
-        self._ids, self._vecs = self._load(shards)
-        self._row = {int(i): r for r, i in enumerate(self._ids)}
+        id_parts, vec_parts = [], []
+        for s in shards:
+            try:
+                ids = np.load(self.root / f"{s}.ids.npy", allow_pickle=False)
+                vecs = np.load(self.root / f"{s}.vec.npy", mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:  # compacted away between listing and loading
+                continue
+            id_parts.append(ids)
+            vec_parts.append(vecs)
+        all_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int64)
+        # Newest wins: keep the last occurrence of each id (rows index the shards end to end).
+        _, last_from_end = np.unique(all_ids[::-1], return_index=True)
+        self._rows = np.sort(len(all_ids) - 1 - last_from_end)
+        self._ids = all_ids[self._rows]
+        self._parts = vec_parts
+        self._offsets = np.cumsum([0] + [len(p) for p in id_parts])
+        self._order = np.argsort(self._ids, kind="stable")
+        self._sorted_ids = self._ids[self._order]
+        if vec_parts and not self.dim:
+            self.dim = int(vec_parts[0].shape[1])
         self._cache_key = key
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of global rows, read shard by shard from the memory maps."""
+        out = np.empty((len(rows), self.dim or 0), dtype=np.float32)
+        shard = np.searchsorted(self._offsets, rows, side="right") - 1
+        for s in np.unique(shard):
+            mask = shard == s
+            out[mask] = self._parts[s][rows[mask] - self._offsets[s]]
+        return out
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Index into self._ids of each id, -1 where absent."""
+        pos = np.searchsorted(self._sorted_ids, ids)
+        pos = np.minimum(pos, max(len(self._sorted_ids) - 1, 0))
+        hit = len(self._sorted_ids) > 0
+        found = (self._sorted_ids[pos] == ids) if hit else np.zeros(len(ids), dtype=bool)
+        return np.where(found, self._order[pos] if hit else -1, -1)
 
     def ids(self) -> np.ndarray:
         self._refresh()
@@ -120,21 +138,19 @@ class VectorStore:
 
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         self._refresh()
-        return self._ids.copy(), np.asarray(self._vecs, dtype=np.float32)
+        return self._ids.copy(), self._gather(self._rows)
 
     def get(self, ids: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of the ids that are present, in the order asked; missing ids are dropped."""
         self._refresh()
-        rows = [(int(i), self._row[int(i)]) for i in ids if int(i) in self._row]
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
-        found = np.array([i for i, _ in rows], dtype=np.int64)
-        vecs = np.asarray(self._vecs[[r for _, r in rows]], dtype=np.float32)
-        return found, vecs
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        pos = self._positions(ids)
+        keep = pos >= 0
+        return ids[keep], self._gather(self._rows[pos[keep]])
 
     def __contains__(self, asset_id: int) -> bool:
         self._refresh()
-        return int(asset_id) in self._row
+        return bool(self._positions(np.array([int(asset_id)], dtype=np.int64))[0] >= 0)
 
     def __len__(self) -> int:
         self._refresh()

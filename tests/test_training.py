@@ -125,3 +125,21 @@ def test_a_run_or_import_whose_worker_died_stops_blocking_after_the_stale_timeou
     assert job.state == JobState.FAILED and "worker lost" in job.error
     assert alive.state == JobState.RUNNING
     assert training.request_run(world.brand, force=True) is not None
+
+
+def test_a_multi_label_taxonomy_is_evaluated_with_each_models_own_thresholds(world, shoe_paths, tmp_path):
+    from labeling.models import Tag, Taxonomy
+
+    style = Taxonomy.objects.create(client=world.acme, name="style", kind=Taxonomy.Kind.MULTI)
+    tags = {b: Tag.objects.create(taxonomy=style, name=b).pk for b in BRANDS}
+    truth = copy_shoes(shoe_paths, tmp_path / "lib", per_brand=25)
+    importing.import_paths(world.acme, tmp_path / "lib")
+    for a in world.acme.assets.all():
+        labels.save_label(style, a, [tags[truth[a.original_name]]], source=Label.Source.IMPORTED)
+    first = training.train_now(style)
+    second = training.train_now(style)
+    assert first.state == TrainingRun.State.PROMOTED, first.error
+    assert len(first.metrics["thresholds"]) == 3 and first.metrics["micro_f1"] > 0.5
+    # Same labels, same data: the retrained model scores the same as the live one and stays "not worse".
+    assert second.state == TrainingRun.State.PROMOTED, second.metrics
+    assert second.metrics["live_score_same_holdout"] == pytest.approx(second.metrics["micro_f1"])

@@ -137,29 +137,24 @@ def page_serializer(item: type[serializers.Serializer]) -> type[serializers.Seri
     )
 
 
-def int_param(request: Request, name: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
+def _number_param(request: Request, name: str, cast: type, what: str, minimum, maximum):
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return None
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise ValidationError({name: ["a whole number expected"]}) from None
-    minimum = 0 if minimum is None else minimum
-    maximum = MAX_ID if maximum is None else maximum
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValidationError({name: [f"must be between {minimum} and {maximum}"]})
-    return value
-
-
-def float_param(request: Request, name: str, minimum: float, maximum: float) -> float | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValidationError({name: ["a number expected"]}) from None
+        raise ValidationError({name: [f"{what} expected"]}) from None
     if not minimum <= value <= maximum:  # also refuses nan
         raise ValidationError({name: [f"must be between {minimum} and {maximum}"]})
     return value
+
+
+def int_param(request: Request, name: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    return _number_param(
+        request, name, int, "a whole number", 0 if minimum is None else minimum, MAX_ID if maximum is None else maximum
+    )
+
+
+def float_param(request: Request, name: str, minimum: float, maximum: float) -> float | None:
+    return _number_param(request, name, float, "a number", minimum, maximum)

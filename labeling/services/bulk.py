@@ -16,7 +16,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from ..models import Asset, BulkAction, Label, Role, Suggestion, Taxonomy
-from ..permissions import RANK, role_in
+from ..permissions import RANK, real_user, role_in
 from . import labels
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
     suggested = _suggested(taxonomy, ids) if accept else {}
     kind = BulkAction.Kind.ACCEPT_SUGGESTIONS if accept else BulkAction.Kind.APPLY_TAGS
     with transaction.atomic():
-        action = BulkAction.objects.create(taxonomy=taxonomy, user=_user(user), kind=kind)
+        action = BulkAction.objects.create(taxonomy=taxonomy, user=real_user(user), kind=kind)
         n = 0
         for asset_id in ids:
             tags = suggested.get(asset_id) if accept else list(tag_ids)
@@ -68,10 +68,6 @@ def _suggested(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
         "model_version"
     )
     return {s.asset_id: sorted(labels.suggested_tag_ids(taxonomy, s)) for s in rows}
-
-
-def _user(user):
-    return user if user is not None and user.is_authenticated else None
 
 
 def _after(taxonomy: Taxonomy, asset_ids: list[int]) -> None:

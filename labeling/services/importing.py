@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..models import Asset, Client, ImportJob, JobState, Label, Tag, Taxonomy
+from ..permissions import real_user
 from . import images, labels
 from .import_sources import UPLOAD, Entry, SourceError, Uploaded, scan, stage_files, staging_dir
 
@@ -43,7 +44,7 @@ def create_job(client: Client, source: str, user=None, labels_taxonomy: Taxonomy
     return ImportJob.objects.create(
         client=client,
         source=str(source),
-        created_by=user if user is not None and user.is_authenticated else None,
+        created_by=real_user(user),
         labels_from_folders=labels_taxonomy,
     )
 

@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from ..models import Asset, BulkAction, Label, LabelEvent, Suggestion, Tag, Taxonomy
+from ..permissions import real_user
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def save_label(
         raise LabelError("asset: not in this taxonomy's client")
     tags = validate_tags(taxonomy, tag_ids)
     suggestion = live_suggestion(taxonomy, asset)
-    user = user if user is not None and user.is_authenticated else None
+    user = real_user(user)
     with transaction.atomic():
         for attempt in range(WRITE_ATTEMPTS):
             previous = current_label(taxonomy, asset, for_update=True)
@@ -164,7 +165,7 @@ def remove_label(label: Label, user=None, source: str = "") -> Label | None:
     else:
         Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
     LabelEvent.objects.create(
-        taxonomy=taxonomy, asset=asset, user=user if user is not None and user.is_authenticated else None,
+        taxonomy=taxonomy, asset=asset, user=real_user(user),
         action=LabelEvent.Action.UNDO, label=previous, before=undone_tags, after=tag_ids_of(previous),
         source=source,
     )

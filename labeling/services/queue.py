@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ..models import Asset, Label, Lease, Suggestion, Taxonomy, TrainingRun
+from .labels import suggested_tag_ids
 
 ORDERS = {"uncertain": ("-uncertainty", "id"), "confident": ("uncertainty", "id")}
 MAX_BATCH = 50
@@ -89,7 +90,6 @@ def _batch(
         )
         for s in rows:
             mv = s.model_version
-            thresholds = (mv.metrics or {}).get("thresholds")
             ranked = sorted(zip(mv.tag_ids, s.probs), key=lambda tp: -tp[1])
             items.append(
                 _item(
@@ -100,9 +100,7 @@ def _batch(
                         if tid in tags and not tags[tid].retired
                     ],
                     uncertainty=s.uncertainty,
-                    suggested=sorted(_over_threshold(mv.tag_ids, s.probs, thresholds))
-                    if taxonomy.multilabel
-                    else ([s.top1_tag_id] if s.top1_tag_id else []),
+                    suggested=sorted(suggested_tag_ids(taxonomy, s)),
                 )
             )
     if len(items) < limit:
@@ -121,11 +119,6 @@ def _batch(
         )
         items += [_item(a, [], uncertainty=None, suggested=[]) for a in rest]
     return items
-
-
-def _over_threshold(tag_ids: list[int], probs: list[float], thresholds: list[float] | None) -> set[int]:
-    thresholds = thresholds or [0.5] * len(tag_ids)
-    return {tid for tid, p, t in zip(tag_ids, probs, thresholds) if p >= t}
 
 
 def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested: list[int]) -> dict:

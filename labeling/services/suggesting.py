@@ -16,6 +16,7 @@ from ..models import Label, ModelVersion, Suggestion, Taxonomy
 from . import vectors
 
 WRITE_BATCH = 2000
+SCORE_CHUNK = 20_000  # assets per predict + write round
 
 
 def artifact_path(mv: ModelVersion) -> Path:
@@ -38,25 +39,37 @@ def predict(mv: ModelVersion, X: np.ndarray) -> np.ndarray:
 
 
 def score(taxonomy: Taxonomy, mv: ModelVersion, asset_ids: Sequence[int] | None = None) -> int:
-    """Write Suggestion rows of ``mv`` for the given assets (all embedded ones when None)."""
+    """Write Suggestion rows of ``mv`` for the given assets (all embedded ones when None).
+
+    Works through the library in chunks, so a million assets never sit in memory at once as
+    float32 vectors or as unsaved rows. Each chunk replaces its rows: rerunning is harmless.
+    """
     store = vectors.store_for(taxonomy.client_id, mv.backbone)
-    ids, X = store.all() if asset_ids is None else store.get(list(asset_ids))
-    if not len(ids):
-        return 0
+    wanted = store.ids() if asset_ids is None else np.asarray(list(asset_ids), dtype=np.int64)
     head = load_head(mv)
+    n = 0
+    for start in range(0, len(wanted), SCORE_CHUNK):
+        ids, X = store.get(wanted[start : start + SCORE_CHUNK])
+        if len(ids):
+            n += _write(taxonomy, mv, head, ids, X)
+    return n
+
+
+def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarray, X: np.ndarray) -> int:
     P = head.predict_proba(X)
     unc = uncertainty_score(P, multilabel=head.multilabel, thresholds=head.thresholds)
     ent, mar = entropy(P), margin(P)
     top = P.argmax(axis=1)
+    asset_ids = [int(i) for i in ids]
     labeled = set(
-        Label.objects.filter(taxonomy=taxonomy, is_current=True, asset_id__in=[int(i) for i in ids]).values_list(
+        Label.objects.filter(taxonomy=taxonomy, is_current=True, asset_id__in=asset_ids).values_list(
             "asset_id", flat=True
         )
     )
     tag_ids = mv.tag_ids
     rows = [
         Suggestion(
-            asset_id=int(a),
+            asset_id=a,
             taxonomy=taxonomy,
             model_version=mv,
             probs=[round(float(p), 5) for p in P[r]],
@@ -65,15 +78,13 @@ def score(taxonomy: Taxonomy, mv: ModelVersion, asset_ids: Sequence[int] | None 
             margin=float(mar[r]),
             entropy=float(ent[r]),
             uncertainty=float(unc[r]),
-            is_labeled=int(a) in labeled,
+            is_labeled=a in labeled,
         )
-        for r, a in enumerate(ids)
+        for r, a in enumerate(asset_ids)
     ]
     with transaction.atomic():
-        # Rescoring replaces rows: idempotent when a task runs twice.
-        Suggestion.objects.filter(model_version=mv, asset_id__in=[s.asset_id for s in rows]).delete()
-        for start in range(0, len(rows), WRITE_BATCH):
-            Suggestion.objects.bulk_create(rows[start : start + WRITE_BATCH])
+        Suggestion.objects.filter(model_version=mv, asset_id__in=asset_ids).delete()
+        Suggestion.objects.bulk_create(rows, batch_size=WRITE_BATCH)
     return len(rows)
 
 

@@ -154,11 +154,12 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
     return Dataset(np.array(ids, dtype=np.int64), np.array(holdout, dtype=bool), y, tag_ids)
 
 
-def _score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, tag_ids: list[int], names: list[str]) -> dict:
+def _score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, names: list[str], thresholds=None) -> dict:
+    """Held-out metrics; multi-label decisions use each model's own tuned thresholds."""
     if taxonomy.multilabel:
         from ml.metrics import multilabel_metrics
 
-        m = multilabel_metrics(y, P, 0.5, names)
+        m = multilabel_metrics(y, P, thresholds, names)
         m["score"] = m.get("micro_f1", 0.0)
         return m
     m = classification_metrics(y, P, names)
@@ -166,18 +167,20 @@ def _score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, tag_ids: list[int],
     return m
 
 
-def _live_on(taxonomy: Taxonomy, X: np.ndarray, tag_ids: list[int]) -> np.ndarray | None:
-    """The live model's probabilities re-ordered into ``tag_ids`` (tags may have been added)."""
-    live = taxonomy.live_model
-    if live is None:
-        return None
-    P_live = suggesting.predict(live, X)
-    col = {t: i for i, t in enumerate(live.tag_ids)}
+def _live_on(taxonomy: Taxonomy, X: np.ndarray, tag_ids: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The live model's probabilities and thresholds re-ordered into ``tag_ids`` (tags may
+    have been added since: the live model never predicts those)."""
+    head = suggesting.load_head(taxonomy.live_model)
+    P_live = head.predict_proba(X)
+    col = {t: i for i, t in enumerate(taxonomy.live_model.tag_ids)}
     P = np.zeros((len(X), len(tag_ids)), dtype=np.float32)
+    thresholds = np.full(len(tag_ids), 0.5)
     for j, t in enumerate(tag_ids):
         if t in col:
             P[:, j] = P_live[:, col[t]]
-    return P
+            if head.thresholds is not None:
+                thresholds[j] = head.thresholds[col[t]]
+    return P, (thresholds if head.thresholds is not None else None)
 
 
 def _execute(run: TrainingRun) -> None:
@@ -215,12 +218,12 @@ def _execute(run: TrainingRun) -> None:
     promote, reason = True, "first model" if taxonomy.live_model is None else "holdout too small to compare"
     if enough_holdout:
         _progress(run, 0.6, f"evaluating on {int(hold.sum())} held-out labels")
-        new = _score(taxonomy, head.predict_proba(X[hold]), y[hold], data.tag_ids, names)
+        new = _score(taxonomy, head.predict_proba(X[hold]), y[hold], names, head.thresholds)
         metrics.update(new)
-        P_live = _live_on(taxonomy, X[hold], data.tag_ids)
         live_was_fair = taxonomy.live_model is not None and (taxonomy.live_model.metrics or {}).get("n_holdout", 0) > 0
-        if P_live is not None and live_was_fair:
-            old = _score(taxonomy, P_live, y[hold], data.tag_ids, names)
+        if live_was_fair:
+            P_live, live_thresholds = _live_on(taxonomy, X[hold], data.tag_ids)
+            old = _score(taxonomy, P_live, y[hold], names, live_thresholds)
             metrics["live_score_same_holdout"] = old["score"]
             promote = new["score"] >= old["score"]
             reason = f"holdout score {new['score']:.4f} vs live {old['score']:.4f}"
