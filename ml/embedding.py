@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ml.backbones import DEFAULT_BACKBONE, Backbone, load_backbone, weights_version
-from ml.preprocess import apply_orientation, gpu_resize_crop, load_input, normalize, read_jpeg_for_gpu, to_uint8
+from ml.preprocess import load_input, normalize, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,9 @@ class Embedder:
         """Decode (worker pool, draft-mode JPEG) + embed. Bad files land in ``errors`` by index;
         the rest are embedded in input order."""
         if self.runtime == "cuda":
-            return _embed_paths_cuda(self, paths)
+            from ml.embedding_cuda import embed_paths_cuda  # torch/torchvision only when needed
+
+            return embed_paths_cuda(self, paths)
         vectors: list[np.ndarray] = []
         ok: list[int] = []
         errors: dict[int, str] = {}
@@ -345,96 +347,3 @@ class Embedder:
 
     def __repr__(self) -> str:
         return f"Embedder({self.name!r}, runtime={self.runtime!r}, dim={self.dim}, batch_size={self.batch_size})"
-
-
-# ---- CUDA path: nvJPEG decode + resize/crop on the GPU ----------------------------------------
-
-def _embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = "cuda") -> EmbedResult:
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    dev = torch.device(device)
-    size = emb.input_size
-    errors: dict[int, str] = {}
-    ok: list[int] = []
-    outs: list[Any] = []
-    host: list[np.ndarray] = []
-    with ThreadPoolExecutor(max(emb.workers, 4), thread_name_prefix="tagloop-read",
-                            initializer=_single_threaded_torch) as pool:
-        futs: deque[list[Future]] = deque()
-        starts = list(range(0, len(paths), emb.batch_size))
-
-        # gpu_decode=False: the readers decode + resize with Pillow/torch CPU themselves (uint8
-        # arrays), still ~2 batches ahead of the GPU.
-        read = read_jpeg_for_gpu if emb.gpu_decode else (lambda p: _load_one(p, size))
-
-        def submit(s: int) -> None:
-            futs.append([pool.submit(read, p) for p in paths[s:s + emb.batch_size]])
-
-        for s in starts[:2]:  # read ~2 batches ahead of the GPU
-            submit(s)
-        for k, s in enumerate(starts):
-            raws = [f.result() for f in futs.popleft()]
-            if k + 2 < len(starts):
-                submit(starts[k + 2])
-            gpu_i: list[int] = []
-            datas: list[Any] = []
-            orients: list[int] = []
-            cpu_i: list[int] = []
-            decoded: dict[int, Any] = {}  # full decoded images (CHW uint8 on the GPU)
-            ready: dict[int, Any] = {}  # already resized + cropped on the CPU: not to be cropped again
-            for j, r in enumerate(raws):
-                if isinstance(r, str):
-                    errors[s + j] = r
-                elif isinstance(r, np.ndarray):
-                    ready[s + j] = torch.from_numpy(r).to(dev).permute(2, 0, 1)
-                elif r is None:
-                    cpu_i.append(s + j)
-                else:
-                    gpu_i.append(s + j)
-                    datas.append(torch.frombuffer(bytearray(r[0]), dtype=torch.uint8))
-                    orients.append(r[1])
-            if datas:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torchvision's decode deprecation notice
-                    try:
-                        imgs = decode_jpeg(datas, mode=ImageReadMode.RGB, device=dev)
-                    except RuntimeError:
-                        # nvJPEG fails a whole batch for one bad file: retry one by one, the
-                        # failures go through PIL (which also writes the error message).
-                        imgs = []
-                        for d in datas:
-                            try:
-                                imgs.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=dev))
-                            except RuntimeError:
-                                imgs.append(None)
-                for i, im, o in zip(gpu_i, imgs, orients):
-                    if im is None:
-                        cpu_i.append(i)
-                    else:
-                        decoded[i] = apply_orientation(im, o)
-            for i, res in zip(cpu_i, pool.map(lambda i: _load_one(paths[i], size), cpu_i)):
-                if isinstance(res, str):
-                    errors[i] = res
-                else:
-                    ready[i] = torch.from_numpy(res).to(dev).permute(2, 0, 1)
-            if not decoded and not ready:
-                continue
-            order = sorted([*decoded, *ready])
-            todo = [i for i in order if i in decoded]
-            x = torch.empty((len(order), 3, size, size), device=dev)
-            pos = {i: k for k, i in enumerate(order)}
-            if todo:
-                x[[pos[i] for i in todo]] = gpu_resize_crop([decoded[i] for i in todo], size)
-            for i, t in ready.items():
-                x[pos[i]] = t.float()
-            x = (x - 127.0) / 128.0
-            outs.append(emb._cuda_forward(x))
-            ok.extend(order)
-            if len(outs) >= 32:  # bound GPU memory on huge imports; syncs once per 32 batches
-                host.append(torch.cat(outs).float().cpu().numpy())
-                outs = []
-    if outs:
-        host.append(torch.cat(outs).float().cpu().numpy())
-    vecs = np.concatenate(host) if host else np.zeros((0, emb.dim), np.float32)
-    return EmbedResult(vecs, ok, errors)

@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from ml.datasets import TASKS, Task, load_task
+from ml.decision import SCORES, apply_bias, balanced_accuracy, fit_class_bias
 from ml.features import ConcatStore, FeatureStore, box_features, make_store, spec_features, spec_views
 
 Store = FeatureStore | ConcatStore
@@ -49,8 +50,7 @@ INNER_FOLDS = 3
 def _score(y: np.ndarray, proba: np.ndarray) -> float:
     """Selection score: balanced accuracy (fl27-4way is 90 % "other": plain accuracy
     would reward never predicting a brand)."""
-    pred = proba.argmax(1)
-    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+    return balanced_accuracy(y, proba.argmax(1))
 
 
 def fit_predict(task: Task, store: Store, spec: str, use_boxes: bool,
@@ -79,12 +79,18 @@ def fit_predict(task: Task, store: Store, spec: str, use_boxes: bool,
     return head.predict_proba(X[test_idx])
 
 
+def _inner_splits(task: Task, train_idx: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified inner folds of the training part (positions into train_idx)."""
+    y = task.y[train_idx]
+    n_splits = max(2, min(INNER_FOLDS, int(np.bincount(y)[np.bincount(y) > 0].min())))
+    return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(train_idx, y))
+
+
 def search_config(task: Task, store: Store, train_idx: np.ndarray,
                   seed: int = 0) -> tuple[tuple[str, bool], list[dict]]:
     """Inner stratified CV on the training part only; returns the best (spec, boxes)."""
     y = task.y[train_idx]
-    n_splits = max(2, min(INNER_FOLDS, int(np.bincount(y)[np.bincount(y) > 0].min())))
-    inner = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(train_idx, y))
+    inner = _inner_splits(task, train_idx, seed)
     results = []
     for spec, boxes in SEARCH_SPACE:
         X = spec_features(store, task.shas, spec)
@@ -98,10 +104,23 @@ def search_config(task: Task, store: Store, train_idx: np.ndarray,
     return (best["spec"], best["boxes"]), results
 
 
+def tune_decision(task: Task, store: Store, spec: str, use_boxes: bool, train_idx: np.ndarray,
+                  seed: int, fine: str | None, score: str) -> np.ndarray:
+    """Per-class log-bias fitted on inner out-of-fold probabilities of the training part
+    (ml.decision), so the test fold never influences the decision rule."""
+    X = spec_features(store, task.shas, spec)
+    oof = np.zeros((len(train_idx), task.n_classes))
+    for tr, va in _inner_splits(task, train_idx, seed):
+        oof[va] = fit_predict(task, store, spec, use_boxes, train_idx[tr], train_idx[va], seed, X, fine)
+    return fit_class_bias(oof, task.y[train_idx], score)
+
+
 def run_features(task: Task, store: Store, method: str, spec: str | None,
-                 use_boxes: bool, seed: int,
-                 fine: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Head-based methods. Returns (test indices, probabilities, per-fold info)."""
+                 use_boxes: bool, seed: int, fine: str | None = None,
+                 decision: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Head-based methods. Returns (test indices, probabilities, per-fold info).
+    decision: None = argmax of the head; a score name (ml.decision.SCORES) = per-class bias
+    tuned for that score by inner CV on each training part, applied to the test fold."""
     specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
     views = sorted({v for s in specs for v in spec_views(s)} |
                    ({"boxes"} if use_boxes or method == "search" else set()))
@@ -112,10 +131,15 @@ def run_features(task: Task, store: Store, method: str, spec: str | None,
         if method == "search":
             chosen, trials = search_config(task, store, tr, seed)
         p = fit_predict(task, store, chosen[0], chosen[1], tr, te, seed, fine=fine)
+        bias = None
+        if decision:
+            bias = tune_decision(task, store, chosen[0], chosen[1], tr, seed, fine, decision)
+            p = apply_bias(p, bias)
         idx.append(te)
         probas.append(p)
         info.append({"fold": k, "spec": chosen[0], "boxes": chosen[1], "n_train": len(tr),
-                     "accuracy": float((p.argmax(1) == task.y[te]).mean()), "search": trials})
+                     "accuracy": float((p.argmax(1) == task.y[te]).mean()), "search": trials,
+                     "decision_bias": None if bias is None else [round(float(b), 2) for b in bias]})
         print(f"  fold {k}: {chosen} acc={info[-1]['accuracy']:.4f}", file=sys.stderr)
     return np.concatenate(idx), np.concatenate(probas), info
 
@@ -194,7 +218,8 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
              spec: str | None = None, use_boxes: bool | None = None, data_dir: str | None = None,
              cache_dir: str | None = None, seed: int = 0, finetune_cfg: dict | None = None,
              max_folds: int | None = None, save_to: str | None = None,
-             load_from: str | None = None, fine_labels: str | None = None) -> dict:
+             load_from: str | None = None, fine_labels: str | None = None,
+             decision: str | None = None) -> dict:
     t0 = time.time()
     task = load_task(task_name, data_dir)
     if max_folds:
@@ -213,13 +238,15 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
         spec = spec or (BASELINE_SPEC if method == "head" else MULTICROP_SPEC)
         use_boxes = (method == "multicrop") if use_boxes is None else use_boxes
         store = make_store(backbone, cache_dir=cache_dir)
-        idx, proba, folds = run_features(task, store, method, spec, use_boxes, seed, fine_labels)
+        idx, proba, folds = run_features(task, store, method, spec, use_boxes, seed, fine_labels,
+                                         decision)
     m = classification_metrics(task.y[idx], proba, task.labels)
     return {
         "task": task_name, "backbone": backbone, "method": method,
         "spec": None if method == "search" else spec, "boxes": use_boxes,
         "train_labels": f"fine (27 brands + none), collapsed by {fine_labels}"
         if fine_labels and task.fine_y is not None else "task",
+        "decision": f"per-class bias tuned for {decision} by inner CV" if decision else "argmax",
         "protocol": "given train/test split" if len(task.splits) == 1 and not max_folds
         else f"{len(task.splits)}-fold stratified CV (seed 0) over sha256-deduplicated files, "
              "metrics on concatenated out-of-fold predictions",
@@ -275,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fine-labels", nargs="?", const="sum", choices=COLLAPSE,
                     help="fl27 heads: train on 27 brands + none and collapse into the task's "
                          "classes by sum (default) or uniform (equal task-class priors)")
+    ap.add_argument("--decision", choices=SCORES,
+                    help="heads: tune a per-class bias for this score by inner CV on each "
+                         "training part (a threshold for two classes); default: argmax")
     ap.add_argument("--folds", type=int, help="only the first N CV folds (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", help="folder with shoes/ and flickrlogos27/")
@@ -286,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     r = evaluate(a.task, method, backbone=a.backbone, spec=a.features, use_boxes=boxes,
                  data_dir=a.data, cache_dir=a.cache, seed=a.seed,
                  finetune_cfg=_ft_overrides(a.ft), max_folds=a.folds,
-                 save_to=a.save_proba, load_from=a.load_proba, fine_labels=a.fine_labels)
+                 save_to=a.save_proba, load_from=a.load_proba, fine_labels=a.fine_labels,
+                 decision=a.decision)
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=1))

@@ -30,6 +30,7 @@ from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from ml.backbones import load_backbone
+from ml.decision import balanced_accuracy
 from ml.preprocess import load_rgb, normalize, resize_crop
 
 
@@ -272,11 +273,6 @@ def predict_proba(model: Classifier, imgs: Sequence[Image.Image], cfg: FinetuneC
     return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), np.float32)
 
 
-def _balanced_acc(y: np.ndarray, pred: np.ndarray) -> float:
-    recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
-    return float(np.mean(recalls)) if recalls else 0.0
-
-
 def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     return np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
@@ -401,7 +397,7 @@ def finetune(
         val_loss = float(-np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-7, 1)).mean())
         pred = pv.argmax(1)
         row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss,
-               "val_acc": float((pred == yv).mean()), "val_balanced_acc": _balanced_acc(yv, pred),
+               "val_acc": float((pred == yv).mean()), "val_balanced_acc": balanced_accuracy(yv, pred),
                "lr": opt.param_groups[-1]["lr"], "seconds": round(time.time() - t0, 2)}
         curve.append(row)
         print(f"  epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in row.items()

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.decision import tune_tag_thresholds
+
 __all__ = [
     "FORMAT_VERSION",
     "LinearHead",
@@ -35,8 +37,6 @@ __all__ = [
     "default_l2",
     "stratified_folds",
     "out_of_fold_proba",
-    "reject_threshold",
-    "apply_reject",
 ]
 
 FORMAT_VERSION = 1
@@ -46,7 +46,6 @@ L2_GRID_FACTORS = (0.2, 1.0, 5.0)  # multiples of default_l2(n) tried by the int
 CV_FOLDS = 3
 CV_MAX_ITER = 30  # CV only has to rank a few strengths; near-converged solutions are enough
 MIN_CV_SAMPLES = 40  # below this a 3-fold CV estimate is noise; use the default strength
-MIN_POSITIVES_FOR_THRESHOLD = 5  # fewer positives -> a tuned multi-label threshold is noise
 
 
 SCALE_PRIOR_SAMPLES = 20  # weight of the pooled variance in each feature's scale
@@ -322,27 +321,6 @@ def _cross_validate(
     return float(l2_grid[best]), oof[best]
 
 
-def _tune_thresholds(oof: np.ndarray | None, Y: np.ndarray) -> np.ndarray:
-    """Per-tag threshold maximising out-of-fold F1; 0.5 for tags with too little evidence."""
-    k = Y.shape[1]
-    thresholds = np.full(k, 0.5)
-    if oof is None:
-        return thresholds
-    ok = ~np.isnan(oof).any(axis=1)
-    grid = np.linspace(0.02, 0.98, 49)
-    for j in range(k):
-        yj, pj = Y[ok, j] > 0, oof[ok, j]
-        if yj.sum() < MIN_POSITIVES_FOR_THRESHOLD:
-            continue
-        pred = pj[None, :] >= grid[:, None]
-        tp = (pred & yj).sum(axis=1)
-        f1 = 2 * tp / np.maximum(pred.sum(axis=1) + yj.sum(), 1)
-        best = np.flatnonzero(f1 >= f1.max() - 1e-12)
-        # among equally good thresholds take the middle one: the most robust to drift
-        thresholds[j] = grid[best[len(best) // 2]]
-    return thresholds
-
-
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     """Temporarily set torch's intra-op threads (a process-wide setting, restored after)."""
@@ -423,7 +401,7 @@ def _train(
         [(W, b)] = _fit(Xs, *_targets(y, multilabel, class_weight, learned), [chosen_l2], multilabel)
         weight[:, learned], bias[learned] = W.numpy(), b.numpy()
         if multilabel:
-            thresholds[learned] = _tune_thresholds(oof, y[:, learned])
+            thresholds[learned] = tune_tag_thresholds(oof, y[:, learned])
     return LinearHead(mean, scale, weight, bias, multilabel, thresholds, fixed, chosen_l2)
 
 
@@ -444,40 +422,3 @@ def out_of_fold_proba(
         head = train_head(X[~te], y[~te], n_classes, seed=seed, **train_kwargs)
         P[te] = head.predict_proba(X[te])
     return P
-
-
-def reject_threshold(P_val: np.ndarray, y_val: np.ndarray, other_index: int) -> float:
-    """Top-1 probability below which predicting ``other_index`` maximises validation accuracy.
-
-    Rule (see ``apply_reject``): predict argmax unless max prob < threshold, then "other".
-    Returns 0.0 (never reject) when rejecting does not help; among equally good cuts the lowest
-    wins so the head keeps as many of its own answers as possible.
-    """
-    P_val = np.asarray(P_val, dtype=np.float64)
-    y_val = np.asarray(y_val)
-    if len(y_val) == 0:
-        return 0.0
-    conf = P_val.max(axis=1)
-    order = np.argsort(conf, kind="stable")
-    c = conf[order]
-    kept_right = (P_val.argmax(axis=1) == y_val)[order]  # right answer if not rejected
-    rejected_right = (y_val == other_index)[order]  # right answer if rejected
-    # gain[i] = accuracy change (in items) from rejecting the i+1 least confident items
-    gain = np.cumsum(rejected_right.astype(int) - kept_right.astype(int))
-    # a threshold cannot separate equal confidences: only cut where the next one is larger
-    valid = np.append(c[1:] > c[:-1], True)
-    gain = np.where(valid, gain, np.iinfo(np.int64).min)
-    i = int(np.argmax(gain))  # first (lowest) best cut
-    if gain[i] <= 0:
-        return 0.0
-    if i + 1 < len(c):
-        return float((c[i] + c[i + 1]) / 2)  # midway to the first item that is kept
-    return float(np.nextafter(c[i], np.inf))  # reject everything
-
-
-def apply_reject(P: np.ndarray, threshold: float, other_index: int) -> np.ndarray:
-    """argmax predictions with low-confidence rows replaced by ``other_index``."""
-    P = np.asarray(P)
-    pred = P.argmax(axis=1)
-    pred[P.max(axis=1) < threshold] = other_index
-    return pred

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ml.datasets import TASKS, load_task
 from ml.features import make_store, spec_features, spec_views
 from ml.heads import train_head
+from ml.savings import labels_to_reach
 from ml.selection import select_batch
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin", "diverse")
@@ -69,11 +70,6 @@ def run_loop(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarra
         picked = select_batch(P, X[pool], k, strategy, seed * 100_003 + len(labelled))
         labelled += [int(i) for i in pool[np.asarray(picked, dtype=np.int64)]]
     return curve
-
-
-def labels_to_reach(curve: list[dict], target: float) -> int | None:
-    """First label count whose (mean) accuracy reaches target; None = not within budget."""
-    return next((c["labels"] for c in curve if c["accuracy"] >= target), None)
 
 
 def labels_to_stay(curve: list[dict], target: float) -> int | None:

@@ -1,18 +1,25 @@
-"""Shared fixtures: an owner client and an other client, real images from ../shared/datasets.
+"""Shared fixtures: an owner client and an other client, real images from ../shared/datasets,
+the API tests' generated library and no-broker stubs, and the browser tests' Chromium.
+Plain helper functions are in _helpers.py.
 
 Everything a test writes (media, vectors, models) goes under a per-test temporary folder.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("TAGLOOP_DATASETS", REPO.parent / "shared" / "datasets"))
 BRANDS = ("adidas", "converse", "nike")
+CHROMIUM = os.environ.get("TAGLOOP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"]
+PER_BRAND, SEED_PER_BRAND = 4, 2  # reviewable: shoes imported / labeled per brand
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +88,6 @@ def login(client, user) -> None:
 
 def copy_shoes(shoe_paths, dest: Path, per_brand: int, split: str = "train", start: int = 0) -> dict[str, str]:
     """Copy a few real shoe photos into dest/<brand>/; returns {relative name: brand}."""
-    import shutil
-
     truth = {}
     for brand in BRANDS:
         (dest / brand).mkdir(parents=True, exist_ok=True)
@@ -122,3 +127,134 @@ def trained(world, shoe_library):
     assert run.state == "promoted", run.error
     world.brand.refresh_from_db()
     return SimpleNamespace(assets=assets, truth=truth, tags=tags, seeded=seeded, run=run)
+
+
+@pytest.fixture
+def explored(world, trained, shoe_paths, tmp_path):
+    """``trained`` (acme: 24 shoes, 6 labeled, model v1) plus globex holding copies of the
+    same photos (same bytes: same vectors), and acme's first clustering."""
+    from labeling.services import clusters, importing
+
+    copy_shoes(shoe_paths, tmp_path / "globex", per_brand=3)
+    job = importing.import_paths(world.globex, tmp_path / "globex")
+    assert job.n_created == 9, job.errors
+    clustering = clusters.recluster(world.acme.pk)
+    return SimpleNamespace(world=world, clustering=clustering, **vars(trained))
+
+
+# --- API tests: generated images and a model row with known suggestions ------------------
+
+
+@pytest.fixture
+def fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def no_broker(monkeypatch):
+    """Retrain checks and job messages are counted, never sent: no worker in these tests."""
+    from labeling.services import importing, labels, training
+
+    sent = {"retrain": 0, "train": 0, "import": 0}
+    monkeypatch.setattr(labels, "request_retrain_check", lambda tid: sent.__setitem__("retrain", sent["retrain"] + 1))
+    monkeypatch.setattr(training, "enqueue", lambda run_id: sent.__setitem__("train", sent["train"] + 1))
+    monkeypatch.setattr(importing, "enqueue", lambda job: sent.__setitem__("import", sent["import"] + 1))
+    return sent
+
+
+@pytest.fixture
+def private_uploads(settings, tmp_path):
+    """Staged uploads go under VAR_DIR/uploads/<job id>; job ids restart with each test database,
+    so each test stages into its own folder."""
+    settings.VAR_DIR = tmp_path / "var"
+
+
+@pytest.fixture
+def lib(world):
+    """Six acme assets; a live model row whose suggestion for asset i has uncertainty (i+1)/10 and
+    top-1 tag cycling adidas, converse, nike; one globex asset."""
+    from labeling.models import ModelVersion, Suggestion
+    from tests._helpers import make_asset
+
+    tags = {t.name: t.pk for t in world.brand.tags.all()}
+    tag_ids = list(tags.values())
+    assets = [make_asset(world.acme, i) for i in range(6)]
+    mv = ModelVersion.objects.create(
+        taxonomy=world.brand, version=1, backbone="test", artifact="none", tag_ids=tag_ids,
+        metrics={"accuracy": 0.8, "accuracy_ci95": [0.6, 0.9], "confusion": [[2, 1, 0], [0, 3, 0], [1, 0, 3]],
+                 "labels": list(tags), "per_class": {}, "n_holdout": 10},
+    )
+    for i, a in enumerate(assets):
+        probs = [0.1, 0.1, 0.1]
+        probs[i % 3] = 0.8
+        Suggestion.objects.create(asset=a, taxonomy=world.brand, model_version=mv, probs=probs,
+                                  top1_tag_id=tag_ids[i % 3], top1_prob=0.8, margin=0.7, entropy=0.5,
+                                  uncertainty=(i + 1) / 10)
+    world.brand.live_model = mv
+    world.brand.save(update_fields=["live_model"])
+    other = make_asset(world.globex, 99)
+    return type("Lib", (), {"assets": assets, "tags": tags, "mv": mv, "other": other})
+
+
+# --- browser tests: Debian's Chromium through Playwright --------------------------------
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    # Imported here so that tests without a browser do not need Playwright installed.
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+        # Inside sync_playwright() this thread runs in another contextvars context, so the ORM
+        # calls of the test open their own Django connections; close them before leaving it, or
+        # they outlive the test and keep the test database from being dropped.
+        from django.db import connections
+
+        connections.close_all()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Callable:
+    folder = Path(os.environ.get("TAGLOOP_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shoot(page, name: str) -> Path:
+        path = folder / f"{name}.png"
+        page.screenshot(path=str(path))
+        return path
+
+    return shoot
+
+
+@pytest.fixture
+def reviewable(transactional_db, fast_passwords, world, shoe_paths, tmp_path, monkeypatch) -> SimpleNamespace:
+    """acme with 12 imported shoes, 2 per brand labeled, and a live first model."""
+    importing = pytest.importorskip("labeling.services.importing")
+    training = pytest.importorskip("labeling.services.training")
+    from labeling.models import Asset
+    from labeling.services import labels
+
+    # No broker in this test: a retrain must not be requested behind the test's back.
+    monkeypatch.setattr(labels, "request_retrain_check", lambda taxonomy_id: False)
+    folder = tmp_path / "shoes"
+    for brand, paths in shoe_paths["train"].items():
+        (folder / brand).mkdir(parents=True)
+        for p in paths[:PER_BRAND]:
+            shutil.copy(p, folder / brand / f"{brand}-{p.name}")  # names tell the brand
+    importing.import_paths(world.acme, folder, labels_taxonomy=None)
+    assets = list(Asset.objects.filter(client=world.acme).order_by("id"))
+    assert len(assets) == 3 * PER_BRAND
+    tags = {t.name: t.pk for t in world.brand.tags.all()}
+    seeded: dict[str, int] = {}
+    for asset in assets:
+        brand = asset.original_name.rsplit("/", 1)[-1].split("-", 1)[0]
+        if seeded.get(brand, 0) < SEED_PER_BRAND:
+            labels.save_label(world.brand, asset, [tags[brand]], user=world.alice)
+            seeded[brand] = seeded.get(brand, 0) + 1
+    run = training.train_now(world.brand)
+    assert run.state == "promoted", (run.state, run.error)
+    return world

@@ -5,63 +5,24 @@ under test is the API); predictions use a real model from the training service.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-
 import pytest
-from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from labeling.models import (
-    Asset, BulkAction, Cluster, Clustering, ClusterMember, ImportJob, Label, LabelEvent, ModelVersion, Suggestion,
-    Tag, TrainingRun,
+    BulkAction, Cluster, Clustering, ClusterMember, ImportJob, Label, LabelEvent, Tag, TrainingRun,
 )
-from labeling.services import importing, labels, training
+from labeling.services import importing, labels
+from tests._helpers import png_bytes
 
-pytestmark = pytest.mark.django_db
+# no_broker and private_uploads (conftest) apply to every test here, as autouse would.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker", "private_uploads")]
 
 
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    """Retrain checks and job messages are counted, never sent: no worker in these tests."""
-    sent = {"retrain": 0, "train": 0, "import": 0}
-    monkeypatch.setattr(labels, "request_retrain_check", lambda tid: sent.__setitem__("retrain", sent["retrain"] + 1))
-    monkeypatch.setattr(training, "enqueue", lambda run_id: sent.__setitem__("train", sent["train"] + 1))
-    monkeypatch.setattr(importing, "enqueue", lambda job: sent.__setitem__("import", sent["import"] + 1))
-    return sent
-
-
-@pytest.fixture(autouse=True)
-def private_uploads(settings, tmp_path):
-    """Staged uploads go under VAR_DIR/uploads/<job id>; job ids restart with each test database,
-    so each test stages into its own folder."""
-    settings.VAR_DIR = tmp_path / "var"
-
-
-def png_bytes(seed: int, size: int = 24) -> bytes:
-    im = Image.new("RGB", (size, size), ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def make_asset(client, seed: int, name: str | None = None, data: bytes | None = None, sha: str | None = None) -> Asset:
-    data = data if data is not None else png_bytes(seed)
-    asset = Asset(
-        client=client, original_name=name or f"img-{seed}.png", sha256=sha or hashlib.sha256(data + str(seed).encode()).hexdigest(),
-        byte_size=len(data), width=24, height=24, format="PNG",
-    )
-    asset.file.save("x.png", ContentFile(data), save=False)
-    asset.save()
-    return asset
 
 
 def api(user=None, token: bool = False) -> APIClient:
@@ -76,30 +37,6 @@ def api(user=None, token: bool = False) -> APIClient:
 def base(world, tax=None) -> str:
     tax = tax or world.brand
     return f"/api/v1/clients/{tax.client.slug}/taxonomies/{tax.pk}/"
-
-
-@pytest.fixture
-def lib(world):
-    """Six acme assets; a live model row whose suggestion for asset i has uncertainty (i+1)/10 and
-    top-1 tag cycling adidas, converse, nike; one globex asset."""
-    tags = {t.name: t.pk for t in world.brand.tags.all()}
-    tag_ids = list(tags.values())
-    assets = [make_asset(world.acme, i) for i in range(6)]
-    mv = ModelVersion.objects.create(
-        taxonomy=world.brand, version=1, backbone="test", artifact="none", tag_ids=tag_ids,
-        metrics={"accuracy": 0.8, "accuracy_ci95": [0.6, 0.9], "confusion": [[2, 1, 0], [0, 3, 0], [1, 0, 3]],
-                 "labels": list(tags), "per_class": {}, "n_holdout": 10},
-    )
-    for i, a in enumerate(assets):
-        probs = [0.1, 0.1, 0.1]
-        probs[i % 3] = 0.8
-        Suggestion.objects.create(asset=a, taxonomy=world.brand, model_version=mv, probs=probs,
-                                  top1_tag_id=tag_ids[i % 3], top1_prob=0.8, margin=0.7, entropy=0.5,
-                                  uncertainty=(i + 1) / 10)
-    world.brand.live_model = mv
-    world.brand.save(update_fields=["live_model"])
-    other = make_asset(world.globex, 99)
-    return type("Lib", (), {"assets": assets, "tags": tags, "mv": mv, "other": other})
 
 
 def field_of(response) -> set[str]:

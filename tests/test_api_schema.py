@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, Phase, given, settings as hsettings, strateg
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
-from tests.test_api import lib, no_broker, private_uploads  # noqa: E402,F401 - fixtures reused
-
-pytestmark = pytest.mark.django_db
+# no_broker and private_uploads (conftest) apply to every test here, as in test_api.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker", "private_uploads")]
 EXAMPLES = {"positive": 12, "negative": 8}  # per operation: about 40 s for the whole API on 2 cores
 
 
@@ -23,7 +22,7 @@ def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def test_no_generated_request_makes_the_api_fail(transactional_db, live_server, world, lib, no_broker, monkeypatch):  # noqa: F811
+def test_no_generated_request_makes_the_api_fail(transactional_db, live_server, world, lib, no_broker, monkeypatch):
     from celery.app.task import Task
     from django.test import Client as HttpClient
     from schemathesis.generation import GenerationMode

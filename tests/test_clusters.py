@@ -2,25 +2,10 @@
 task that follows imports and promotions, and client isolation."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from .conftest import BRANDS, copy_shoes, login
-
-
-@pytest.fixture
-def explored(world, trained, shoe_paths, tmp_path):
-    """``trained`` (acme: 24 shoes, 6 labeled, model v1) plus globex holding copies of the
-    same photos (same bytes: same vectors), and acme's first clustering."""
-    from labeling.services import clusters, importing
-
-    copy_shoes(shoe_paths, tmp_path / "globex", per_brand=3)
-    job = importing.import_paths(world.globex, tmp_path / "globex")
-    assert job.n_created == 9, job.errors
-    clustering = clusters.recluster(world.acme.pk)
-    return SimpleNamespace(world=world, clustering=clustering, **vars(trained))
 
 
 def test_recluster_builds_a_new_clustering_aside_and_switches_current_in_one_go(explored):

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 
 from labeling.models import Asset, Label, LabelEvent, Membership, Role
 from labeling.services import labels
-from tests.test_api import png_bytes
+from tests._helpers import png_bytes
 
 N_ASSETS, N_OPERATORS = 1000, 8
 

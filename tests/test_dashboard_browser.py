@@ -6,12 +6,10 @@ import os
 
 import pytest
 
-from tests.test_review_browser import browser, shots  # noqa: F401 - fixtures reused
-
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 pytestmark = pytest.mark.browser
 PLOTS = ["plot-time", "plot-operators", "plot-coverage", "plot-agreement", "plot-versions", "plot-confusion",
-         "plot-prf", "plot-learning"]
+         "plot-prf", "plot-learning", "plot-savings"]
 
 
 @pytest.fixture
@@ -31,8 +29,8 @@ def dashboard_data(transactional_db, settings, world, trained, monkeypatch):
     return trained
 
 
-def test_the_dashboard_draws_every_plot(live_server, browser, shots, world, dashboard_data):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 2200})
+def test_the_dashboard_draws_every_plot(live_server, browser, shots, world, dashboard_data):
+    context = browser.new_context(viewport={"width": 1280, "height": 2700})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -48,6 +46,14 @@ def test_the_dashboard_draws_every_plot(live_server, browser, shots, world, dash
     assert page.locator("#plot-versions .errorbar").count() > 0  # confidence intervals drawn
     assert page.locator("#plot-prf .point").count() == 6  # precision and recall of 3 tags
     assert page.locator(".main-svg").count() >= len(PLOTS)
+    world.brand.refresh_from_db()
+    savings = world.brand.live_model.metrics.get("savings")
+    text = page.locator("#savings-text").inner_text()
+    if savings:  # labelling order vs random orders: two curves, the random range and the 95 % line
+        assert page.locator("#plot-savings .scatterlayer .trace").count() == 4
+        assert text.startswith(("Your order reached", "Not enough labels yet"))
+    else:  # the live model had too few held-out labels to be evaluated
+        assert text.startswith("Shown once a model is evaluated")
     assert path.stat().st_size > 20_000
     assert not errors, errors
     context.close()

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .test_review_browser import browser, fast_passwords, reviewable, shots, wait_for  # noqa: F401  (fixtures)
+from ._helpers import wait_for
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # the ORM between browser steps
 pytestmark = pytest.mark.browser
@@ -30,7 +30,7 @@ def _login(page, base, user):
 
 
 def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the_queue(
-    reviewable, live_server, browser, shots  # noqa: F811
+    reviewable, live_server, browser, shots
 ):
     from labeling.models import Cluster, Label
     from labeling.services import clusters, queue
@@ -85,7 +85,7 @@ def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the
 
 
 def test_the_map_draws_every_image_and_a_box_selection_feeds_the_bulk_action(
-    reviewable, live_server, browser, shots  # noqa: F811
+    reviewable, live_server, browser, shots
 ):
     from labeling.models import Asset
     from labeling.services import clusters

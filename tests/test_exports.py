@@ -11,7 +11,6 @@ from django.test import Client as HttpClient
 from django.urls import reverse
 
 from labeling.services import exporting, labels
-from tests.test_api import lib, make_asset  # noqa: F401 - fixture reused
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +21,7 @@ def fast_passwords(settings):
 
 
 @pytest.fixture
-def labeled(world, lib, monkeypatch):  # noqa: F811
+def labeled(world, lib, monkeypatch):
     monkeypatch.setattr(labels, "request_retrain_check", lambda tid: False)
     labels.save_label(world.brand, lib.assets[0], [lib.tags["nike"]], user=world.olga)
     labels.save_label(world.brand, lib.assets[1], [lib.tags["adidas"]], user=world.alice)

@@ -7,99 +7,23 @@ $TAGLOOP_SCREENSHOTS (default: the test's tmp_path) for a human to look at.
 from __future__ import annotations
 
 import os
-import shutil
-import time
-from pathlib import Path
-from types import SimpleNamespace
-from typing import Callable
 
 import pytest
+
+from tests._helpers import wait_for
+from tests.conftest import PER_BRAND, SEED_PER_BRAND
 
 # Playwright's sync API runs an event loop in this thread; Django would otherwise refuse
 # the ORM calls the test makes between browser steps.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-CHROMIUM = os.environ.get("TAGLOOP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"]
-PER_BRAND, SEED_PER_BRAND = 4, 2
-
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def shots(tmp_path) -> Callable:
-    folder = Path(os.environ.get("TAGLOOP_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def shoot(page, name: str) -> Path:
-        path = folder / f"{name}.png"
-        page.screenshot(path=str(path))
-        return path
-
-    return shoot
-
-
-@pytest.fixture
-def fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def reviewable(transactional_db, fast_passwords, world, shoe_paths, tmp_path, monkeypatch) -> SimpleNamespace:
-    """acme with 12 imported shoes, 2 per brand labeled, and a live first model."""
-    importing = pytest.importorskip("labeling.services.importing")
-    training = pytest.importorskip("labeling.services.training")
-    from labeling.models import Asset
-    from labeling.services import labels
-
-    # No broker in this test: a retrain must not be requested behind the test's back.
-    monkeypatch.setattr(labels, "request_retrain_check", lambda taxonomy_id: False)
-    folder = tmp_path / "shoes"
-    for brand, paths in shoe_paths["train"].items():
-        (folder / brand).mkdir(parents=True)
-        for p in paths[:PER_BRAND]:
-            shutil.copy(p, folder / brand / f"{brand}-{p.name}")  # names tell the brand
-    importing.import_paths(world.acme, folder, labels_taxonomy=None)
-    assets = list(Asset.objects.filter(client=world.acme).order_by("id"))
-    assert len(assets) == 3 * PER_BRAND
-    tags = {t.name: t.pk for t in world.brand.tags.all()}
-    seeded: dict[str, int] = {}
-    for asset in assets:
-        brand = asset.original_name.rsplit("/", 1)[-1].split("-", 1)[0]
-        if seeded.get(brand, 0) < SEED_PER_BRAND:
-            labels.save_label(world.brand, asset, [tags[brand]], user=world.alice)
-            seeded[brand] = seeded.get(brand, 0) + 1
-    run = training.train_now(world.brand)
-    assert run.state == "promoted", (run.state, run.error)
-    return world
 
 
 IMAGE_SHOWN = """() => {
   const img = document.getElementById('current-img');
   return !img.hidden && img.complete && img.naturalWidth > 0 && document.getElementById('review').dataset.asset !== '';
 }"""
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0):
-    """Poll the database until the browser's request has landed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for the database")
 
 
 def current_label(asset_id: int):

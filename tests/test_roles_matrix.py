@@ -25,7 +25,7 @@ from labeling.models import (
     BulkAction, Cluster, Clustering, ClusterMember, ImportJob, Label, LabelEvent, Lease, Membership, ModelVersion, Role,
     Suggestion, Tag, TrainingRun,
 )
-from tests.test_api import make_asset
+from tests._helpers import make_asset
 
 pytestmark = pytest.mark.django_db
 

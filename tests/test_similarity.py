@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from .conftest import login
-from .test_clusters import explored  # noqa: F401  (fixture)
 
 
 def test_neighbours_of_a_shoe_are_mostly_the_same_brand_and_never_another_clients_copy(explored):

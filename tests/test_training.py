@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from labeling.models import ImportJob, JobState, Label, ModelVersion, Suggestion, TrainingRun
-from labeling.services import importing, labels, training
+from labeling.services import dashboard, importing, labels, training
 from tests.conftest import BRANDS, copy_shoes
 
 
@@ -143,3 +143,23 @@ def test_a_multi_label_taxonomy_is_evaluated_with_each_models_own_thresholds(wor
     # Same labels, same data: the retrained model scores the same as the live one and stays "not worse".
     assert second.state == TrainingRun.State.PROMOTED, second.metrics
     assert second.metrics["live_score_same_holdout"] == pytest.approx(second.metrics["micro_f1"])
+
+
+def test_each_evaluated_model_replays_its_labelling_order_against_random_orders(world, shoe_paths, tmp_path):
+    truth = copy_shoes(shoe_paths, tmp_path / "lib", per_brand=25)
+    importing.import_paths(world.acme, tmp_path / "lib")
+    tags = {t.name: t.pk for t in world.brand.tags.all()}
+    # A deliberately bad order: every adidas first, then converse, then nike.
+    for a in sorted(world.acme.assets.all(), key=lambda a: (BRANDS.index(truth[a.original_name]), a.pk)):
+        labels.save_label(world.brand, a, [tags[truth[a.original_name]]], world.olga)
+    run = training.train_now(world.brand)
+    sv = run.metrics["savings"]
+    assert sv["labels"][-1] == run.metrics["n_train"]
+    assert len(sv["queue"]) == len(sv["random"]) == len(sv["labels"])
+    assert sv["queue"][-1] == sv["random"][-1]  # all the labels, whatever the order
+    # the first heads had seen one brand only: below every random order, and behind on average
+    assert sv["queue"][0] <= sv["random_min"][0]
+    assert sum(sv["queue"][:-1]) < sum(sv["random"][:-1])
+    # the dashboard shows the live model's replay
+    world.brand.refresh_from_db()
+    assert dashboard.live_report(world.brand)["savings"] == sv

@@ -154,7 +154,7 @@ def live_report(taxonomy: Taxonomy) -> dict | None:
     m = live.metrics or {}
     per_class = [{"tag": name, **vals} for name, vals in (m.get("per_class") or {}).items()]
     return {"version": live.version, "labels": m.get("labels") or [], "confusion": m.get("confusion") or [],
-            "per_class": per_class, "n_holdout": m.get("n_holdout", 0)}
+            "per_class": per_class, "n_holdout": m.get("n_holdout", 0), "savings": m.get("savings")}
 
 
 def gallery(taxonomy: Taxonomy) -> list[dict]:

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from ml.heads import train_head
 from ml.metrics import classification_metrics
+from ml.savings import replay_curve
 
 from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Taxonomy, TrainingRun
 from . import suggesting, vectors
@@ -120,6 +121,7 @@ def execute_run(run_id: int) -> TrainingRun:
 @dataclass
 class Dataset:
     asset_ids: np.ndarray
+    label_ids: np.ndarray  # creation order of the current labels (for the savings replay)
     holdout: np.ndarray  # bool mask
     y: np.ndarray  # (n,) class index, or (n, k) 0/1 for multi-label
     tag_ids: list[int]
@@ -135,7 +137,7 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
         .prefetch_related("tags")
         .order_by("asset_id")
     )
-    ids, holdout, ys = [], [], []
+    ids, label_ids, holdout, ys = [], [], [], []
     for label in labels:
         cols = [index[t.pk] for t in label.tags.all() if t.pk in index]
         if not cols:
@@ -147,11 +149,13 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
         else:
             ys.append(cols[0])
         ids.append(label.asset_id)
+        label_ids.append(label.pk)
         holdout.append(is_holdout(label.asset.sha256))
     y = np.array(ys, dtype=np.float32 if taxonomy.multilabel else np.int64)
     if taxonomy.multilabel:
         y = y.reshape(-1, len(tag_ids))
-    return Dataset(np.array(ids, dtype=np.int64), np.array(holdout, dtype=bool), y, tag_ids)
+    return Dataset(np.array(ids, dtype=np.int64), np.array(label_ids, dtype=np.int64),
+                   np.array(holdout, dtype=bool), y, tag_ids)
 
 
 def _score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, names: list[str], thresholds=None) -> dict:
@@ -165,6 +169,14 @@ def _score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, names: list[str], t
     m = classification_metrics(y, P, names)
     m["score"] = m["accuracy"]
     return m
+
+
+def _replay_score(taxonomy: Taxonomy, names: list[str]):
+    """The savings replay scores heads like the promotion check does (accuracy, or micro-F1
+    at each head's own thresholds for multi-label)."""
+    def score(head, X: np.ndarray, y: np.ndarray) -> float:
+        return float(_score(taxonomy, head.predict_proba(X), y, names, head.thresholds)["score"])
+    return score
 
 
 def _live_on(taxonomy: Taxonomy, X: np.ndarray, tag_ids: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -202,7 +214,7 @@ def _execute(run: TrainingRun) -> None:
         vectors.embed_assets(missing)
     found, X = vectors.vectors_for(taxonomy.client_id, data.asset_ids)
     keep = np.isin(data.asset_ids, found)
-    ids, y, hold = data.asset_ids[keep], data.y[keep], data.holdout[keep]
+    ids, y, hold, label_ids = data.asset_ids[keep], data.y[keep], data.holdout[keep], data.label_ids[keep]
     order = {int(a): r for r, a in enumerate(found)}
     X = X[[order[int(a)] for a in ids]]
     k = len(data.tag_ids)
@@ -227,6 +239,11 @@ def _execute(run: TrainingRun) -> None:
             metrics["live_score_same_holdout"] = old["score"]
             promote = new["score"] >= old["score"]
             reason = f"holdout score {new['score']:.4f} vs live {old['score']:.4f}"
+        _progress(run, 0.65, "replaying the labelling order against random orders")
+        tr = np.flatnonzero(train_mask)
+        metrics["savings"] = replay_curve(
+            X[tr], y[tr], np.argsort(label_ids[tr], kind="stable"), X[hold], y[hold], k,
+            multilabel=taxonomy.multilabel, score=_replay_score(taxonomy, names))
     if head.thresholds is not None:
         metrics["thresholds"] = [float(t) for t in head.thresholds]
     metrics["decision"] = reason

@@ -68,7 +68,28 @@
   plot("plot-learning", [{
     type: "scatter", mode: "lines+markers", name: "held-out accuracy", x: learn.map((v) => v.n_labels), y: ly,
     text: learn.map((v) => "v" + v.version), error_y: ci(ly, learn.map((v) => v.accuracy_ci95)), marker: { color: ACCENT },
-  }], { xaxis: { title: "labels" }, yaxis: { range: [0, 1.05], tickformat: ".0%" }, showlegend: false });
+  }], { xaxis: { title: "labels", rangemode: "tozero" }, yaxis: { range: [0, 1.05], tickformat: ".0%" }, showlegend: false });
+
+  // Label savings: same labels, labelling order vs random orders (ml.savings, run at training)
+  const sv = data.live && data.live.savings;
+  const band = sv ? sv.labels.concat(sv.labels.slice().reverse()) : [];
+  plot("plot-savings", sv ? [
+    { type: "scatter", mode: "lines", name: "random orders (range)", x: band,
+      y: sv.random_max.concat(sv.random_min.slice().reverse()), fill: "toself",
+      line: { width: 0 }, fillcolor: "rgba(152,162,179,0.25)", hoverinfo: "skip" },
+    { type: "scatter", mode: "lines+markers", name: "random order (mean)", x: sv.labels, y: sv.random, line: { color: MUTED, dash: "dot" } },
+    { type: "scatter", mode: "lines+markers", name: "your labelling order", x: sv.labels, y: sv.queue, line: { color: ACCENT } },
+    { type: "scatter", mode: "lines", name: "95% of the final score", x: [sv.labels[0], sv.labels[sv.labels.length - 1]],
+      y: [sv.target, sv.target], line: { color: WARN, dash: "dash", width: 1 } },
+  ] : [], { xaxis: { title: "labels", type: "log" }, yaxis: { range: [0, 1.05], tickformat: ".0%" } });
+  const svText = document.getElementById("savings-text");
+  if (svText) {
+    const reach = sv && sv.queue_to_95pct != null ? `Your order reached 95% of the final score after ${sv.queue_to_95pct} labels; ` : "";
+    svText.textContent = !sv ? "Shown once a model is evaluated on enough held-out labels."
+      : !reach ? "Not enough labels yet to compare orders."
+        : sv.labels_saved_pct > 0 ? `${reach}random orders needed ${sv.random_to_95pct}: ${sv.labels_saved_pct}% fewer labels.`
+          : `${reach}random orders needed ${sv.random_to_95pct}: no saving on these labels.`;
+  }
 
   const live = data.live;
   if (live) {

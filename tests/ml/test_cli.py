@@ -41,6 +41,18 @@ def test_evaluate_cli_shoes_head(tmp_path: Path):
     assert "| shoes-3 | head |" in proc.stdout
 
 
+def test_evaluate_cli_tunes_a_decision_bias_on_the_training_part(tmp_path: Path):
+    out = tmp_path / "shoes_bias.json"
+    _run("ml.evaluate", "--task", "shoes-3", "--method", "head", "--decision", "balanced_accuracy",
+         "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["decision"] == "per-class bias tuned for balanced_accuracy by inner CV"
+    (fold,) = r["folds"]
+    assert len(fold["decision_bias"]) == 3 and fold["decision_bias"][0] == 0.0
+    # balanced shoes: a bias can only nudge the head, never wreck it
+    assert r["balanced_accuracy"] >= 0.78
+
+
 def test_simulate_cli_default_strategy_beats_random(tmp_path: Path):
     """The product's default strategy ("diverse", ml.selection) against random labelling on
     shoes-3, one seed label per class, pages of 10, the same 3 seed sets for both.

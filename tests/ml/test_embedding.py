@@ -214,7 +214,7 @@ def test_gpu_decode_path_logic_on_cpu(shoes, onnx_embedder: Embedder, torch_embe
     is checked on machines without a GPU."""
     import torch
 
-    from ml.embedding import _embed_paths_cuda
+    from ml.embedding_cuda import embed_paths_cuda
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -238,7 +238,7 @@ def test_gpu_decode_path_logic_on_cpu(shoes, onnx_embedder: Embedder, torch_embe
     for gpu_decode in (True, False):
         monkeypatch.setattr(torch_embedder, "gpu_decode", gpu_decode)
         monkeypatch.setattr(torch_embedder, "batch_size", 8)  # > 1 batch, mixed sizes per batch
-        got = _embed_paths_cuda(torch_embedder, paths, device="cpu")
+        got = embed_paths_cuda(torch_embedder, paths, device="cpu")
         assert got.ok == want.ok and sorted(got.errors) == sorted(want.errors) == [len(paths) - 2, len(paths) - 1]
         cos = _cos(got.vectors, want.vectors)
         assert cos.min() >= 0.995, (gpu_decode, cos)

@@ -4,7 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from ml.heads import LinearHead, apply_reject, default_l2, out_of_fold_proba, reject_threshold, stratified_folds, train_head
+from ml.decision import apply_reject, reject_threshold
+from ml.heads import LinearHead, default_l2, out_of_fold_proba, stratified_folds, train_head
 from ml.metrics import multilabel_metrics
 from tests.ml._embeddings import shoes_embeddings
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 from django.conf import settings
@@ -79,12 +80,18 @@ class Command(BaseCommand):
         return creds
 
     def _seed(self, client: Client, taxonomy: Taxonomy, train_dir: Path, per_class: int) -> None:
-        """Label the first few training images of each brand, as a user's sorted folder would."""
+        """Label the first few training images of each brand, as a user's sorted folder would.
+        Brands take turns: the dashboard replays labels in the order they were made, and a
+        brand-by-brand seed would make v1's "your order vs random" curve look artificially bad."""
         tags = {t.name: t.pk for t in taxonomy.tags.all()}
-        n = 0
+        per_brand = []
         for brand in BRANDS:
             names = [p.name for p in sorted((train_dir / brand).glob("*.jpg"))[:per_class]]
-            for asset in client.assets.filter(original_name__in=[f"{brand}/{n}" for n in names]):
+            assets = client.assets.filter(original_name__in=[f"{brand}/{n}" for n in names]).order_by("pk")
+            per_brand.append([(a, brand) for a in assets])
+        n = 0
+        for turn in zip_longest(*per_brand):
+            for asset, brand in filter(None, turn):
                 labels.save_label(taxonomy, asset, [tags[brand]], source=Label.Source.IMPORTED)
                 n += 1
         self.stdout.write(f"seeded {n} labels ({per_class} per brand)")

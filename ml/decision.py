@@ -1,0 +1,153 @@
+"""Decision rules on top of class probabilities, tuned on validation data.
+
+A head trained class-balanced answers "which class is most likely under equal priors".
+What a user scores is often something else: balanced accuracy on a task that is 90 % "other"
+(the seed's Nike / Adidas / Puma / other), macro-F1 of logo vs no-logo, or plain accuracy.
+``fit_class_bias`` finds one additive log-bias per class that maximises the chosen score on
+held-out (out-of-fold) probabilities; ``apply_bias`` applies it to new probabilities. For two
+classes this is exactly a tuned decision threshold (seed 002's precision / recall trade-off).
+
+Fitting is coordinate ascent over a fixed grid: deterministic, no gradients, and the scores
+are piecewise constant anyway. Ties keep the smaller |bias| (prefer the untuned rule).
+
+Also here: per-tag thresholds for multi-label heads (``tune_tag_thresholds``) and the
+"neither / other" reject rule on top-1 probability (``reject_threshold`` / ``apply_reject``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+MIN_POSITIVES_FOR_THRESHOLD = 5  # fewer positives -> a tuned multi-label threshold is noise
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1")
+GRID = np.round(np.arange(-3.0, 3.0001, 0.25), 2)  # log-bias: x0.05 .. x20 on a class's odds
+
+
+def _accuracy(y: np.ndarray, pred: np.ndarray, k: int = 0) -> float:
+    return float((pred == y).mean())
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int = 0) -> float:
+    """Mean recall over the classes present in y (scikit-learn's balanced_accuracy_score)."""
+    recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int = 0) -> float:
+    f1 = []
+    for c in np.unique(y):  # classes absent from y would score 0 by convention: skip them
+        tp = np.sum((pred == c) & (y == c))
+        denom = np.sum(pred == c) + np.sum(y == c)
+        f1.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1))
+
+
+SCORE_FNS: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
+    "accuracy": _accuracy, "balanced_accuracy": balanced_accuracy, "macro_f1": _macro_f1,
+}
+
+
+def apply_bias(proba: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Probabilities (n, k) reweighted by exp(bias) per class and renormalised."""
+    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, None)) + np.asarray(bias, np.float64)
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def fit_class_bias(proba: np.ndarray, y: np.ndarray, score: str = "balanced_accuracy",
+                   passes: int = 3, grid: np.ndarray = GRID) -> np.ndarray:
+    """Per-class log-bias (k,) maximising ``score`` of argmax(log proba + bias) on (proba, y).
+
+    Use out-of-fold probabilities of the *training* data, never the test set. The first class's
+    bias stays 0 (only differences matter), so k classes have k - 1 free parameters; a class
+    with no validation sample keeps 0 too (nothing to tune it on)."""
+    if score not in SCORE_FNS:
+        raise ValueError(f"unknown score {score!r}; choose from {SCORES}")
+    fn = SCORE_FNS[score]
+    proba = np.asarray(proba, np.float64)
+    y = np.asarray(y, np.int64)
+    n, k = proba.shape
+    if n == 0 or k < 2:
+        return np.zeros(k)
+    logp = np.log(np.clip(proba, 1e-12, None))
+    bias = np.zeros(k)
+    best = fn(y, logp.argmax(1), k)
+    present = set(np.unique(y).tolist())
+    for _ in range(passes):
+        improved = False
+        for c in range(1, k):
+            if c not in present:
+                continue
+            keep = bias[c]
+            for v in sorted(grid, key=abs):  # ties keep the smaller |bias|
+                bias[c] = v
+                s = fn(y, (logp + bias).argmax(1), k)
+                if s > best + 1e-12:
+                    best, keep, improved = s, v, True
+            bias[c] = keep
+        if not improved:
+            break
+    return bias
+
+
+# ---- multi-label thresholds and the "other" reject rule (used by ml.heads and callers)
+
+
+def tune_tag_thresholds(oof: np.ndarray | None, Y: np.ndarray) -> np.ndarray:
+    """Per-tag threshold maximising out-of-fold F1; 0.5 for tags with too little evidence."""
+    k = Y.shape[1]
+    thresholds = np.full(k, 0.5)
+    if oof is None:
+        return thresholds
+    ok = ~np.isnan(oof).any(axis=1)
+    grid = np.linspace(0.02, 0.98, 49)
+    for j in range(k):
+        yj, pj = Y[ok, j] > 0, oof[ok, j]
+        if yj.sum() < MIN_POSITIVES_FOR_THRESHOLD:
+            continue
+        pred = pj[None, :] >= grid[:, None]
+        tp = (pred & yj).sum(axis=1)
+        f1 = 2 * tp / np.maximum(pred.sum(axis=1) + yj.sum(), 1)
+        best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+        # among equally good thresholds take the middle one: the most robust to drift
+        thresholds[j] = grid[best[len(best) // 2]]
+    return thresholds
+
+
+def reject_threshold(P_val: np.ndarray, y_val: np.ndarray, other_index: int) -> float:
+    """Top-1 probability below which predicting ``other_index`` maximises validation accuracy.
+
+    Rule (see ``apply_reject``): predict argmax unless max prob < threshold, then "other".
+    Returns 0.0 (never reject) when rejecting does not help; among equally good cuts the lowest
+    wins so the head keeps as many of its own answers as possible.
+    """
+    P_val = np.asarray(P_val, dtype=np.float64)
+    y_val = np.asarray(y_val)
+    if len(y_val) == 0:
+        return 0.0
+    conf = P_val.max(axis=1)
+    order = np.argsort(conf, kind="stable")
+    c = conf[order]
+    kept_right = (P_val.argmax(axis=1) == y_val)[order]  # right answer if not rejected
+    rejected_right = (y_val == other_index)[order]  # right answer if rejected
+    # gain[i] = accuracy change (in items) from rejecting the i+1 least confident items
+    gain = np.cumsum(rejected_right.astype(int) - kept_right.astype(int))
+    # a threshold cannot separate equal confidences: only cut where the next one is larger
+    valid = np.append(c[1:] > c[:-1], True)
+    gain = np.where(valid, gain, np.iinfo(np.int64).min)
+    i = int(np.argmax(gain))  # first (lowest) best cut
+    if gain[i] <= 0:
+        return 0.0
+    if i + 1 < len(c):
+        return float((c[i] + c[i + 1]) / 2)  # midway to the first item that is kept
+    return float(np.nextafter(c[i], np.inf))  # reject everything
+
+
+def apply_reject(P: np.ndarray, threshold: float, other_index: int) -> np.ndarray:
+    """argmax predictions with low-confidence rows replaced by ``other_index``."""
+    P = np.asarray(P)
+    pred = P.argmax(axis=1)
+    pred[P.max(axis=1) < threshold] = other_index
+    return pred
