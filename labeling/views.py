@@ -251,6 +251,9 @@ def undo_json(request: HttpRequest) -> JsonResponse:
         {
             "undone": label.asset_id if label else None,
             "previous_label_restored": restored,
+            # unlabeled again: back to the front of this operator's queue, whichever session
+            # labeled it (the page may no longer hold it)
+            "item": queue.item_for(taxonomy, label.asset, request.user) if label and not restored else None,
             "status": queue.queue_status(taxonomy),
         }
     )

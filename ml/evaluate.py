@@ -286,7 +286,9 @@ def _ft_overrides(pairs: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, choices=TASKS)
+    ap.add_argument("--task", required=True, choices=[*TASKS, "all"],
+                    help="'all': every task with its best measured recipe (ml.report), printed "
+                         "next to the issue's baselines and targets; method options are ignored")
     ap.add_argument("--backbone", default="efficientnet-lite0",
                     help="feature backbone; heads also take a '+'-joined list whose features "
                          "are concatenated, e.g. efficientnet-lite0+efficientnet-lite2")
@@ -311,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="feature cache folder")
     ap.add_argument("--json", required=True, help="write the result here")
     a = ap.parse_args(argv)
+    if a.task == "all":
+        return _main_all(a, argv)
     method = "finetune" if a.finetune else a.method
     boxes = None if a.boxes is None else a.boxes == "yes"
     r = evaluate(a.task, method, backbone=a.backbone, spec=a.features, use_boxes=boxes,
@@ -323,6 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.json).write_text(json.dumps(r, indent=1))
     print(TABLE_HEADER)
     print(format_row(r))
+    return 0
+
+
+def _main_all(a: argparse.Namespace, argv: list[str] | None) -> int:
+    from ml.report import format_summary, run_all
+
+    r = run_all(evaluate, data_dir=a.data, cache_dir=a.cache, seed=a.seed, max_folds=a.folds)
+    r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(r, indent=1))
+    print(TABLE_HEADER)
+    for t in r["tasks"].values():
+        print(format_row(t))
+    print()
+    print(format_summary(r["summary"]))
     return 0
 
 

@@ -132,6 +132,11 @@ class VectorStore:
         found = (self._sorted_ids[pos] == ids) if hit else np.zeros(len(ids), dtype=bool)
         return np.where(found, self._order[pos] if hit else -1, -1)
 
+    def version(self) -> tuple[str, ...]:
+        """Changes whenever vectors are added or compacted (shard names are never reused):
+        a cheap key for "is what I derived from this store still current?"."""
+        return tuple(self._shards())
+
     def ids(self) -> np.ndarray:
         self._refresh()
         return self._ids.copy()

@@ -271,7 +271,24 @@ def test_undo_of_a_relabel_brings_back_the_older_label(world, model, assets):
     post_json(c, urls(world, "label_json"), {"asset": assets[0].pk, "tags": [ids["adidas"]]})
     r = c.post(urls(world, "undo_json")).json()
     assert r["undone"] == assets[0].pk and r["previous_label_restored"] is True
+    assert r["item"] is None  # still labeled: nothing to put back in the queue
     assert [t.name for t in Label.objects.get(asset=assets[0], is_current=True).tags.all()] == ["nike"]
+
+
+def test_undo_sends_the_image_back_with_its_suggestion_and_leases_it_to_the_operator(world, model, assets):
+    """Labeled in an earlier session (the page no longer holds it): the answer carries the
+    queue item, so the page can show it first, and no other operator is served it meanwhile."""
+    c = as_user(world.olga)
+    last = c.get(urls(world, "queue_json"), {"limit": 6}).json()["items"][-1]
+    post_json(c, urls(world, "label_json"), {"asset": last["asset"], "tags": last["suggested"]})
+    r = c.post(urls(world, "undo_json")).json()
+    item = r["item"]
+    assert item["asset"] == last["asset"] and item["suggested"] == last["suggested"]
+    assert [t["tag"] for t in item["tags"]] == [t["tag"] for t in last["tags"]]
+    other = c.get(urls(world, "queue_json"), {"limit": 6}).json()["items"]
+    assert last["asset"] in [i["asset"] for i in other]  # still hers
+    served = as_user(world.alice).get(urls(world, "queue_json"), {"limit": 6}).json()["items"]
+    assert last["asset"] not in [i["asset"] for i in served]
 
 
 def test_status_json(world, model):

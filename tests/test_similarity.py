@@ -70,6 +70,15 @@ def test_index_adds_new_vectors_and_a_failed_rebuild_keeps_the_old_file(explored
     assert index.ntotal == 24 and path.exists()
     vectors.store_for(client_id).add(np.array([10_000]), np.ones((1, index.dim), np.float32))
     assert similarity.get_index(client_id).ntotal == 25  # added, no rebuild needed
+    # once checked, and with nothing stored since, the index is trusted without listing and
+    # comparing every id again
+    from ml.vectorstore import VectorStore
+
+    assert similarity.get_index(client_id).ntotal == 25
+
+    with monkeypatch.context() as m:
+        m.setattr(VectorStore, "ids", lambda self: pytest.fail("ids listed although nothing changed"))
+        assert similarity.get_index(client_id).ntotal == 25
     before = path.read_bytes()
 
     def broken(*args, **kwargs):

@@ -88,21 +88,7 @@ def _batch(
             .select_related("asset", "model_version")
             .order_by(*ORDERS[order])[:limit]
         )
-        for s in rows:
-            mv = s.model_version
-            ranked = sorted(zip(mv.tag_ids, s.probs), key=lambda tp: -tp[1])
-            items.append(
-                _item(
-                    s.asset,
-                    [
-                        {"tag": tid, "name": tags[tid].path, "prob": round(float(p), 4)}
-                        for tid, p in ranked
-                        if tid in tags and not tags[tid].retired
-                    ],
-                    uncertainty=s.uncertainty,
-                    suggested=sorted(suggested_tag_ids(taxonomy, s)),
-                )
-            )
+        items += [_suggestion_item(taxonomy, s, tags) for s in rows]
     if len(items) < limit:
         # Assets the live model has not scored yet (new imports) or no model at all.
         seen = [i["asset"] for i in items] + list(exclude)
@@ -119,6 +105,30 @@ def _batch(
         )
         items += [_item(a, [], uncertainty=None, suggested=[]) for a in rest]
     return items
+
+
+def item_for(taxonomy: Taxonomy, asset: Asset, user) -> dict:
+    """One asset as a queue item (with the live model's suggestion when there is one), leased
+    to ``user``: what an undo puts back at the front of the operator's queue."""
+    s = (Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, asset=asset)
+         .select_related("asset", "model_version").first()) if taxonomy.live_model_id else None
+    tags = {t.pk: t for t in taxonomy.tags.all()}
+    expires = timezone.now() + timedelta(seconds=LEASE_SECONDS)
+    # one lease per asset: the operator who undid the label takes it over (a labeled asset is
+    # in nobody's queue, so any other lease on it is a stale one)
+    Lease.objects.update_or_create(taxonomy=taxonomy, asset=asset, defaults={"user": user, "expires": expires})
+    return _suggestion_item(taxonomy, s, tags) if s else _item(asset, [], uncertainty=None, suggested=[])
+
+
+def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict) -> dict:
+    ranked = sorted(zip(s.model_version.tag_ids, s.probs), key=lambda tp: -tp[1])
+    return _item(
+        s.asset,
+        [{"tag": tid, "name": tags[tid].path, "prob": round(float(p), 4)}
+         for tid, p in ranked if tid in tags and not tags[tid].retired],
+        uncertainty=s.uncertainty,
+        suggested=sorted(suggested_tag_ids(taxonomy, s)),
+    )
 
 
 def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested: list[int]) -> dict:

@@ -32,6 +32,11 @@ def index_path(client_id: int, backbone: str | None = None) -> Path:
     return settings.TAGLOOP_VECTOR_DIR / str(client_id) / (backbone or vectors.backbone_name()) / "index.faiss"
 
 
+# index path -> (index file mtime, store version) last seen to hold exactly the stored ids;
+# saves listing and comparing every id (~0.2 s at 1M vectors) on each "more like this".
+_in_sync: dict[str, tuple] = {}
+
+
 @functools.lru_cache(maxsize=4)  # a 1M-image index holds 2.6 GB
 def _load(path: str, mtime_ns: int) -> VectorIndex:
     # mtime in the key: after a rebuild's os.replace the next read opens the new file, while
@@ -57,7 +62,11 @@ def get_index(client_id: int, backbone: str | None = None) -> VectorIndex | None
     store = vectors.store_for(client_id, backbone)
     if not path.exists():
         return rebuild(client_id, backbone)
-    index = _load(str(path), path.stat().st_mtime_ns)
+    mtime = path.stat().st_mtime_ns
+    index = _load(str(path), mtime)
+    key = (mtime, store.version())
+    if _in_sync.get(str(path)) == key:  # nothing stored or rebuilt since the last full check
+        return index
     stored = store.ids()
     if len(stored) != index.ntotal or not np.isin(stored, index.ids()).all():
         missing = np.setdiff1d(stored, index.ids())
@@ -67,8 +76,9 @@ def get_index(client_id: int, backbone: str | None = None) -> VectorIndex | None
             fresh.add(found, X)
             with _lock:
                 fresh.save(path)
-            return fresh
+            return fresh  # the next read checks the saved file once (another process may race)
         return rebuild(client_id, backbone)  # ids vanished or changed: start over
+    _in_sync[str(path)] = key
     return index
 
 

@@ -30,7 +30,8 @@
 
   const t = data.over_time;
   plot("plot-time", Object.entries(t.series).map(([who, ys]) => ({ type: "bar", name: who, x: t.days, y: ys })),
-    { barmode: "stack", yaxis: { title: "labels" } });
+    // one bar per day: with every label on one day plotly would otherwise zoom into milliseconds
+    { barmode: "stack", yaxis: { title: "labels" }, xaxis: { type: "date", tickformat: "%b %d", dtick: 86400000 } });
 
   const ops = data.by_operator;
   plot("plot-operators", ["accepted", "corrected", "manual", "imported"].map((src) => ({

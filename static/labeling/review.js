@@ -205,11 +205,12 @@
           const [item] = state.history.splice(idx, 1);
           putBack(item);
           toast(`Undone: ${item.name}`, "ok");
+        } else if (res.item) {
+          // Labeled in an earlier session: the server sends it back to the front of the queue.
+          putBack(res.item);
+          toast(`Undone: ${res.item.name}`, "ok");
         } else {
-          // Labeled in an earlier session: it is back in the queue, wherever its turn is.
-          toast("Undone: that image is back in the queue.", "ok");
-          state.exhausted = false;
-          refill();
+          toast("Undone: an older label of that image is current again.", "ok");
         }
       })
       .catch((err) => toast(`Undo failed: ${err.message}`, "error"));

@@ -1,0 +1,66 @@
+"""All four benchmark tasks with their best measured recipe, next to the baselines and targets.
+
+    python -m ml.evaluate --task all --json out/all.json
+
+Prints the issue's table (baseline, seed figure, target) with what this code measures now on
+the same data, one `ml.evaluate` run per task. Each recipe is the best row of
+docs/ml-results.md for that task; none of them looks at a test fold to choose anything (specs,
+L2 strengths and decision biases come from inner CV on the training part).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+LITE0, BOTH = "efficientnet-lite0", "efficientnet-lite0+efficientnet-lite2"
+
+# task -> (metric key, label, issue baseline, seed figure, target, evaluate() kwargs)
+RECIPES: dict[str, tuple[str, str, float, str, float, dict]] = {
+    "shoes-3": ("accuracy", "test accuracy", 0.807, "88.6 % (seed 000)", 0.88,
+                {"method": "search", "backbone": "efficientnet-lite2"}),
+    "fl27-4way": ("balanced_accuracy", "balanced accuracy (5-fold CV)", 0.69, "76.4 % (seed 001)", 0.80,
+                  {"method": "multicrop", "backbone": LITE0, "use_boxes": True,
+                   "fine_labels": "sum", "decision": "balanced_accuracy"}),
+    "fl27-28way": ("accuracy", "accuracy (5-fold CV)", 0.73, "-", 0.82,
+                   {"method": "multicrop", "backbone": BOTH, "use_boxes": True}),
+    "fl27-logo": ("macro_f1", "macro-F1 (5-fold CV)", 0.94, "77 % P / 40 % R (seed 002)", 0.96,
+                  {"method": "multicrop", "backbone": BOTH, "use_boxes": True,
+                   "fine_labels": "sum", "decision": "macro_f1"}),
+}
+
+
+def _recipe_text(kw: dict) -> str:
+    parts = [f"--method {kw['method']}", f"--backbone {kw['backbone']}"]
+    if kw.get("use_boxes"):
+        parts.append("--boxes yes")
+    if kw.get("fine_labels"):
+        parts.append(f"--fine-labels {kw['fine_labels']}")
+    if kw.get("decision"):
+        parts.append(f"--decision {kw['decision']}")
+    return " ".join(parts)
+
+
+def run_all(evaluate: Callable[..., dict], *, data_dir: str | None = None,
+            cache_dir: str | None = None, seed: int = 0, max_folds: int | None = None) -> dict:
+    """One evaluate() per task with its recipe; returns {"tasks": {task: result}, "summary": [...]}."""
+    results, summary = {}, []
+    for task, (key, label, baseline, seed_fig, target, kw) in RECIPES.items():
+        print(f"== {task}: {_recipe_text(kw)}", file=sys.stderr)
+        r = evaluate(task, data_dir=data_dir, cache_dir=cache_dir, seed=seed, max_folds=max_folds, **kw)
+        results[task] = r
+        summary.append({"task": task, "metric": label, "percent": key == "accuracy",
+                        "baseline": baseline, "seed_figure": seed_fig,
+                        "target": target, "measured": r[key], "met": r[key] >= target,
+                        "recipe": _recipe_text(kw), "seconds": r["seconds"]})
+    return {"tasks": results, "summary": summary}
+
+
+def format_summary(summary: list[dict]) -> str:
+    lines = ["| task | metric | baseline | seed's figure | target | measured | met? | recipe |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        fmt = (lambda v: f"{100 * v:.1f} %") if s["percent"] else (lambda v: f"{v:.3f}")
+        lines.append(f"| {s['task']} | {s['metric']} | {fmt(s['baseline'])} | {s['seed_figure']} | "
+                     f">= {fmt(s['target'])} | {fmt(s['measured'])} | {'yes' if s['met'] else 'no'} | "
+                     f"`{s['recipe']}` |")
+    return "\n".join(lines)
