@@ -157,6 +157,8 @@ class Asset(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     format = models.CharField(max_length=16, blank=True)
+    # perceptual hash of the thumbnail (ml.phash): finds re-encoded / resized copies
+    phash = models.BigIntegerField(null=True, blank=True)
     # Name of the backbone whose vector is in the vector store; blank = not embedded yet.
     embedded_with = models.CharField(max_length=64, blank=True, db_index=True)
     created = models.DateTimeField(auto_now_add=True)

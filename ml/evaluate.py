@@ -7,8 +7,10 @@ Methods
                 (default ``center:mean`` = the baseline: global center crop).
 - ``multicrop`` the same head on multi-view features (tiles at higher resolution, flip,
                 full image) + annotated box crops as extra training rows (training folds only).
-- ``search``    per outer fold, picks the spec/box option by an inner stratified CV on the
-                training part only (the test fold is never looked at), then retrains.
+- ``search``    per outer fold, picks the spec/box option -- and the backbone, when
+                ``--backbone`` lists several candidates separated by commas -- by an inner
+                stratified CV on the training part only (the test fold is never looked at),
+                then retrains.
 - ``finetune``  ml.finetune on each training part (its own validation split inside it).
 
 fl27 tasks: 5-fold CV over deduplicated samples; metrics on the concatenated out-of-fold
@@ -27,7 +29,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from ml.datasets import TASKS, Task, load_task
-from ml.decision import SCORES, apply_bias, balanced_accuracy, fit_class_bias
+from ml.decision import SCORE_FNS, SCORES, apply_bias, fit_class_bias
 from ml.features import ConcatStore, FeatureStore, box_features, make_store, spec_features, spec_views
 
 Store = FeatureStore | ConcatStore
@@ -45,12 +47,6 @@ SEARCH_SPACE: list[tuple[str, bool]] = [
     ("center,flip:mean+full:mean+tiles2,tiles3:meanmax", True),
 ]
 INNER_FOLDS = 3
-
-
-def _score(y: np.ndarray, proba: np.ndarray) -> float:
-    """Selection score: balanced accuracy (fl27-4way is 90 % "other": plain accuracy
-    would reward never predicting a brand)."""
-    return balanced_accuracy(y, proba.argmax(1))
 
 
 def fit_predict(task: Task, store: Store, spec: str, use_boxes: bool,
@@ -86,22 +82,28 @@ def _inner_splits(task: Task, train_idx: np.ndarray, seed: int) -> list[tuple[np
     return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(train_idx, y))
 
 
-def search_config(task: Task, store: Store, train_idx: np.ndarray,
-                  seed: int = 0) -> tuple[tuple[str, bool], list[dict]]:
-    """Inner stratified CV on the training part only; returns the best (spec, boxes)."""
+def search_config(task: Task, stores: dict[str, Store], train_idx: np.ndarray, seed: int = 0,
+                  fine: str | None = None,
+                  score: str = "balanced_accuracy") -> tuple[tuple[str, str, bool], list[dict]]:
+    """Inner stratified CV on the training part only; returns the best (backbone, spec, boxes)
+    over every candidate backbone x SEARCH_SPACE by ``score`` (default balanced accuracy:
+    fl27-4way is 90 % "other", plain accuracy would reward never predicting a brand; with
+    --decision, the score being tuned for). Seeds 000 / 003: compare, keep the best."""
     y = task.y[train_idx]
     inner = _inner_splits(task, train_idx, seed)
     results = []
-    for spec, boxes in SEARCH_SPACE:
-        X = spec_features(store, task.shas, spec)
-        oof = np.zeros((len(train_idx), task.n_classes))
-        for tr, va in inner:
-            oof[va] = fit_predict(task, store, spec, boxes, train_idx[tr], train_idx[va], seed, X)
-        results.append({"spec": spec, "boxes": boxes, "inner_balanced_acc": _score(y, oof)})
-        print(f"    inner {spec} boxes={boxes}: {results[-1]['inner_balanced_acc']:.4f}",
-              file=sys.stderr)
-    best = max(results, key=lambda r: r["inner_balanced_acc"])
-    return (best["spec"], best["boxes"]), results
+    for name, store in stores.items():
+        for spec, boxes in SEARCH_SPACE:
+            X = spec_features(store, task.shas, spec)
+            oof = np.zeros((len(train_idx), task.n_classes))
+            for tr, va in inner:
+                oof[va] = fit_predict(task, store, spec, boxes, train_idx[tr], train_idx[va], seed, X, fine)
+            results.append({"backbone": name, "spec": spec, "boxes": boxes, "inner_metric": score,
+                            "inner_score": SCORE_FNS[score](y, oof.argmax(1))})
+            print(f"    inner {name} {spec} boxes={boxes}: {score} {results[-1]['inner_score']:.4f}",
+                  file=sys.stderr)
+    best = max(results, key=lambda r: r["inner_score"])
+    return (best["backbone"], best["spec"], best["boxes"]), results
 
 
 def tune_decision(task: Task, store: Store, spec: str, use_boxes: bool, train_idx: np.ndarray,
@@ -115,30 +117,34 @@ def tune_decision(task: Task, store: Store, spec: str, use_boxes: bool, train_id
     return fit_class_bias(oof, task.y[train_idx], score)
 
 
-def run_features(task: Task, store: Store, method: str, spec: str | None,
+def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | None,
                  use_boxes: bool, seed: int, fine: str | None = None,
                  decision: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Head-based methods. Returns (test indices, probabilities, per-fold info).
+    stores: backbone name -> feature store; several only for "search" (candidates).
     decision: None = argmax of the head; a score name (ml.decision.SCORES) = per-class bias
     tuned for that score by inner CV on each training part, applied to the test fold."""
     specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
     views = sorted({v for s in specs for v in spec_views(s)} |
                    ({"boxes"} if use_boxes or method == "search" else set()))
-    store.ensure(task.paths, task.shas, views, task.boxes)
+    for store in stores.values():
+        store.ensure(task.paths, task.shas, views, task.boxes)
     idx, probas, info = [], [], []
     for k, (tr, te) in enumerate(task.splits):
-        chosen, trials = (spec, use_boxes), []
+        chosen, trials = (next(iter(stores)), spec, use_boxes), []
         if method == "search":
-            chosen, trials = search_config(task, store, tr, seed)
-        p = fit_predict(task, store, chosen[0], chosen[1], tr, te, seed, fine=fine)
+            chosen, trials = search_config(task, stores, tr, seed, fine, decision or "balanced_accuracy")
+        store = stores[chosen[0]]
+        p = fit_predict(task, store, chosen[1], chosen[2], tr, te, seed, fine=fine)
         bias = None
         if decision:
-            bias = tune_decision(task, store, chosen[0], chosen[1], tr, seed, fine, decision)
+            bias = tune_decision(task, store, chosen[1], chosen[2], tr, seed, fine, decision)
             p = apply_bias(p, bias)
         idx.append(te)
         probas.append(p)
-        info.append({"fold": k, "spec": chosen[0], "boxes": chosen[1], "n_train": len(tr),
-                     "accuracy": float((p.argmax(1) == task.y[te]).mean()), "search": trials,
+        info.append({"fold": k, "backbone": chosen[0], "spec": chosen[1], "boxes": chosen[2],
+                     "n_train": len(tr), "accuracy": float((p.argmax(1) == task.y[te]).mean()),
+                     "search": trials,
                      "decision_bias": None if bias is None else [round(float(b), 2) for b in bias]})
         print(f"  fold {k}: {chosen} acc={info[-1]['accuracy']:.4f}", file=sys.stderr)
     return np.concatenate(idx), np.concatenate(probas), info
@@ -237,8 +243,11 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
     else:
         spec = spec or (BASELINE_SPEC if method == "head" else MULTICROP_SPEC)
         use_boxes = (method == "multicrop") if use_boxes is None else use_boxes
-        store = make_store(backbone, cache_dir=cache_dir)
-        idx, proba, folds = run_features(task, store, method, spec, use_boxes, seed, fine_labels,
+        candidates = [b.strip() for b in backbone.split(",") if b.strip()]
+        if len(candidates) > 1 and method != "search":
+            raise ValueError("several backbones (comma-separated) are candidates for --method search only")
+        stores = {b: make_store(b, cache_dir=cache_dir) for b in candidates}
+        idx, proba, folds = run_features(task, stores, method, spec, use_boxes, seed, fine_labels,
                                          decision)
     m = classification_metrics(task.y[idx], proba, task.labels)
     return {
@@ -291,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                          "next to the issue's baselines and targets; method options are ignored")
     ap.add_argument("--backbone", default="efficientnet-lite0",
                     help="feature backbone; heads also take a '+'-joined list whose features "
-                         "are concatenated, e.g. efficientnet-lite0+efficientnet-lite2")
+                         "are concatenated, e.g. efficientnet-lite0+efficientnet-lite2; with "
+                         "--method search a ','-separated list of candidates, chosen per fold "
+                         "by inner CV (architecture search)")
     ap.add_argument("--method", default="search", choices=["head", "multicrop", "search", "finetune"])
     ap.add_argument("--finetune", action="store_true", help="same as --method finetune")
     ap.add_argument("--features", help="feature spec, e.g. 'center,flip:mean+tiles3:max'")

@@ -115,17 +115,31 @@ def test_a_reader_keeps_its_index_while_a_rebuild_swaps_the_file(explored):
 
 
 def test_near_duplicates_are_grouped_and_the_group_offers_its_label_to_the_rest(explored, tmp_path, client):
-    from labeling.services import duplicates, importing
+    from labeling.services import duplicates, importing, vectors
 
     original = explored.assets[explored.seeded[0]]
     img = Image.open(original.file.path).convert("RGB")
     (tmp_path / "dups").mkdir()
     # Resized and re-encoded (cosine ~0.99; see duplicates.NEAR_DUP_COSINE for what is caught).
     img.resize((img.width * 2, img.height * 2), Image.BICUBIC).save(tmp_path / "dups" / "bigger.jpg", quality=90)
+    # Shrunk and recompressed hard: the embedding drifts below NEAR_DUP_COSINE, the
+    # perceptual hash does not.
+    img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.BICUBIC).save(tmp_path / "dups" / "small.jpg", quality=70)
     importing.import_paths(explored.world.acme, tmp_path / "dups")
     copy = explored.world.acme.assets.get(original_name__endswith="bigger.jpg")
+    small = explored.world.acme.assets.get(original_name__endswith="small.jpg")
+    assert small.phash is not None
+    found, X = vectors.vectors_for(explored.world.acme.pk, [original.pk, small.pk])
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    assert X[0] @ X[1] < duplicates.NEAR_DUP_COSINE  # the embedding alone would miss it
+    # an asset imported before hashes existed gets one from its thumbnail when needed
+    type(small).objects.filter(pk=small.pk).update(phash=None)
     group = next(g for g in duplicates.groups(explored.world.acme.pk) if original.pk in g)
-    assert copy.pk in group
+    assert copy.pk in group and small.pk in group
+    small.refresh_from_db()
+    assert small.phash is not None
+    # no other shoe photo of the library joins them
+    assert set(group) == {original.pk, copy.pk, small.pk}
     offer = duplicates.offer(explored.world.brand, group)
     assert offer["tags"] == [explored.tags[explored.truth[original.pk]]] and copy.pk in offer["assets"]
     login(client, explored.world.alice)

@@ -17,6 +17,7 @@ from typing import BinaryIO
 from django.conf import settings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ml.phash import phash
 from ml.preprocess import load_rgb
 
 # Formats we store and can show in every browser (or convert for the thumbnail: TIFF, BMP).
@@ -54,6 +55,7 @@ class Decoded:
     format: str
     extension: str
     thumbnail: bytes  # JPEG, RGB, longest side <= TAGLOOP_THUMB_SIZE
+    phash: int  # ml.phash of the thumbnail (near-duplicate detection)
 
 
 def max_file_bytes() -> int:
@@ -150,4 +152,5 @@ def decode(fp: BinaryIO, thumb_size: int | None = None) -> Decoded:
             if max(img.size) > thumb_size else img
         buf = io.BytesIO()
         thumb.save(buf, "JPEG", quality=85, optimize=True)
-    return Decoded(width, height, fmt, EXTENSION_OF[fmt], buf.getvalue())
+        fingerprint = phash(thumb)
+    return Decoded(width, height, fmt, EXTENSION_OF[fmt], buf.getvalue(), fingerprint)

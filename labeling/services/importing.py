@@ -227,6 +227,7 @@ class _Importer:
         asset = Asset(
             client=self.job.client, import_job=self.job, original_name=entry.name[:500], sha256=spooled.sha256,
             byte_size=spooled.byte_size, width=info.width, height=info.height, format=info.format,
+            phash=info.phash,
         )
         spooled.file.seek(0)
         # Original bytes as uploaded; the storage name comes from sha256 (see asset_upload_to).
