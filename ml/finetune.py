@@ -25,13 +25,13 @@ import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2 as T
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from ml.backbones import load_backbone
 from ml.decision import balanced_accuracy
-from ml.preprocess import load_rgb, normalize, resize_crop
+from ml.finetune_data import TrainSet, eval_inputs, load_images  # noqa: F401 - load_images is API
+from ml.preprocess import normalize
 
 
 @dataclass
@@ -174,64 +174,6 @@ class _FrozenModule(nn.Module):
         return self.model.forward_frozen(x)
 
 
-def load_images(paths: Sequence[str], max_side: int) -> tuple[list[Image.Image], np.ndarray]:
-    """Decode once, keep downscaled copies in memory; returns (images, scale vs. file pixels)."""
-    imgs, scales = [], []
-    for p in tqdm(paths, desc="decode", unit="img", file=sys.stderr, leave=False):
-        img = load_rgb(p, draft_size=max_side)
-        w0 = max(img.size)
-        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-        with Image.open(p) as raw:  # boxes live in stored-file pixels
-            scales.append(max(img.size) / max(raw.size) if w0 else 1.0)
-        imgs.append(img)
-    return imgs, np.asarray(scales, np.float64)
-
-
-class _TrainSet(Dataset):
-    """Augmented training crops; with probability box_crop_p a crop around a logo box."""
-
-    def __init__(self, imgs, y, boxes, scales, cfg: FinetuneConfig) -> None:
-        self.imgs, self.y, self.boxes, self.scales, self.cfg = imgs, y, boxes, scales, cfg
-        s = cfg.image_size
-        self.rrc = T.RandomResizedCrop(s, scale=(cfg.min_scale, 1.0), antialias=True)
-        self.box_resize = T.Resize((s, s), antialias=True)
-        self.post = T.Compose([T.RandomHorizontalFlip(),
-                               T.ColorJitter(0.3, 0.3, 0.3, 0.05)])
-
-    def __len__(self) -> int:
-        return len(self.imgs)
-
-    def _box_crop(self, img: Image.Image, box: np.ndarray) -> Image.Image:
-        x1, y1, x2, y2 = box
-        ctx = random.uniform(1.2, 3.0)  # random context: the logo at different scales
-        side = max(x2 - x1, y2 - y1) * ctx
-        cx = (x1 + x2) / 2 + random.uniform(-0.25, 0.25) * side
-        cy = (y1 + y2) / 2 + random.uniform(-0.25, 0.25) * side
-        w, h = img.size
-        crop = (max(0, cx - side / 2), max(0, cy - side / 2), min(w, cx + side / 2), min(h, cy + side / 2))
-        return self.box_resize(img.crop(tuple(int(round(c)) for c in crop)))
-
-    def __getitem__(self, i: int):
-        img = self.imgs[i]
-        b = self.boxes[i] if self.boxes is not None else None
-        if b is not None and len(b) and random.random() < self.cfg.box_crop_p:
-            img = self._box_crop(img, b[random.randrange(len(b))] * self.scales[i])
-        else:
-            img = self.rrc(img)
-        x = normalize(np.asarray(self.post(img), dtype=np.uint8))
-        return torch.from_numpy(x), int(self.y[i])
-
-
-def eval_inputs(imgs: Sequence[Image.Image], cfg: FinetuneConfig) -> np.ndarray:
-    """Deterministic eval crops, uint8 (n, s, s, 3)."""
-    s = cfg.image_size
-    if cfg.eval_view == "full":
-        crops = [im.resize((s, s), Image.Resampling.BICUBIC) for im in imgs]
-    else:
-        crops = [resize_crop(im, s) for im in imgs]
-    return np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
-
-
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -278,7 +220,7 @@ def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
 
 
-def _cached_batches(trunk: FrozenTrunk, ds: _TrainSet, cfg: FinetuneConfig, n_classes: int):
+def _cached_batches(trunk: FrozenTrunk, ds: TrainSet, cfg: FinetuneConfig, n_classes: int):
     """Cached-trunk mode: trunk outputs of cfg.cached_views augmented crops per image,
     computed once; each epoch draws one of them per image (fresh augmentation would need
     the trunk again). Returns an epoch -> batches generator."""
@@ -349,7 +291,7 @@ def finetune(
     model = Classifier(load_backbone(cfg.backbone), n_classes, cfg.dropout, cfg.trainable_blocks)
     cached = (cfg.cached_trunk == "yes" or (cfg.cached_trunk == "auto" and device.type == "cpu")) \
         and model.split is not None
-    ds = _TrainSet(images, y_tr, boxes, scales, cfg)
+    ds = TrainSet(images, y_tr, boxes, scales, cfg)
     if cached:
         model.trunk = FrozenTrunk(model, cfg.image_size)  # type: ignore[assignment]
         epoch_batches = _cached_batches(model.trunk, ds, cfg, n_classes)
