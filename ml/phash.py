@@ -12,6 +12,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# The near-duplicate rule (labeling.services.duplicates, bench/duplicates.py): the same picture
+# when the embeddings alone say so, or when they are close and the hashes nearly equal.
+NEAR_DUP_COSINE = 0.965
+PHASH_MIN_COSINE = 0.75
+PHASH_MAX_BITS = 4
+
 SIZE = 32  # grey thumbnail side the DCT runs on
 LOW = 8  # the LOW x LOW lowest frequencies make the 64 bits
 
@@ -39,3 +45,10 @@ def phash(img: Image.Image) -> int:
 def hamming(a: int, b: int) -> int:
     """Differing bits of two hashes (signed or unsigned 64-bit ints)."""
     return ((a ^ b) & 0xFFFF_FFFF_FFFF_FFFF).bit_count()
+
+
+def is_near_duplicate(cosine: float, bits: int | None) -> bool:
+    """The rule on one pair: embedding cosine, and Hamming distance of the hashes (None when a
+    hash is missing)."""
+    return cosine >= NEAR_DUP_COSINE or (
+        cosine >= PHASH_MIN_COSINE and bits is not None and bits <= PHASH_MAX_BITS)

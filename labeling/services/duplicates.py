@@ -9,28 +9,28 @@ left are re-encodings, resizes and light crops of one photo. Two signals, measur
   similar different pictures (another rendering of the same logo: BMW, Vodafone) reach 0.958.
   0.965 sits in that gap. It catches crops, but not recompression of small photos.
 - Perceptual hash (ml.phash) within ``PHASH_MAX_BITS`` for pairs that are also embedding
-  neighbours at cosine >= ``PHASH_MIN_COSINE``. On 150 shoe / FlickrLogos photos: shrunk to 75 %
-  and saved at quality 70, cosine alone found 21 copies, with the hash 147; shrunk to 50 % at
-  quality 60: 1 vs 100. Among the 1,904 distinct dataset files the rule adds 17 pairs; the ones
-  inspected were the same shoe photo twice or one logo artwork at another size.
+  neighbours at cosine >= ``PHASH_MIN_COSINE`` (the rule: ``ml.phash.is_near_duplicate``).
+  ``bench/duplicates.py``, 150 shoe / FlickrLogos photos: shrunk to 75 % and saved at quality
+  70, cosine alone finds 14 copies, with the hash 146; shrunk to 50 % at quality 60: 1 vs 97;
+  a 90 % crop: 1 vs 12 (pHash is not crop-robust). Among the 1,891 distinct dataset files the
+  hash adds 16 pairs to the cosine rule's 16; the ones inspected were the same shoe photo
+  twice or one logo artwork at another size.
 """
 from __future__ import annotations
 
 from PIL import Image
 
-from ml.phash import hamming, phash
+from ml.phash import NEAR_DUP_COSINE, PHASH_MAX_BITS, PHASH_MIN_COSINE, hamming, is_near_duplicate, phash
 
 from ..models import Asset, Label, Taxonomy
 from . import similarity, vectors
 
-NEAR_DUP_COSINE = 0.965
-PHASH_MIN_COSINE = 0.75
-PHASH_MAX_BITS = 4
+__all__ = ["NEAR_DUP_COSINE", "PHASH_MAX_BITS", "PHASH_MIN_COSINE", "groups", "offer"]
 _THUMBS = Asset._meta.get_field("thumbnail").storage
 NEIGHBOURS = 16  # per asset: a group larger than this is found through its members' neighbours
 
 
-def groups(client_id: int, threshold: float = NEAR_DUP_COSINE) -> list[list[int]]:
+def groups(client_id: int) -> list[list[int]]:
     """Asset-id groups (each of 2+ assets, sorted), largest first, joined transitively."""
     index = similarity.get_index(client_id)
     if index is None:
@@ -47,12 +47,12 @@ def groups(client_id: int, threshold: float = NEAR_DUP_COSINE) -> list[list[int]
 
     pairs = [(a, int(b), s) for a, row_s, row_i in zip(ids.tolist(), sims, hits)
              for s, b in zip(row_s.tolist(), row_i.tolist())
-             if b >= 0 and b != a and s >= min(threshold, PHASH_MIN_COSINE) and b in parent]
-    hashes = _phashes(client_id, {x for a, b, s in pairs if s < threshold for x in (a, b)})
+             if b >= 0 and b != a and s >= PHASH_MIN_COSINE and b in parent]
+    # hashes matter only below the cosine threshold: fetch (or backfill) just those
+    hashes = _phashes(client_id, {x for a, b, s in pairs if s < NEAR_DUP_COSINE for x in (a, b)})
     for a, b, s in pairs:
-        same = s >= threshold or (
-            a in hashes and b in hashes and hamming(hashes[a], hashes[b]) <= PHASH_MAX_BITS)
-        if same:
+        bits = hamming(hashes[a], hashes[b]) if a in hashes and b in hashes else None
+        if is_near_duplicate(s, bits):
             ra, rb = find(a), find(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)

@@ -38,3 +38,12 @@ def test_hashes_are_signed_64_bit_and_hamming_ignores_the_sign():
     h = phash(Image.new("RGB", (64, 64), "white").transpose(Image.Transpose.ROTATE_90))
     assert -(1 << 63) <= h < (1 << 63)
     assert hamming(-1, 0) == 64 and hamming(-1, -1) == 0 and hamming(1, 3) == 1
+
+
+def test_the_near_duplicate_rule_needs_close_embeddings_and_for_most_pairs_close_hashes():
+    from ml.phash import is_near_duplicate
+
+    assert is_near_duplicate(0.97, None)  # embeddings alone are enough above the high bar
+    assert is_near_duplicate(0.80, 3) and not is_near_duplicate(0.80, 5)
+    assert not is_near_duplicate(0.80, None)  # no hash, no second signal
+    assert not is_near_duplicate(0.70, 0)  # equal hashes of unrelated-looking images: no
