@@ -82,39 +82,38 @@ def _inner_splits(task: Task, train_idx: np.ndarray, seed: int) -> list[tuple[np
     return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(train_idx, y))
 
 
+def _inner_oof(task: Task, store: Store, spec: str, use_boxes: bool, train_idx: np.ndarray,
+               inner: list[tuple[np.ndarray, np.ndarray]], seed: int, fine: str | None) -> np.ndarray:
+    """Out-of-fold probabilities of the training part over the given inner folds."""
+    X = spec_features(store, task.shas, spec)
+    oof = np.zeros((len(train_idx), task.n_classes))
+    for tr, va in inner:
+        oof[va] = fit_predict(task, store, spec, use_boxes, train_idx[tr], train_idx[va], seed, X, fine)
+    return oof
+
+
 def search_config(task: Task, stores: dict[str, Store], train_idx: np.ndarray, seed: int = 0,
-                  fine: str | None = None,
-                  score: str = "balanced_accuracy") -> tuple[tuple[str, str, bool], list[dict]]:
+                  fine: str | None = None, score: str = "balanced_accuracy",
+                  ) -> tuple[tuple[str, str, bool], list[dict], np.ndarray]:
     """Inner stratified CV on the training part only; returns the best (backbone, spec, boxes)
     over every candidate backbone x SEARCH_SPACE by ``score`` (default balanced accuracy:
     fl27-4way is 90 % "other", plain accuracy would reward never predicting a brand; with
-    --decision, the score being tuned for). Seeds 000 / 003: compare, keep the best."""
+    --decision, the score being tuned for), the trials, and the winner's out-of-fold
+    probabilities (what a decision rule is then fitted on). Seeds 000 / 003: compare, keep
+    the best."""
     y = task.y[train_idx]
     inner = _inner_splits(task, train_idx, seed)
-    results = []
+    results, oofs = [], []
     for name, store in stores.items():
         for spec, boxes in SEARCH_SPACE:
-            X = spec_features(store, task.shas, spec)
-            oof = np.zeros((len(train_idx), task.n_classes))
-            for tr, va in inner:
-                oof[va] = fit_predict(task, store, spec, boxes, train_idx[tr], train_idx[va], seed, X, fine)
+            oofs.append(_inner_oof(task, store, spec, boxes, train_idx, inner, seed, fine))
             results.append({"backbone": name, "spec": spec, "boxes": boxes, "inner_metric": score,
-                            "inner_score": SCORE_FNS[score](y, oof.argmax(1))})
+                            "inner_score": SCORE_FNS[score](y, oofs[-1].argmax(1), task.n_classes)})
             print(f"    inner {name} {spec} boxes={boxes}: {score} {results[-1]['inner_score']:.4f}",
                   file=sys.stderr)
-    best = max(results, key=lambda r: r["inner_score"])
-    return (best["backbone"], best["spec"], best["boxes"]), results
-
-
-def tune_decision(task: Task, store: Store, spec: str, use_boxes: bool, train_idx: np.ndarray,
-                  seed: int, fine: str | None, score: str) -> np.ndarray:
-    """Per-class log-bias fitted on inner out-of-fold probabilities of the training part
-    (ml.decision), so the test fold never influences the decision rule."""
-    X = spec_features(store, task.shas, spec)
-    oof = np.zeros((len(train_idx), task.n_classes))
-    for tr, va in _inner_splits(task, train_idx, seed):
-        oof[va] = fit_predict(task, store, spec, use_boxes, train_idx[tr], train_idx[va], seed, X, fine)
-    return fit_class_bias(oof, task.y[train_idx], score)
+    best = max(range(len(results)), key=lambda i: results[i]["inner_score"])
+    r = results[best]
+    return (r["backbone"], r["spec"], r["boxes"]), results, oofs[best]
 
 
 def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | None,
@@ -131,14 +130,18 @@ def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | 
         store.ensure(task.paths, task.shas, views, task.boxes)
     idx, probas, info = [], [], []
     for k, (tr, te) in enumerate(task.splits):
-        chosen, trials = (next(iter(stores)), spec, use_boxes), []
+        chosen, trials, oof = (next(iter(stores)), spec, use_boxes), [], None
         if method == "search":
-            chosen, trials = search_config(task, stores, tr, seed, fine, decision or "balanced_accuracy")
+            chosen, trials, oof = search_config(task, stores, tr, seed, fine, decision or "balanced_accuracy")
         store = stores[chosen[0]]
         p = fit_predict(task, store, chosen[1], chosen[2], tr, te, seed, fine=fine)
         bias = None
         if decision:
-            bias = tune_decision(task, store, chosen[1], chosen[2], tr, seed, fine, decision)
+            # a per-class bias fitted on inner out-of-fold probabilities of the training part
+            # (ml.decision), so the test fold never influences the rule; the search has them
+            if oof is None:
+                oof = _inner_oof(task, store, chosen[1], chosen[2], tr, _inner_splits(task, tr, seed), seed, fine)
+            bias = fit_class_bias(oof, task.y[tr], decision)
             p = apply_bias(p, bias)
         idx.append(te)
         probas.append(p)

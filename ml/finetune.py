@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from ml.backbones import load_backbone
-from ml.decision import balanced_accuracy
 from ml.finetune_data import TrainSet, eval_inputs, load_images  # noqa: F401 - load_images is API
+from ml.metrics import balanced_accuracy
 from ml.preprocess import normalize
 
 
@@ -339,7 +339,7 @@ def finetune(
         val_loss = float(-np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-7, 1)).mean())
         pred = pv.argmax(1)
         row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss,
-               "val_acc": float((pred == yv).mean()), "val_balanced_acc": balanced_accuracy(yv, pred),
+               "val_acc": float((pred == yv).mean()), "val_balanced_acc": balanced_accuracy(yv, pred, n_classes),
                "lr": opt.param_groups[-1]["lr"], "seconds": round(time.time() - t0, 2)}
         curve.append(row)
         print(f"  epoch {epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
