@@ -1,9 +1,13 @@
-"use strict";
 // The review loop. Keyboard first: the operator should never need the mouse, and the next
 // image should already be in the browser's cache when the current one is labeled.
 //
 // Saves are optimistic (the next image shows at once) but serialised through one promise
 // chain, so an undo always runs after every save it could be undoing.
+import { clicked, csrfToken } from "./dom.js";
+import { bindShortcuts } from "./review_keys.js";
+import { renderStatus } from "./review_status.js";
+import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as tagRows } from "./review_tags.js";
+
 (() => {
   const root = document.getElementById("review");
   if (!root) return;
@@ -15,7 +19,6 @@
     status: root.dataset.statusUrl,
   };
   const BUFFER = 5;          // items held client-side, all preloaded
-  const SHOWN_TAGS = 12;     // rows in the tag list without a filter; the filter reaches all
   const POLL_MS = 4000;
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -50,11 +53,6 @@
   }
 
   // --- server ------------------------------------------------------------------------
-
-  function csrfToken() {
-    const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return m ? decodeURIComponent(m[1]) : "";
-  }
 
   async function api(url, body) {
     const opts = { credentials: "same-origin", headers: { Accept: "application/json" } };
@@ -277,71 +275,27 @@
     el.loading.textContent = "Image could not be loaded.";
   });
 
-  // Rows: the model's ranking first (most probable on top), then the tags it has no
-  // probability for, in taxonomy order; narrowed by the type-ahead filter.
+  // The tag rows for the current item and filter (the type-ahead indexes into these).
   function rows() {
-    const item = current();
-    const probs = new Map((item ? item.tags : []).map((t) => [t.tag, t.prob]));
-    const ranked = [...state.tags].sort((a, b) => (probs.get(b.id) ?? -1) - (probs.get(a.id) ?? -1));
-    const q = el.filter.value.trim().toLowerCase();
-    const list = q ? ranked.filter((t) => t.name.toLowerCase().includes(q)) : ranked.slice(0, SHOWN_TAGS);
-    return list.map((t) => ({ ...t, prob: probs.get(t.id) }));
+    return tagRows(state.tags, current(), el.filter.value);
   }
 
   function renderTags() {
-    const item = current();
-    const suggested = new Set(item ? item.suggested : []);
     const list = rows();
     state.highlight = Math.min(state.highlight, Math.max(0, list.length - 1));
-    el.tags.replaceChildren(...list.map((t, i) => tagRow(t, suggested.has(t.id), i === state.highlight && el.filter.value !== "")));
-    if (list.length === 0) el.tags.append(h("li", { className: "muted small", textContent: "No tag matches." }));
-  }
-
-  // Tiny element builder; text goes in through textContent (tag names are user data).
-  function h(tag, props = {}, ...children) {
-    const node = Object.assign(document.createElement(tag), props);
-    node.append(...children);
-    return node;
-  }
-
-  function tagRow(t, isSuggested, highlighted) {
-    const pct = t.prob === undefined ? "" : `${Math.round(t.prob * 100)}%`;
-    const b = h("button", { type: "button", className: "tag" + (isSuggested ? " suggested" : "") + (highlighted ? " hl" : "") },
-      h("kbd", { textContent: t.key || "" }),
-      h("span", { className: "tag-name", textContent: t.name }),
-      // Multi-label rows are narrow with several suggestions: a check mark says the same.
-      ...(isSuggested ? [h("span", { className: "chip", title: "suggested by the model", textContent: config.multilabel ? "✓" : "suggested" })] : []),
-      h("span", { className: "meter" }, h("span", { style: `width: ${t.prob === undefined ? 0 : (t.prob * 100).toFixed(1)}%` })),
-      h("span", { className: "pct", textContent: pct }));
-    b.dataset.tag = t.id;
-    if (config.multilabel) b.setAttribute("aria-pressed", String(state.selected.has(t.id)));
-    if (!config.canLabel) b.setAttribute("aria-disabled", "true");
-    if (t.key) b.setAttribute("aria-keyshortcuts", t.key);
-    return h("li", {}, b);
+    const highlight = el.filter.value !== "" ? state.highlight : -1; // no highlight without a filter
+    renderTagList(el.tags, list, {
+      item: current(), selected: state.selected, highlight, multilabel: config.multilabel, canLabel: config.canLabel,
+    });
   }
 
   function renderUpNext() {
-    el.upnext.replaceChildren(...state.buffer.slice(1).map((item) => h("li", {}, h("img", { src: item.thumb, alt: "", title: item.name }))));
+    renderUpNextList(el.upnext, state.buffer.slice(1));
   }
-
-  const RUN_TEXT = { queued: "queued", running: "running", promoted: "new model live", rejected: "kept the live model", failed: "failed" };
 
   function updateStatus(s) {
     if (!s) return;
-    const acc = s.live_accuracy == null ? "" : ` · ${Math.round(s.live_accuracy * 100)}% acc.`;
-    el.model.textContent = s.live_version == null ? "none yet" : `v${s.live_version}${acc}`;
-    el.retrain.textContent = `${s.labels_until_retrain} label${s.labels_until_retrain === 1 ? "" : "s"}`;
-    el.unlabeled.textContent = String(s.unlabeled);
-    const run = s.run;
-    el.run.hidden = !run;
-    if (run) {
-      const active = run.state === "queued" || run.state === "running";
-      el.runText.textContent = (RUN_TEXT[run.state] || run.state) + (active ? ` ${Math.round(run.progress * 100)}%` : "");
-      el.run.title = run.message || "";
-      el.run.classList.toggle("active", active);
-      el.runBar.style.width = `${Math.round(run.progress * 100)}%`;
-      el.runBar.parentElement.hidden = !active;
-    }
+    renderStatus(el, s);
     if (state.liveVersion !== undefined && s.live_version !== state.liveVersion) {
       // Buffered suggestions came from the old model: keep what is on screen, refetch the rest.
       toast(`Model v${s.live_version} is live: suggestions refreshed.`, "ok");
@@ -364,14 +318,6 @@
   }
 
   // --- input -------------------------------------------------------------------------
-
-  // A mouse click leaves focus on the button; drop it so Enter means "accept" again.
-  function clicked(handler) {
-    return (e) => {
-      if (e.detail > 0) e.currentTarget.blur();
-      handler(e);
-    };
-  }
 
   el.tags.addEventListener("click", (e) => {
     const b = e.target.closest("button.tag");
@@ -413,27 +359,12 @@
     e.preventDefault();
   });
 
-  document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
-    if (el.help.open) {
-      if (e.key === "?") { el.help.close(); e.preventDefault(); }
-      return; // the dialog handles Esc itself
-    }
-    const t = e.target;
-    if (t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t.isContentEditable) return;
-    // Tabbed onto a button or link: Enter/Space activate it, as everywhere else.
-    if ((e.key === "Enter" || e.key === " ") && t.closest && t.closest("button, a")) return;
-    if (e.repeat) return; // holding a key must not label a whole batch
-    if (e.key === "Enter" || e.key === " ") accept();
-    else if (e.key === "/") el.filter.focus();
-    else if (e.key === "s") skip();
-    else if (e.key === "u" || e.key === "Backspace") undo();
-    else if (e.key === "?") el.help.showModal();
-    else if (/^[1-9]$/.test(e.key)) {
-      const tag = state.tags.find((x) => x.key === e.key);
+  bindShortcuts({
+    help: el.help, filter: el.filter, accept, skip, undo,
+    pickKey: (key) => {
+      const tag = state.tags.find((x) => x.key === key);
       if (tag) pickTag(tag.id);
-    } else return;
-    e.preventDefault();
+    },
   });
 
   setInterval(() => {

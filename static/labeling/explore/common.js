@@ -1,11 +1,8 @@
 // Shared by the explore pages: config from json_script, JSON calls, the toast, and the one
 // bulk action (apply a tag / accept each suggestion) with its undo.
-export const config = JSON.parse(document.getElementById("explore-config").textContent);
+import { csrfToken } from "../dom.js";
 
-function csrfToken() {
-  const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  return m ? decodeURIComponent(m[1]) : "";
-}
+export const config = JSON.parse(document.getElementById("explore-config").textContent);
 
 export async function postJSON(url, body) {
   const res = await fetch(url, {
