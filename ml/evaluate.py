@@ -30,7 +30,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from ml.datasets import TASKS, Task, load_task
 from ml.decision import SCORE_FNS, SCORES, apply_bias, fit_class_bias
-from ml.features import ConcatStore, FeatureStore, box_features, make_store, spec_features, spec_views
+from ml.features import (ConcatStore, FeatureStore, box_features, make_store, parse_spec, spec_features,
+                         spec_views)
 
 Store = FeatureStore | ConcatStore
 from ml.heads import train_head
@@ -330,6 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.task == "all":
         return _main_all(a, argv)
     method = "finetune" if a.finetune else a.method
+    # bad options are the user's mistake: say which one, before any minutes of embedding
+    if "," in a.backbone and method != "search":
+        ap.error(f"--backbone {a.backbone!r}: a ','-separated list of candidates needs --method search")
+    if a.features:
+        try:
+            parse_spec(a.features)
+        except ValueError as e:
+            ap.error(f"--features: {e}")
     boxes = None if a.boxes is None else a.boxes == "yes"
     r = evaluate(a.task, method, backbone=a.backbone, spec=a.features, use_boxes=boxes,
                  data_dir=a.data, cache_dir=a.cache, seed=a.seed,

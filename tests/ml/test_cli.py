@@ -53,6 +53,19 @@ def test_evaluate_cli_tunes_a_decision_bias_on_the_training_part(tmp_path: Path)
     assert r["balanced_accuracy"] >= 0.78
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "efficientnet-lite0,efficientnet-lite2", "--method", "head"], "needs --method search"),
+    (["--features", "center,tiles9:max"], "--features: bad views"),
+])
+def test_evaluate_cli_names_the_bad_option_instead_of_a_traceback(tmp_path: Path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "ml.evaluate", "--task", "shoes-3", *args,
+                           "--json", str(tmp_path / "x.json")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_simulate_cli_default_strategy_beats_random(tmp_path: Path):
     """The product's default strategy ("diverse", ml.selection) against random labelling on
     shoes-3, one seed label per class, pages of 10, the same 3 seed sets for both.
