@@ -189,6 +189,9 @@ class ModelVersion(models.Model):
         return f"{self.taxonomy} v{self.version}"
 
 
+UNPLANNED = 2**31 - 1  # Suggestion.queue_rank of assets outside the planned pages
+
+
 class Suggestion(models.Model):
     asset = models.ForeignKey(Asset, models.CASCADE, related_name="suggestions")
     taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="+")
@@ -199,6 +202,10 @@ class Suggestion(models.Model):
     margin = models.FloatField()
     entropy = models.FloatField()
     uncertainty = models.FloatField(help_text="0 = sure, 1 = no idea; the queue's order")
+    # The queue's first pages after a retrain: 0, 1, 2 ... for the diverse pick of the least
+    # sure assets (services.suggesting.plan_queue), UNPLANNED for the rest, which follow by
+    # uncertainty.
+    queue_rank = models.PositiveIntegerField(default=UNPLANNED)
     # Denormalised from Label so the review queue is one index scan.
     is_labeled = models.BooleanField(default=False)
 
@@ -206,10 +213,12 @@ class Suggestion(models.Model):
         constraints = [models.UniqueConstraint(fields=["asset", "model_version"], name="one_suggestion_per_version")]
         indexes = [
             models.Index(
-                fields=["model_version", "-uncertainty", "id"],
+                fields=["model_version", "queue_rank", "-uncertainty", "id"],
                 condition=Q(is_labeled=False),
                 name="queue_unlabeled_uncertain",
             ),
+            # The API's assets-by-uncertainty listing (keyset on uncertainty, id), labeled or not.
+            models.Index(fields=["model_version", "-uncertainty", "id"], name="suggestion_by_uncertainty"),
         ]
 
 

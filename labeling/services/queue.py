@@ -15,7 +15,9 @@ from django.utils import timezone
 from ..models import Asset, Label, Lease, Suggestion, Taxonomy, TrainingRun
 from .labels import suggested_tag_ids
 
-ORDERS = {"uncertain": ("-uncertainty", "id"), "confident": ("uncertainty", "id")}
+# "uncertain": the planned diverse pages of the live model first (suggesting.plan_queue), then
+# the least sure; "confident" is for fast accept runs and ignores the plan.
+ORDERS = {"uncertain": ("queue_rank", "-uncertainty", "id"), "confident": ("uncertainty", "id")}
 MAX_BATCH = 50
 # How long an asset shown to one operator stays out of the others' queues. Long enough to
 # look and decide; short enough that a closed tab gives its assets back soon.
@@ -149,10 +151,12 @@ def queue_status(taxonomy: Taxonomy) -> dict:
     taxonomy.refresh_from_db(fields=["labels_since_train", "live_model", "retrain_threshold"])
     live = taxonomy.live_model
     run = TrainingRun.objects.filter(taxonomy=taxonomy).order_by("-id").first()
+    # Two index-only counts (one current label per asset and taxonomy is a constraint), not an
+    # anti-join: every open review tab polls this, and at 1M assets the anti-join took 0.5 s
+    # against ~0.08 s (bench/paging.py).
     unlabeled = (
-        Asset.objects.filter(client_id=taxonomy.client_id)
-        .exclude(Exists(Label.objects.filter(asset=OuterRef("pk"), taxonomy=taxonomy, is_current=True)))
-        .count()
+        Asset.objects.filter(client_id=taxonomy.client_id).count()
+        - Label.objects.filter(taxonomy=taxonomy, is_current=True).count()
     )
     return {
         "live_version": live.version if live else None,

@@ -10,13 +10,15 @@ from django.conf import settings
 from django.db import transaction
 
 from ml.heads import LinearHead
+from ml.selection import POOL_FACTOR, diverse_pick
 from ml.uncertainty import entropy, margin, uncertainty_score
 
-from ..models import Label, ModelVersion, Suggestion, Taxonomy
+from ..models import UNPLANNED, Label, ModelVersion, Suggestion, Taxonomy
 from . import vectors
 
 WRITE_BATCH = 2000
 SCORE_CHUNK = 20_000  # assets per predict + write round
+MAX_PLAN = 500  # planned queue positions per model version (k-means of 3x that many vectors)
 
 
 def artifact_path(mv: ModelVersion) -> Path:
@@ -85,6 +87,34 @@ def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarr
     with transaction.atomic():
         Suggestion.objects.filter(model_version=mv, asset_id__in=asset_ids).delete()
         Suggestion.objects.bulk_create(rows, batch_size=WRITE_BATCH)
+    return len(rows)
+
+
+def plan_queue(taxonomy: Taxonomy, mv: ModelVersion) -> int:
+    """Order the queue's first pages for this model version: the labels until the next
+    retrain are one active-learning batch, so they should not all be spent on one ambiguous
+    product. ml.selection.diverse_pick (what `ml.simulate` measures as "diverse") chooses
+    that many of the least sure unlabeled assets, one per embedding cluster; they get
+    queue_rank 0, 1, ... (least sure first) and the queue serves them before the rest, which
+    keeps the plain uncertainty order. Returns how many were planned."""
+    k = max(1, min(int(taxonomy.retrain_threshold), MAX_PLAN))
+    # a generous window: near-duplicates and assets without a vector drop out of it
+    window = list(
+        Suggestion.objects.filter(model_version=mv, is_labeled=False)
+        .order_by("-uncertainty", "id")
+        .values_list("id", "asset_id", "uncertainty")[: 2 * POOL_FACTOR * k]
+    )
+    Suggestion.objects.filter(model_version=mv).exclude(queue_rank=UNPLANNED).update(queue_rank=UNPLANNED)
+    if not window:
+        return 0
+    by_asset = {a: (sid, u) for sid, a, u in window}
+    ids, X = vectors.store_for(taxonomy.client_id, mv.backbone).get([a for _, a, _ in window])
+    if not len(ids):
+        return 0
+    scores = np.array([by_asset[int(a)][1] for a in ids])
+    picked = diverse_pick(scores, X, k, seed=mv.version)
+    rows = [Suggestion(pk=by_asset[int(ids[i])][0], queue_rank=r) for r, i in enumerate(picked)]
+    Suggestion.objects.bulk_update(rows, ["queue_rank"], batch_size=WRITE_BATCH)
     return len(rows)
 
 

@@ -260,6 +260,7 @@ def _execute(run: TrainingRun) -> None:
     if promote:
         _progress(run, 0.75, "scoring all assets")
         suggesting.score(taxonomy, mv)
+        suggesting.plan_queue(taxonomy, mv)
     with transaction.atomic():
         # The live pointer switches only now, after evaluation and rescoring are complete.
         if promote:

@@ -32,15 +32,22 @@ def test_replay_points_run_from_a_few_per_class_to_every_label():
 
 def test_the_queue_order_beats_random_orders_of_the_same_shoe_labels():
     s = shoes_embeddings()
-    order = _queue_order(s.X_train, s.y_train, 150)
-    r = replay_curve(s.X_train, s.y_train, order, s.X_test, s.y_test, 3)
-    assert r["labels"][-1] == len(s.y_train) and len(r["queue"]) == len(r["random"]) == len(r["labels"])
-    # all labels in any order is the same training set: the curves must meet at the end
-    assert r["queue"][-1] == r["random"][-1]
-    # the uncertainty/diversity order gets there with fewer labels
-    assert np.mean(r["queue"]) > np.mean(r["random"])
-    assert r["queue_to_95pct"] is not None and r["random_to_95pct"] is not None
-    assert r["queue_to_95pct"] < r["random_to_95pct"] and r["labels_saved_pct"] > 0
+    queue_n, random_n = [], []
+    # One session is a noisy draw on a grid this coarse (10, 18, 34, 62, 114, 210, 387, 711
+    # labels): three sessions with different seed labels, compared in total.
+    for seed in range(3):
+        order = _queue_order(s.X_train, s.y_train, 150, seed)
+        r = replay_curve(s.X_train, s.y_train, order, s.X_test, s.y_test, 3)
+        assert r["labels"][-1] == len(s.y_train) and len(r["queue"]) == len(r["random"]) == len(r["labels"])
+        # all labels in any order is the same training set: the curves must meet at the end
+        assert r["queue"][-1] == r["random"][-1]
+        assert r["queue_to_95pct"] is not None and r["random_to_95pct"] is not None
+        # never later than random orders of the same labels ...
+        assert r["queue_to_95pct"] <= r["random_to_95pct"]
+        queue_n.append(r["queue_to_95pct"])
+        random_n.append(r["random_to_95pct"])
+    # ... and over the sessions, the uncertainty/diversity order gets there with fewer labels
+    assert sum(queue_n) < 0.8 * sum(random_n)
 
 
 def test_a_one_class_at_a_time_order_is_worse_than_random():
