@@ -123,14 +123,14 @@ def _distinct_head(order: np.ndarray, X: np.ndarray, m: int, chunk: int = 256) -
     them keeps the pool at m different pictures. Normalises chunk by chunk and stops early,
     so a library-sized X is never copied whole."""
     kept: list[int] = []
-    kept_vecs = np.zeros((0, X.shape[1]), dtype=np.float32)
+    kept_vecs = np.empty((m, X.shape[1]), dtype=np.float32)
     for start in range(0, len(order), chunk):
         idx = order[start:start + chunk]
         for i, v in zip(idx, _normalise(X[idx])):
-            if len(kept) and float((kept_vecs @ v).max()) >= DUPLICATE_COSINE:
+            if kept and float((kept_vecs[: len(kept)] @ v).max()) >= DUPLICATE_COSINE:
                 continue
+            kept_vecs[len(kept)] = v
             kept.append(int(i))
-            kept_vecs = np.vstack([kept_vecs, v[None]])
             if len(kept) >= m:
                 return np.asarray(kept, dtype=np.int64)
     return np.asarray(kept, dtype=np.int64)

@@ -21,12 +21,12 @@ from .serializers import (
 MAX_HISTORY = 500
 
 
-
 def _after(sub: QuerySet, after: int | None) -> QuerySet:
     """Repeat the page's "asset id > cursor" inside an EXISTS subquery: PostgreSQL does not
     carry the outer range into it, and a merge join would then read the subquery's index
     from the start on every deep page (bench/paging.py, 1M assets: 145 ms -> 1.3 ms)."""
     return sub if after is None else sub.filter(asset_id__gt=after)
+
 
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -172,7 +172,8 @@ class AssetListAPI(ScopedAPIView):
             qs = qs.filter(pk__gt=after)
         taxonomy = f["taxonomy"]
         if taxonomy is not None and f["state"]:
-            labeled = Exists(_after(Label.objects.filter(asset_id=OuterRef("pk"), taxonomy=taxonomy, is_current=True), after))
+            current = Label.objects.filter(asset_id=OuterRef("pk"), taxonomy=taxonomy, is_current=True)
+            labeled = Exists(_after(current, after))
             qs = qs.filter(labeled) if f["state"] == "labeled" else qs.exclude(labeled)
         if f["umin"] is not None or f["umax"] is not None:
             scored = _after(Suggestion.objects.filter(asset_id=OuterRef("pk")), after)
