@@ -48,6 +48,11 @@ class ClientScopedAdmin(admin.ModelAdmin):
                 model = db_field.related_model
                 path = "client" if model is Taxonomy else "taxonomy__client"
                 kwargs["queryset"] = model.objects.filter(**{f"{path}__in": ids})
+            elif db_field.name == "user":
+                # Users are global: list only people who already work in one of the admin's
+                # clients, never everyone on the site. New people are added on the members page.
+                kwargs["queryset"] = db_field.related_model.objects.filter(
+                    memberships__client__in=ids).distinct().order_by("username")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import views, views_dashboard, views_import, views_media
+from . import views, views_dashboard, views_import, views_media, views_members
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -17,6 +17,8 @@ urlpatterns = [
     path("c/<slug:slug>/import/", views_import.upload, name="import_upload"),
     path("c/<slug:slug>/imports/<int:job_id>/", views_import.job_detail, name="import_job"),
     path("c/<slug:slug>/imports/<int:job_id>.json", views_import.job_json, name="import_job_json"),
+    path("c/<slug:slug>/members/", views_members.member_list, name="members"),
+    path("c/<slug:slug>/members/<int:membership_id>/", views_members.member_update, name="member_update"),
     path("media/assets/<int:asset_id>/image", views_media.asset_image, name="asset_image"),
     path("media/assets/<int:asset_id>/thumb", views_media.asset_thumb, name="asset_thumb"),
     path("", include("labeling.urls_explore")),

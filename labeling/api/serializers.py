@@ -297,3 +297,26 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         model = TrainingRun
         fields = ["id", "state", "trigger", "progress", "message", "error", "labels_consumed", "model_version",
                   "metrics", "created", "started", "finished"]
+
+
+# --- members --------------------------------------------------------------------------------
+
+class MemberSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True, help_text="membership id")
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.EmailField(source="user.email", read_only=True)
+    role = serializers.ChoiceField(choices=Role.choices)
+    last_login = serializers.DateTimeField(source="user.last_login", read_only=True, allow_null=True)
+
+
+class MemberCreateSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150, help_text="an existing user, or the name of a new one")
+    email = serializers.EmailField(required=False, allow_blank=True, max_length=254,
+                                   help_text="stored for a new user only")
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.OPERATOR)
+
+
+class MemberCreatedSerializer(MemberSerializer):
+    password = serializers.CharField(read_only=True, allow_null=True,
+                                     help_text="the new user's password, given out only in this reply; "
+                                               "null when the user already existed")

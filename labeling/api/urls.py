@@ -5,7 +5,7 @@ from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
-from . import assets, exports, labels, models, taxonomies
+from . import assets, exports, labels, members, models, taxonomies
 
 
 class IdConverter:
@@ -31,6 +31,8 @@ urlpatterns = [
     path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
     path("auth/token/", obtain_auth_token, name="api_token"),
     path("clients/", taxonomies.ClientListAPI.as_view(), name="api_clients"),
+    path(C + "members/", members.MemberListAPI.as_view(), name="api_members"),
+    path(C + "members/<id:membership_id>/", members.MemberDetailAPI.as_view(), name="api_member"),
     path(C + "taxonomies/", taxonomies.TaxonomyListAPI.as_view(), name="api_taxonomies"),
     path(T, taxonomies.TaxonomyDetailAPI.as_view(), name="api_taxonomy"),
     path(T + "tags/", taxonomies.TagListAPI.as_view(), name="api_tags"),
