@@ -13,6 +13,10 @@ Methods
                 then retrains.
 - ``finetune``  ml.finetune on each training part (its own validation split inside it).
 
+``--blend FILE`` (head methods): average the head's test-fold probabilities with a saved
+out-of-fold run (``--save-proba`` of ``--method finetune``, here or on a GPU): a fine-tuned
+network and a linear head on frozen features make different mistakes.
+
 fl27 tasks: 5-fold CV over deduplicated samples; metrics on the concatenated out-of-fold
 predictions. shoes-3: the given train/test split.
 """
@@ -22,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -119,11 +124,13 @@ def search_config(task: Task, stores: dict[str, Store], train_idx: np.ndarray, s
 
 def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | None,
                  use_boxes: bool, seed: int, fine: str | None = None,
-                 decision: str | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                 decision: str | None = None,
+                 blend: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Head-based methods. Returns (test indices, probabilities, per-fold info).
     stores: backbone name -> feature store; several only for "search" (candidates).
     decision: None = argmax of the head; a score name (ml.decision.SCORES) = per-class bias
-    tuned for that score by inner CV on each training part, applied to the test fold."""
+    tuned for that score by inner CV on each training part, applied to the test fold (after
+    any blend; the inner CV sees the head alone, saved runs have no inner folds)."""
     specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
     views = sorted({v for s in specs for v in spec_views(s)} |
                    ({"boxes"} if use_boxes or method == "search" else set()))
@@ -136,6 +143,10 @@ def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | 
             chosen, trials, oof = search_config(task, stores, tr, seed, fine, decision or "balanced_accuracy")
         store = stores[chosen[0]]
         p = fit_predict(task, store, chosen[1], chosen[2], tr, te, seed, fine=fine)
+        if blend is not None:  # (task-aligned saved probabilities, their weight)
+            saved = blend[0][te]
+            have = ~np.isnan(saved[:, 0])
+            p[have] = (1 - blend[1]) * p[have] + blend[1] * saved[have]
         bias = None
         if decision:
             # a per-class bias fitted on inner out-of-fold probabilities of the training part
@@ -206,22 +217,50 @@ def run_finetune(task: Task, cfg_overrides: dict) -> tuple[np.ndarray, np.ndarra
 
 
 def save_proba(path: str, task: Task, idx: np.ndarray, raw: np.ndarray) -> None:
-    """Out-of-fold model outputs keyed by file name (stable across re-encoded copies)."""
+    """Out-of-fold model outputs keyed by file content (sha256) and file name."""
     names = np.array([task.aliases[i][0] for i in idx])
-    np.savez(path, names=names, proba=raw.astype(np.float32),
-             labels=np.array(task.fine_labels or task.labels))
+    np.savez(path, names=names, shas=np.array([task.shas[i] for i in idx]),
+             proba=raw.astype(np.float32), labels=np.array(task.fine_labels or task.labels))
 
 
 def load_proba(path: str, task: Task) -> tuple[np.ndarray, np.ndarray]:
-    """Saved out-of-fold outputs -> (idx, task proba); fine outputs are collapsed."""
+    """Saved out-of-fold outputs -> (idx, task proba); fine outputs are collapsed.
+    Matched by sha256; files saved before shas were stored, by name (unique names only:
+    the shoes folders repeat names such as 0.jpg across brands)."""
     z = np.load(path, allow_pickle=False)
-    pos = {task.aliases[i][0]: i for i in range(len(task.y))}
-    keep = [j for j, n in enumerate(z["names"]) if str(n) in pos]
-    idx = np.array([pos[str(z["names"][j])] for j in keep], dtype=np.int64)
+    if "shas" in z.files:
+        keys, pos = z["shas"], {s: i for i, s in enumerate(task.shas)}
+    else:
+        names = [task.aliases[i][0] for i in range(len(task.y))]
+        seen = Counter(names)
+        keys, pos = z["names"], {n: i for i, n in enumerate(names) if seen[n] == 1}
+    keep = [j for j, k in enumerate(keys) if str(k) in pos]
+    idx = np.array([pos[str(keys[j])] for j in keep], dtype=np.int64)
     proba = z["proba"][keep].astype(np.float64)
     if list(z["labels"]) == (task.fine_labels or []) and task.fine_labels != task.labels:
         proba = collapse_proba(task, proba)
     return idx, proba
+
+
+def load_blend(path: str, task: Task) -> np.ndarray:
+    """A saved run's probabilities aligned to the task's samples (NaN rows where it has none).
+    A test fold it does not cover at all means another task's folds or data: refused. A few
+    missing rows (the fl27 photo with two brands is in the 4-way task but not in 28-way) keep
+    the head's own probabilities; how many is printed and kept in the JSON."""
+    try:
+        idx, proba = load_proba(path, task)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"--blend {path}: not a file saved by --save-proba ({exc})") from None
+    if proba.shape[1] != task.n_classes:
+        raise ValueError(f"--blend {path}: {proba.shape[1]} classes, the task has {task.n_classes}")
+    out = np.full((len(task.y), task.n_classes), np.nan)
+    out[idx] = proba
+    for k, (_, te) in enumerate(task.splits):
+        missing = int(np.isnan(out[te, 0]).sum())
+        if missing > len(te) // 2:
+            raise ValueError(f"--blend {path}: no saved probabilities for {missing} of {len(te)} "
+                             f"test images of fold {k} (saved from another task, data set or --folds?)")
+    return out
 
 
 def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficientnet-lite0",
@@ -229,8 +268,10 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
              cache_dir: str | None = None, seed: int = 0, finetune_cfg: dict | None = None,
              max_folds: int | None = None, save_to: str | None = None,
              load_from: str | None = None, fine_labels: str | None = None,
-             decision: str | None = None) -> dict:
+             decision: str | None = None, blend_from: str | None = None,
+             blend_weight: float = 0.5) -> dict:
     t0 = time.time()
+    blend_missing = 0
     task = load_task(task_name, data_dir)
     if max_folds:
         task.splits = task.splits[:max_folds]
@@ -250,9 +291,16 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
         candidates = [b.strip() for b in backbone.split(",") if b.strip()]
         if len(candidates) > 1 and method != "search":
             raise ValueError("several backbones (comma-separated) are candidates for --method search only")
+        blend = (load_blend(blend_from, task), blend_weight) if blend_from else None
+        if blend is not None:
+            test = np.concatenate([te for _, te in task.splits])
+            blend_missing = int(np.isnan(blend[0][test, 0]).sum())
+            if blend_missing:
+                print(f"  --blend: {blend_missing} test images have no saved probabilities; "
+                      "the head's own are used for them", file=sys.stderr)
         stores = {b: make_store(b, cache_dir=cache_dir) for b in candidates}
         idx, proba, folds = run_features(task, stores, method, spec, use_boxes, seed, fine_labels,
-                                         decision)
+                                         decision, blend)
     m = classification_metrics(task.y[idx], proba, task.labels)
     return {
         "task": task_name, "backbone": backbone, "method": method,
@@ -260,6 +308,8 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
         "train_labels": f"fine (27 brands + none), collapsed by {fine_labels}"
         if fine_labels and task.fine_y is not None else "task",
         "decision": f"per-class bias tuned for {decision} by inner CV" if decision else "argmax",
+        "blend": {"file": blend_from, "weight": blend_weight, "missing": blend_missing}
+        if blend_from and method != "finetune" else None,
         "protocol": "given train/test split" if len(task.splits) == 1 and not max_folds
         else f"{len(task.splits)}-fold stratified CV (seed 0) over sha256-deduplicated files, "
              "metrics on concatenated out-of-fold predictions",
@@ -322,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decision", choices=SCORES,
                     help="heads: tune a per-class bias for this score by inner CV on each "
                          "training part (a threshold for two classes); default: argmax")
+    ap.add_argument("--blend", metavar="NPZ",
+                    help="heads: average the test probabilities with a saved run (--save-proba of "
+                         "--method finetune on the same task's folds)")
+    ap.add_argument("--blend-weight", type=float, default=0.5,
+                    help="the saved run's weight in --blend (default 0.5)")
     ap.add_argument("--folds", type=int, help="only the first N CV folds (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", help="folder with shoes/ and flickrlogos27/")
@@ -339,12 +394,26 @@ def main(argv: list[str] | None = None) -> int:
             parse_spec(a.features)
         except ValueError as e:
             ap.error(f"--features: {e}")
+    if a.blend and method == "finetune":
+        ap.error("--blend: for head methods; a fine-tune run is what gets blended (--save-proba)")
+    if a.blend and not Path(a.blend).is_file():
+        ap.error(f"--blend: no such file {a.blend!r}")
+    if not 0 <= a.blend_weight <= 1:
+        ap.error(f"--blend-weight: {a.blend_weight} is not between 0 and 1")
+    if a.blend:  # checked before minutes of embedding, like the options above
+        task = load_task(a.task, a.data)
+        if a.folds:
+            task.splits = task.splits[:a.folds]
+        try:
+            load_blend(a.blend, task)
+        except ValueError as e:
+            ap.error(str(e))
     boxes = None if a.boxes is None else a.boxes == "yes"
     r = evaluate(a.task, method, backbone=a.backbone, spec=a.features, use_boxes=boxes,
                  data_dir=a.data, cache_dir=a.cache, seed=a.seed,
                  finetune_cfg=_ft_overrides(a.ft), max_folds=a.folds,
                  save_to=a.save_proba, load_from=a.load_proba, fine_labels=a.fine_labels,
-                 decision=a.decision)
+                 decision=a.decision, blend_from=a.blend, blend_weight=a.blend_weight)
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=1))

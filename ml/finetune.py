@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from ml.backbones import load_backbone
-from ml.finetune_data import TrainSet, eval_inputs, load_images  # noqa: F401 - load_images is API
+from ml.features import VIEWS
+from ml.finetune_data import TrainSet, eval_inputs, load_images, multiview_inputs  # noqa: F401 - API
 from ml.metrics import balanced_accuracy
 from ml.preprocess import normalize
 
@@ -53,6 +54,10 @@ class FinetuneConfig:
     early_stop: int = 5  # epochs without val improvement before stopping
     val_fraction: float = 0.15  # held out of the training data when no val set is given
     eval_view: str = "center"  # "center" crop or "full" (whole image squashed, keeps borders)
+    # Comma-separated ml.features views to average at prediction time instead of eval_view,
+    # e.g. "center,flip,full,tiles2,tiles3": softmax averaged over each view's crops, then over
+    # the views. Tiles show a small logo 2-3x larger; give max_side >= 3 * image_size for them.
+    eval_views: str = ""
     tta_flip: bool = True
     max_side: int = 512  # images are kept in memory downscaled to this long side
     seed: int = 0
@@ -200,6 +205,8 @@ def predict_proba(model: Classifier, imgs: Sequence[Image.Image], cfg: FinetuneC
     """Softmax probabilities (n, k); averaged with the mirrored image when cfg.tta_flip."""
     device = device or next(model.parameters()).device
     model.eval()
+    if cfg.eval_views:
+        return _multiview_proba(model, imgs, cfg, device)
     trunk = getattr(model, "trunk", None)
     if trunk is not None:  # cached-trunk model: same frozen part, via onnxruntime
         A = _eval_activations(trunk, imgs, cfg)
@@ -213,6 +220,37 @@ def predict_proba(model: Classifier, imgs: Sequence[Image.Image], cfg: FinetuneC
             views = [x, x.flip(3)] if cfg.tta_flip else [x]
             out.append(torch.stack([_proba_from(model, v, False) for v in views]).mean(0).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), np.float32)
+
+
+@torch.no_grad()
+def _multiview_proba(model: Classifier, imgs: Sequence[Image.Image], cfg: FinetuneConfig,
+                     device: torch.device) -> np.ndarray:
+    views = [v.strip() for v in cfg.eval_views.split(",") if v.strip()]
+    bad = [v for v in views if v not in VIEWS or v == "boxes"]
+    if bad:  # boxes are training crops: a test image has no annotation
+        raise ValueError(f"eval_views: {', '.join(bad)} not usable; choose from "
+                         f"{', '.join(v for v in VIEWS if v != 'boxes')}")
+    k = model.fc.out_features
+    out = np.zeros((len(imgs), k))
+    trunk = getattr(model, "trunk", None)
+    for s in range(0, len(imgs), 16):  # 16 images' crops at a time: bounded memory
+        u8, owner, view_of = multiview_inputs(imgs[s:s + 16], views, cfg.image_size)
+        p = []
+        for b in range(0, len(u8), 64):
+            x = normalize(u8[b:b + 64])
+            if trunk is not None:
+                p.append(_proba_from(model, torch.from_numpy(trunk(x)), True).numpy())
+            else:
+                with _autocast(device):
+                    p.append(_proba_from(model, torch.from_numpy(x).to(device), False).cpu().numpy())
+        p = np.concatenate(p) if p else np.zeros((0, k))
+        # mean over each (image, view)'s crops, then over the views
+        sums, counts = np.zeros((16, len(views), k)), np.zeros((16, len(views), 1))
+        np.add.at(sums, (owner, view_of), p)
+        np.add.at(counts, (owner, view_of), 1)
+        n = min(16, len(imgs) - s)
+        out[s:s + n] = (sums[:n] / np.maximum(counts[:n], 1)).mean(axis=1)
+    return out.astype(np.float32)
 
 
 def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from ml.features import view_crops
 from ml.preprocess import load_rgb, normalize, resize_crop
 
 if TYPE_CHECKING:
@@ -76,3 +77,19 @@ def eval_inputs(imgs: Sequence[Image.Image], cfg: FinetuneConfig) -> np.ndarray:
     else:
         crops = [resize_crop(im, s) for im in imgs]
     return np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
+
+
+def multiview_inputs(imgs: Sequence[Image.Image], views: Sequence[str],
+                     size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every crop of every view (ml.features.view_crops: center, flip, full, tiles2, ...) of
+    each image: uint8 (m, size, size, 3), the image index and the view index of each crop."""
+    crops, owner, view_of = [], [], []
+    for i, img in enumerate(imgs):
+        for v, view in enumerate(views):
+            c = view_crops(img, view, size=size)
+            crops.append(c)
+            owner += [i] * len(c)
+            view_of += [v] * len(c)
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    return (np.concatenate(crops) if crops else empty, np.asarray(owner, np.int64),
+            np.asarray(view_of, np.int64))

@@ -66,6 +66,50 @@ def test_evaluate_cli_names_the_bad_option_instead_of_a_traceback(tmp_path: Path
     assert not (tmp_path / "x.json").exists()
 
 
+def test_evaluate_cli_refuses_a_blend_it_cannot_use(tmp_path: Path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not numpy")
+    cases = [(["--blend", str(tmp_path / "none.npz")], "--blend: no such file"),
+             (["--blend", str(junk)], "not a file saved by --save-proba"),
+             (["--blend", str(junk), "--finetune"], "--blend: for head methods"),
+             (["--blend", str(junk), "--blend-weight", "1.5"], "--blend-weight: 1.5 is not between")]
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "ml.evaluate", "--task", "shoes-3", "--method", "head",
+                               *args, "--json", str(tmp_path / "x.json")],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-500:])
+        assert "Traceback" not in proc.stderr
+
+
+def test_blend_averages_the_heads_test_probabilities_with_a_saved_run(tmp_path: Path):
+    if not (datasets_dir() / "shoes").is_dir():
+        pytest.skip("shoes dataset not available")
+    from ml.datasets import load_task
+    from ml.evaluate import evaluate, save_proba
+
+    task = load_task("shoes-3", datasets_dir())
+    _, te = task.splits[0]
+    truth, uniform = tmp_path / "truth.npz", tmp_path / "uniform.npz"
+    save_proba(str(truth), task, te, np.eye(3)[task.y[te]])
+    save_proba(str(uniform), task, te, np.full((len(te), 3), 1 / 3))
+    run = lambda **kw: evaluate("shoes-3", "head", data_dir=str(datasets_dir()), **kw)  # noqa: E731
+    alone = run()
+    assert run(blend_from=str(truth), blend_weight=1.0)["accuracy"] == 1.0
+    assert run(blend_from=str(truth), blend_weight=0.0)["accuracy"] == alone["accuracy"]
+    # a uniform run shifts every class alike: the head's ranking, and so its accuracy, stays
+    blended = run(blend_from=str(uniform))
+    assert blended["accuracy"] == alone["accuracy"] and blended["blend"]["weight"] == 0.5
+    assert blended["top3_accuracy"] == alone["top3_accuracy"]
+    # a run that lacks a few test images blends the rest; one that lacks most is another run's
+    partial, stray = tmp_path / "partial.npz", tmp_path / "stray.npz"
+    save_proba(str(partial), task, te[2:], np.eye(3)[task.y[te[2:]]])
+    save_proba(str(stray), task, te[:10], np.eye(3)[task.y[te[:10]]])
+    r = run(blend_from=str(partial), blend_weight=1.0)
+    assert r["blend"]["missing"] == 2 and r["accuracy"] >= (len(te) - 2) / len(te)
+    with pytest.raises(ValueError, match="no saved probabilities for 104 of 114"):
+        run(blend_from=str(stray))
+
+
 def test_simulate_cli_default_strategy_beats_random(tmp_path: Path):
     """The product's default strategy ("diverse", ml.selection) against random labelling on
     shoes-3, one seed label per class, pages of 10, the same 3 seed sets for both.

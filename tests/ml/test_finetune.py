@@ -6,6 +6,7 @@ about a minute on 2 CPU cores; the full-size numbers are in docs/ml-results.md.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,24 +33,48 @@ def shoes():
     return task, sub, te
 
 
-def test_short_finetune_beats_head_only(shoes):
+@pytest.fixture(scope="module")
+def tuned(shoes):
+    """(model, cfg, learning curve, test images, seconds): one short fine-tune for the module."""
     task, tr, te = shoes
-    store = FeatureStore()
-    store.ensure(task.paths, task.shas, ["center"])
-    X = spec_features(store, task.shas, "center:mean")
-    head_acc = float((train_head(X[tr], task.y[tr], task.n_classes).predict_proba(X[te]).argmax(1)
-                      == task.y[te]).mean())
-
     t0 = time.time()
     cfg = FinetuneConfig(epochs=6, trainable_blocks=3, cached_views=4, batch_size=16,
                          early_stop=6, val_fraction=0.2, seed=0)
     model, curve = finetune([task.paths[i] for i in tr], task.y[tr], task.n_classes, cfg=cfg)
     test_imgs, _ = load_images([task.paths[i] for i in te], cfg.max_side)
+    return model, cfg, curve, test_imgs, time.time() - t0
+
+
+def test_short_finetune_beats_head_only(shoes, tuned):
+    task, tr, te = shoes
+    model, cfg, curve, test_imgs, seconds = tuned
+    store = FeatureStore()
+    store.ensure(task.paths, task.shas, ["center"])
+    X = spec_features(store, task.shas, "center:mean")
+    head_acc = float((train_head(X[tr], task.y[tr], task.n_classes).predict_proba(X[te]).argmax(1)
+                      == task.y[te]).mean())
     ft_acc = float((predict_proba(model, test_imgs, cfg).argmax(1) == task.y[te]).mean())
-    print(f"head-only {head_acc:.3f} vs fine-tuned {ft_acc:.3f} in {time.time() - t0:.0f} s")
-    seconds = time.time() - t0
+    print(f"head-only {head_acc:.3f} vs fine-tuned {ft_acc:.3f} in {seconds:.0f} s")
 
     assert curve and {"train_loss", "val_loss", "val_acc", "lr"} <= set(curve[0])
     assert all(np.isfinite(r["train_loss"]) for r in curve)
     assert ft_acc > head_acc, (ft_acc, head_acc)
     assert seconds < 300, seconds  # ~1 min on an idle 2-core box
+
+
+def test_multiview_prediction_averages_the_views_crops(shoes, tuned):
+    task, _, te = shoes
+    model, cfg, _, test_imgs, _ = tuned
+    imgs = test_imgs[:12]
+    # "center,flip" is exactly the single-view path with its mirrored copy (tta_flip)
+    two = predict_proba(model, imgs, replace(cfg, eval_views="center,flip"))
+    np.testing.assert_allclose(two, predict_proba(model, imgs, cfg), atol=1e-5)
+    # tiles: 4 crops at 2x resolution, averaged among themselves first, then with the others
+    multi = predict_proba(model, imgs, replace(cfg, eval_views="center,flip,full,tiles2"))
+    tiles = predict_proba(model, imgs, replace(cfg, eval_views="tiles2"))
+    full = predict_proba(model, imgs, replace(cfg, eval_views="full"))
+    np.testing.assert_allclose(multi, (2 * two + full + tiles) / 4, atol=1e-5)
+    np.testing.assert_allclose(multi.sum(1), 1, atol=1e-5)
+    assert np.abs(tiles - two).max() > 1e-3  # the tiles are other pixels, not the same crop again
+    with pytest.raises(ValueError, match="boxes"):
+        predict_proba(model, imgs, replace(cfg, eval_views="center,boxes"))
