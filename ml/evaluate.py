@@ -409,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(str(e))
     boxes = None if a.boxes is None else a.boxes == "yes"
+    if method == "finetune":
+        from ml.finetune import FinetuneConfig
+        try:
+            FinetuneConfig(**_ft_overrides(a.ft))
+        except ValueError as e:
+            ap.error(f"--ft {e}")
     r = evaluate(a.task, method, backbone=a.backbone, spec=a.features, use_boxes=boxes,
                  data_dir=a.data, cache_dir=a.cache, seed=a.seed,
                  finetune_cfg=_ft_overrides(a.ft), max_folds=a.folds,

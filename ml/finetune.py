@@ -69,6 +69,18 @@ class FinetuneConfig:
     cached_views: int = 8
     probe_init: bool = True  # LP-FT (cached-trunk mode): fc starts from a linear probe
 
+    def __post_init__(self) -> None:
+        eval_view_list(self.eval_views)  # a typo fails here, not after the training
+
+
+def eval_view_list(eval_views: str) -> list[str]:
+    views = [v.strip() for v in eval_views.split(",") if v.strip()]
+    bad = [v for v in views if v not in VIEWS or v == "boxes"]
+    if bad:  # boxes are training crops: a test image has no annotation
+        raise ValueError(f"eval_views: {', '.join(bad)} not usable; choose from "
+                         f"{', '.join(v for v in VIEWS if v != 'boxes')}")
+    return views
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -225,11 +237,7 @@ def predict_proba(model: Classifier, imgs: Sequence[Image.Image], cfg: FinetuneC
 @torch.no_grad()
 def _multiview_proba(model: Classifier, imgs: Sequence[Image.Image], cfg: FinetuneConfig,
                      device: torch.device) -> np.ndarray:
-    views = [v.strip() for v in cfg.eval_views.split(",") if v.strip()]
-    bad = [v for v in views if v not in VIEWS or v == "boxes"]
-    if bad:  # boxes are training crops: a test image has no annotation
-        raise ValueError(f"eval_views: {', '.join(bad)} not usable; choose from "
-                         f"{', '.join(v for v in VIEWS if v != 'boxes')}")
+    views = eval_view_list(cfg.eval_views)
     k = model.fc.out_features
     out = np.zeros((len(imgs), k))
     trunk = getattr(model, "trunk", None)

@@ -56,6 +56,7 @@ def test_evaluate_cli_tunes_a_decision_bias_on_the_training_part(tmp_path: Path)
 @pytest.mark.parametrize("args, message", [
     (["--backbone", "efficientnet-lite0,efficientnet-lite2", "--method", "head"], "needs --method search"),
     (["--features", "center,tiles9:max"], "--features: bad views"),
+    (["--finetune", "--ft", "eval_views=center,tile2"], "--ft eval_views: tile2 not usable"),
 ])
 def test_evaluate_cli_names_the_bad_option_instead_of_a_traceback(tmp_path: Path, args, message):
     proc = subprocess.run([sys.executable, "-m", "ml.evaluate", "--task", "shoes-3", *args,

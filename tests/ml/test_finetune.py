@@ -76,5 +76,5 @@ def test_multiview_prediction_averages_the_views_crops(shoes, tuned):
     np.testing.assert_allclose(multi, (2 * two + full + tiles) / 4, atol=1e-5)
     np.testing.assert_allclose(multi.sum(1), 1, atol=1e-5)
     assert np.abs(tiles - two).max() > 1e-3  # the tiles are other pixels, not the same crop again
-    with pytest.raises(ValueError, match="boxes"):
-        predict_proba(model, imgs, replace(cfg, eval_views="center,boxes"))
+    with pytest.raises(ValueError, match="eval_views: boxes not usable"):
+        replace(cfg, eval_views="center,boxes")
