@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .models import Membership, Role
@@ -37,7 +38,9 @@ def member_list(request: HttpRequest) -> HttpResponse:
     # Rendered, not redirected: the one-time password must not sit in a cookie or session.
     created = {"username": membership.user.username, "role": membership.get_role_display(),
                "password": password}
-    return _page(request, created=created)
+    response = _page(request, created=created)
+    add_never_cache_headers(response)  # nor in any browser or proxy cache
+    return response
 
 
 @require_POST

@@ -65,6 +65,7 @@ def test_adding_a_new_person_creates_an_account_whose_one_time_password_works(cl
     r = client.post(page(), {"username": "newbie", "email": "newbie@example.com", "role": "operator"})
     assert r.status_code == 200
     password = re.search(r'id="new-password">([^<]+)<', r.content.decode()).group(1)
+    assert "no-store" in r["Cache-Control"]
     m = membership(User.objects.get(username="newbie"), world.acme)
     assert m.role == Role.OPERATOR and m.user.email == "newbie@example.com"
 
@@ -151,7 +152,7 @@ def test_the_api_lists_adds_changes_and_removes_members(world):
     assert [(m["username"], m["role"]) for m in listed] == [("alice", "admin"), ("olga", "operator"), ("vic", "viewer")]
 
     r = c.post("/api/v1/clients/acme/members/", {"username": "bot", "role": "operator"}, format="json")
-    assert r.status_code == 201 and r.json()["password"]
+    assert r.status_code == 201 and r.json()["password"] and r["Cache-Control"] == "no-store"
     bot_client = APIClient()
     token = bot_client.post("/api/v1/auth/token/", {"username": "bot", "password": r.json()["password"]},
                             format="json").json()["token"]

@@ -34,7 +34,9 @@ class MemberListAPI(MemberAPIBase):
         d = form.validated_data
         membership, password = members.add_member(self.client, d["username"], d["role"], d.get("email", ""))
         membership.password = password
-        return Response(MemberCreatedSerializer(membership).data, status=status.HTTP_201_CREATED)
+        # The one-time password must not stay in any cache on the way.
+        return Response(MemberCreatedSerializer(membership).data, status=status.HTTP_201_CREATED,
+                        headers={"Cache-Control": "no-store"})
 
 
 class MemberDetailAPI(MemberAPIBase):
