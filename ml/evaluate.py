@@ -223,7 +223,7 @@ def save_proba(path: str, task: Task, idx: np.ndarray, raw: np.ndarray) -> None:
              proba=raw.astype(np.float32), labels=np.array(task.fine_labels or task.labels))
 
 
-def load_proba(path: str, task: Task) -> tuple[np.ndarray, np.ndarray]:
+def load_proba(path: str, task: Task, how: str = "sum") -> tuple[np.ndarray, np.ndarray]:
     """Saved out-of-fold outputs -> (idx, task proba); fine outputs are collapsed.
     Matched by sha256; files saved before shas were stored, by name (unique names only:
     the shoes folders repeat names such as 0.jpg across brands)."""
@@ -238,17 +238,17 @@ def load_proba(path: str, task: Task) -> tuple[np.ndarray, np.ndarray]:
     idx = np.array([pos[str(keys[j])] for j in keep], dtype=np.int64)
     proba = z["proba"][keep].astype(np.float64)
     if list(z["labels"]) == (task.fine_labels or []) and task.fine_labels != task.labels:
-        proba = collapse_proba(task, proba)
+        proba = collapse_proba(task, proba, how)
     return idx, proba
 
 
-def load_blend(path: str, task: Task) -> np.ndarray:
+def load_blend(path: str, task: Task, how: str = "sum") -> np.ndarray:
     """A saved run's probabilities aligned to the task's samples (NaN rows where it has none).
     A test fold it does not cover at all means another task's folds or data: refused. A few
     missing rows (the fl27 photo with two brands is in the 4-way task but not in 28-way) keep
     the head's own probabilities; how many is printed and kept in the JSON."""
     try:
-        idx, proba = load_proba(path, task)
+        idx, proba = load_proba(path, task, how)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"--blend {path}: not a file saved by --save-proba ({exc})") from None
     if proba.shape[1] != task.n_classes:
@@ -291,7 +291,8 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
         candidates = [b.strip() for b in backbone.split(",") if b.strip()]
         if len(candidates) > 1 and method != "search":
             raise ValueError("several backbones (comma-separated) are candidates for --method search only")
-        blend = (load_blend(blend_from, task), blend_weight) if blend_from else None
+        # fine outputs collapse into the task's classes as the head's do (--fine-labels)
+        blend = (load_blend(blend_from, task, fine_labels or "sum"), blend_weight) if blend_from else None
         if blend is not None:
             test = np.concatenate([te for _, te in task.splits])
             blend_missing = int(np.isnan(blend[0][test, 0]).sum())
@@ -351,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=[*TASKS, "all"],
                     help="'all': every task with its best measured recipe (ml.report), printed "
-                         "next to the issue's baselines and targets; method options are ignored")
+                         "next to the issue's baselines and targets; method options are ignored, but "
+                         "--blend FILE switches fl27-28way and fl27-4way to their blend recipes")
     ap.add_argument("--backbone", default="efficientnet-lite0",
                     help="feature backbone; heads also take a '+'-joined list whose features "
                          "are concatenated, e.g. efficientnet-lite0+efficientnet-lite2; with "
@@ -431,7 +433,18 @@ def main(argv: list[str] | None = None) -> int:
 def _main_all(a: argparse.Namespace, argv: list[str] | None) -> int:
     from ml.report import format_summary, run_all
 
-    r = run_all(evaluate, data_dir=a.data, cache_dir=a.cache, seed=a.seed, max_folds=a.folds)
+    if a.blend:  # the blend recipes are fl27 ones: check the file against their folds first
+        task = load_task("fl27-28way", a.data)
+        task.splits = task.splits[:a.folds] if a.folds else task.splits
+        try:
+            if not Path(a.blend).is_file():
+                raise ValueError(f"--blend: no such file {a.blend!r}")
+            load_blend(a.blend, task)
+        except ValueError as e:
+            print(f"python -m ml.evaluate: error: {e}", file=sys.stderr)
+            return 2
+    r = run_all(evaluate, data_dir=a.data, cache_dir=a.cache, seed=a.seed, max_folds=a.folds,
+                blend_from=a.blend)
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=1))

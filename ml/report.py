@@ -1,6 +1,7 @@
 """All four benchmark tasks with their best measured recipe, next to the baselines and targets.
 
     python -m ml.evaluate --task all --json out/all.json
+    python -m ml.evaluate --task all --blend ft.npz --json out/all.json   # + a fine-tune's run
 
 Prints the issue's table (baseline, seed figure, target) with what this code measures now on
 the same data, one `ml.evaluate` run per task. Inside a run nothing is chosen on a test fold:
@@ -32,6 +33,15 @@ RECIPES: dict[str, tuple[str, str, float, str, float, dict]] = {
 }
 
 
+# With `--blend FILE` (a fine-tune's --save-proba on the fl27 folds, docs/ml-results.md round 5)
+# these recipes replace the ones above; fl27-logo and shoes-3 keep theirs (a blend did not help
+# logo's tuned macro-F1 bias; the file holds no shoes).
+BLEND_RECIPES: dict[str, dict] = {
+    "fl27-4way": {"method": "multicrop", "backbone": BOTH, "use_boxes": True, "fine_labels": "uniform"},
+    "fl27-28way": {"method": "multicrop", "backbone": BOTH, "use_boxes": True},
+}
+
+
 def _recipe_text(kw: dict) -> str:
     parts = [f"--method {kw['method']}", f"--backbone {kw['backbone']}"]
     if kw.get("use_boxes"):
@@ -40,14 +50,19 @@ def _recipe_text(kw: dict) -> str:
         parts.append(f"--fine-labels {kw['fine_labels']}")
     if kw.get("decision"):
         parts.append(f"--decision {kw['decision']}")
+    if kw.get("blend_from"):
+        parts.append(f"--blend {kw['blend_from']}")
     return " ".join(parts)
 
 
 def run_all(evaluate: Callable[..., dict], *, data_dir: str | None = None,
-            cache_dir: str | None = None, seed: int = 0, max_folds: int | None = None) -> dict:
+            cache_dir: str | None = None, seed: int = 0, max_folds: int | None = None,
+            blend_from: str | None = None) -> dict:
     """One evaluate() per task with its recipe; returns {"tasks": {task: result}, "summary": [...]}."""
     results, summary = {}, []
     for task, (key, label, baseline, seed_fig, target, kw) in RECIPES.items():
+        if blend_from and task in BLEND_RECIPES:
+            kw = {**BLEND_RECIPES[task], "blend_from": blend_from}
         print(f"== {task}: {_recipe_text(kw)}", file=sys.stderr)
         r = evaluate(task, data_dir=data_dir, cache_dir=cache_dir, seed=seed, max_folds=max_folds, **kw)
         results[task] = r

@@ -80,6 +80,12 @@ def test_evaluate_cli_refuses_a_blend_it_cannot_use(tmp_path: Path):
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-500:])
         assert "Traceback" not in proc.stderr
+    if (datasets_dir() / "flickrlogos27").is_dir():  # --task all checks it on the fl27 folds
+        proc = subprocess.run([sys.executable, "-m", "ml.evaluate", "--task", "all", "--blend", str(junk),
+                               "--json", str(tmp_path / "x.json")],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "not a file saved by --save-proba" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_blend_averages_the_heads_test_probabilities_with_a_saved_run(tmp_path: Path):
