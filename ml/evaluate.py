@@ -242,25 +242,43 @@ def load_proba(path: str, task: Task, how: str = "sum") -> tuple[np.ndarray, np.
     return idx, proba
 
 
-def load_blend(path: str, task: Task, how: str = "sum") -> np.ndarray:
-    """A saved run's probabilities aligned to the task's samples (NaN rows where it has none).
-    A test fold it does not cover at all means another task's folds or data: refused. A few
+def load_blend(paths: str, task: Task, how: str = "sum") -> np.ndarray:
+    """Saved runs' probabilities aligned to the task's samples (NaN rows where none has any);
+    several comma-separated files (e.g. fine-tunes with other seeds) are averaged.
+    A test fold a file does not cover at all means another task's folds or data: refused. A few
     missing rows (the fl27 photo with two brands is in the 4-way task but not in 28-way) keep
     the head's own probabilities; how many is printed and kept in the JSON."""
-    try:
-        idx, proba = load_proba(path, task, how)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"--blend {path}: not a file saved by --save-proba ({exc})") from None
-    if proba.shape[1] != task.n_classes:
-        raise ValueError(f"--blend {path}: {proba.shape[1]} classes, the task has {task.n_classes}")
-    out = np.full((len(task.y), task.n_classes), np.nan)
-    out[idx] = proba
-    for k, (_, te) in enumerate(task.splits):
-        missing = int(np.isnan(out[te, 0]).sum())
-        if missing > len(te) // 2:
-            raise ValueError(f"--blend {path}: no saved probabilities for {missing} of {len(te)} "
-                             f"test images of fold {k} (saved from another task, data set or --folds?)")
-    return out
+    runs = []
+    for path in blend_files(paths):
+        try:
+            idx, proba = load_proba(path, task, how)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"--blend {path}: not a file saved by --save-proba ({exc})") from None
+        if proba.shape[1] != task.n_classes:
+            raise ValueError(f"--blend {path}: {proba.shape[1]} classes, the task has {task.n_classes}")
+        out = np.full((len(task.y), task.n_classes), np.nan)
+        out[idx] = proba
+        for k, (_, te) in enumerate(task.splits):
+            missing = int(np.isnan(out[te, 0]).sum())
+            if missing > len(te) // 2:
+                raise ValueError(f"--blend {path}: no saved probabilities for {missing} of {len(te)} "
+                                 f"test images of fold {k} (saved from another task, data set or --folds?)")
+        runs.append(out)
+    stack = np.stack(runs)
+    have = (~np.isnan(stack[:, :, :1])).sum(0)
+    mean = np.nansum(stack, axis=0) / np.maximum(have, 1)
+    return np.where(have > 0, mean, np.nan)
+
+
+def blend_files(paths: str) -> list[str]:
+    """--blend's comma-separated files; a missing one is named."""
+    files = [p.strip() for p in paths.split(",") if p.strip()]
+    for f in files:
+        if not Path(f).is_file():
+            raise ValueError(f"--blend: no such file {f!r}")
+    if not files:
+        raise ValueError("--blend: no file given")
+    return files
 
 
 def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficientnet-lite0",
@@ -374,9 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decision", choices=SCORES,
                     help="heads: tune a per-class bias for this score by inner CV on each "
                          "training part (a threshold for two classes); default: argmax")
-    ap.add_argument("--blend", metavar="NPZ",
+    ap.add_argument("--blend", metavar="NPZ[,NPZ...]",
                     help="heads: average the test probabilities with a saved run (--save-proba of "
-                         "--method finetune on the same task's folds)")
+                         "--method finetune on the same task's folds); several runs (seeds) are "
+                         "averaged first")
     ap.add_argument("--blend-weight", type=float, default=0.5,
                     help="the saved run's weight in --blend (default 0.5)")
     ap.add_argument("--folds", type=int, help="only the first N CV folds (quick runs)")
@@ -398,8 +417,6 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--features: {e}")
     if a.blend and method == "finetune":
         ap.error("--blend: for head methods; a fine-tune run is what gets blended (--save-proba)")
-    if a.blend and not Path(a.blend).is_file():
-        ap.error(f"--blend: no such file {a.blend!r}")
     if not 0 <= a.blend_weight <= 1:
         ap.error(f"--blend-weight: {a.blend_weight} is not between 0 and 1")
     if a.blend:  # checked before minutes of embedding, like the options above
@@ -437,8 +454,6 @@ def _main_all(a: argparse.Namespace, argv: list[str] | None) -> int:
         task = load_task("fl27-28way", a.data)
         task.splits = task.splits[:a.folds] if a.folds else task.splits
         try:
-            if not Path(a.blend).is_file():
-                raise ValueError(f"--blend: no such file {a.blend!r}")
             load_blend(a.blend, task)
         except ValueError as e:
             print(f"python -m ml.evaluate: error: {e}", file=sys.stderr)

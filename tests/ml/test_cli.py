@@ -107,6 +107,9 @@ def test_blend_averages_the_heads_test_probabilities_with_a_saved_run(tmp_path: 
     blended = run(blend_from=str(uniform))
     assert blended["accuracy"] == alone["accuracy"] and blended["blend"]["weight"] == 0.5
     assert blended["top3_accuracy"] == alone["top3_accuracy"]
+    # several runs (seeds of one fine-tune) are averaged before the blend
+    both = run(blend_from=f"{truth},{uniform}", blend_weight=1.0)
+    assert both["accuracy"] == 1.0 and both["blend"]["file"] == f"{truth},{uniform}"
     # a run that lacks a few test images blends the rest; one that lacks most is another run's
     partial, stray = tmp_path / "partial.npz", tmp_path / "stray.npz"
     save_proba(str(partial), task, te[2:], np.eye(3)[task.y[te[2:]]])
