@@ -26,7 +26,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from ml.features import (ConcatStore, FeatureStore, box_features, make_store, pa
 
 Store = FeatureStore | ConcatStore
 from ml.heads import train_head
+from ml.saved_runs import COLLAPSE, collapse_proba, load_blend, load_proba, save_proba  # noqa: F401 - API
 from ml.metrics import classification_metrics
 
 BASELINE_SPEC = "center:mean"
@@ -165,28 +165,6 @@ def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | 
     return np.concatenate(idx), np.concatenate(probas), info
 
 
-COLLAPSE = ("sum", "uniform")
-
-
-def collapse_proba(task: Task, fine_proba: np.ndarray, how: str = "sum") -> np.ndarray:
-    """Fine (27 brands + none) probabilities -> the task's classes.
-
-    "sum": P(task class) = sum of its fine classes (the posterior under the head's prior).
-    "uniform": that sum divided by the number of fine classes it holds, renormalised. The
-    fine head is trained class-balanced, i.e. under a uniform prior over 28 fine classes,
-    so "other" (25 of them) starts with 25x the prior of one brand; dividing it out is the
-    Bayes decision for equal task-class priors -- what balanced accuracy rewards.
-    Measured (lite0 multicrop + boxes, 4-way): bal. acc 0.693 -> 0.761, macro-F1 drops."""
-    if how not in COLLAPSE:
-        raise ValueError(f"unknown collapse {how!r}; choose from {COLLAPSE}")
-    out = np.zeros((len(fine_proba), task.n_classes))
-    np.add.at(out.T, task.fine_to_task, fine_proba.T)
-    if how == "uniform":
-        out /= np.bincount(task.fine_to_task, minlength=task.n_classes).clip(1)
-        out /= out.sum(axis=1, keepdims=True).clip(1e-12)
-    return out
-
-
 def run_finetune(task: Task, cfg_overrides: dict) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
     """Fine-tune per fold. fl27 tasks train on the fine labels (27 brands + none) and
     collapse: "other" is 25 visually unrelated classes, easier to learn one by one, and
@@ -214,71 +192,6 @@ def run_finetune(task: Task, cfg_overrides: dict) -> tuple[np.ndarray, np.ndarra
                      "accuracy": float((p.argmax(1) == task.y[te]).mean())})
         print(f"  fold {k}: acc={info[-1]['accuracy']:.4f} epochs={len(curve)}", file=sys.stderr)
     return np.concatenate(idx), np.concatenate(probas), info, np.concatenate(raw)
-
-
-def save_proba(path: str, task: Task, idx: np.ndarray, raw: np.ndarray) -> None:
-    """Out-of-fold model outputs keyed by file content (sha256) and file name."""
-    names = np.array([task.aliases[i][0] for i in idx])
-    np.savez(path, names=names, shas=np.array([task.shas[i] for i in idx]),
-             proba=raw.astype(np.float32), labels=np.array(task.fine_labels or task.labels))
-
-
-def load_proba(path: str, task: Task, how: str = "sum") -> tuple[np.ndarray, np.ndarray]:
-    """Saved out-of-fold outputs -> (idx, task proba); fine outputs are collapsed.
-    Matched by sha256; files saved before shas were stored, by name (unique names only:
-    the shoes folders repeat names such as 0.jpg across brands)."""
-    z = np.load(path, allow_pickle=False)
-    if "shas" in z.files:
-        keys, pos = z["shas"], {s: i for i, s in enumerate(task.shas)}
-    else:
-        names = [task.aliases[i][0] for i in range(len(task.y))]
-        seen = Counter(names)
-        keys, pos = z["names"], {n: i for i, n in enumerate(names) if seen[n] == 1}
-    keep = [j for j, k in enumerate(keys) if str(k) in pos]
-    idx = np.array([pos[str(keys[j])] for j in keep], dtype=np.int64)
-    proba = z["proba"][keep].astype(np.float64)
-    if list(z["labels"]) == (task.fine_labels or []) and task.fine_labels != task.labels:
-        proba = collapse_proba(task, proba, how)
-    return idx, proba
-
-
-def load_blend(paths: str, task: Task, how: str = "sum") -> np.ndarray:
-    """Saved runs' probabilities aligned to the task's samples (NaN rows where none has any);
-    several comma-separated files (e.g. fine-tunes with other seeds) are averaged.
-    A test fold a file does not cover at all means another task's folds or data: refused. A few
-    missing rows (the fl27 photo with two brands is in the 4-way task but not in 28-way) keep
-    the head's own probabilities; how many is printed and kept in the JSON."""
-    runs = []
-    for path in blend_files(paths):
-        try:
-            idx, proba = load_proba(path, task, how)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"--blend {path}: not a file saved by --save-proba ({exc})") from None
-        if proba.shape[1] != task.n_classes:
-            raise ValueError(f"--blend {path}: {proba.shape[1]} classes, the task has {task.n_classes}")
-        out = np.full((len(task.y), task.n_classes), np.nan)
-        out[idx] = proba
-        for k, (_, te) in enumerate(task.splits):
-            missing = int(np.isnan(out[te, 0]).sum())
-            if missing > len(te) // 2:
-                raise ValueError(f"--blend {path}: no saved probabilities for {missing} of {len(te)} "
-                                 f"test images of fold {k} (saved from another task, data set or --folds?)")
-        runs.append(out)
-    stack = np.stack(runs)
-    have = (~np.isnan(stack[:, :, :1])).sum(0)
-    mean = np.nansum(stack, axis=0) / np.maximum(have, 1)
-    return np.where(have > 0, mean, np.nan)
-
-
-def blend_files(paths: str) -> list[str]:
-    """--blend's comma-separated files; a missing one is named."""
-    files = [p.strip() for p in paths.split(",") if p.strip()]
-    for f in files:
-        if not Path(f).is_file():
-            raise ValueError(f"--blend: no such file {f!r}")
-    if not files:
-        raise ValueError("--blend: no file given")
-    return files
 
 
 def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficientnet-lite0",
@@ -419,14 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--blend: for head methods; a fine-tune run is what gets blended (--save-proba)")
     if not 0 <= a.blend_weight <= 1:
         ap.error(f"--blend-weight: {a.blend_weight} is not between 0 and 1")
-    if a.blend:  # checked before minutes of embedding, like the options above
-        task = load_task(a.task, a.data)
-        if a.folds:
-            task.splits = task.splits[:a.folds]
-        try:
-            load_blend(a.blend, task)
-        except ValueError as e:
-            ap.error(str(e))
+    if a.blend and (problem := _blend_problem(a.blend, a.task, a)):
+        ap.error(problem)  # before minutes of embedding, like the options above
     boxes = None if a.boxes is None else a.boxes == "yes"
     if method == "finetune":
         from ml.finetune import FinetuneConfig
@@ -447,17 +354,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _blend_problem(paths: str, task_name: str, a: argparse.Namespace) -> str | None:
+    """What is wrong with --blend for this task's (first --folds) folds, or None."""
+    task = load_task(task_name, a.data)
+    task.splits = task.splits[:a.folds] if a.folds else task.splits
+    try:
+        load_blend(paths, task)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _main_all(a: argparse.Namespace, argv: list[str] | None) -> int:
     from ml.report import format_summary, run_all
 
-    if a.blend:  # the blend recipes are fl27 ones: check the file against their folds first
-        task = load_task("fl27-28way", a.data)
-        task.splits = task.splits[:a.folds] if a.folds else task.splits
-        try:
-            load_blend(a.blend, task)
-        except ValueError as e:
-            print(f"python -m ml.evaluate: error: {e}", file=sys.stderr)
-            return 2
+    # the blend recipes are fl27 ones (all fl27 tasks share their folds): check on those
+    if a.blend and (problem := _blend_problem(a.blend, "fl27-28way", a)):
+        print(f"python -m ml.evaluate: error: {problem}", file=sys.stderr)
+        return 2
     r = run_all(evaluate, data_dir=a.data, cache_dir=a.cache, seed=a.seed, max_folds=a.folds,
                 blend_from=a.blend)
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -92,7 +92,8 @@ def test_blend_averages_the_heads_test_probabilities_with_a_saved_run(tmp_path: 
     if not (datasets_dir() / "shoes").is_dir():
         pytest.skip("shoes dataset not available")
     from ml.datasets import load_task
-    from ml.evaluate import evaluate, save_proba
+    from ml.evaluate import evaluate
+    from ml.saved_runs import save_proba
 
     task = load_task("shoes-3", datasets_dir())
     _, te = task.splits[0]
