@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from ..models import Client, Role, Taxonomy
 from ..permissions import RANK, get_client, get_taxonomy, role_in
-from ..services import labels
+from ..services import labels, members
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -53,7 +53,7 @@ class ScopedAPIView(APIView):
 
     def handle_exception(self, exc: Exception):
         # Services phrase input errors as "field: what is wrong"; answer them as field errors.
-        if isinstance(exc, labels.LabelError) and not isinstance(exc, labels.LabelConflict):
+        if isinstance(exc, (labels.LabelError, members.MemberError)) and not isinstance(exc, labels.LabelConflict):
             exc = field_error(str(exc))
         return super().handle_exception(exc)
 

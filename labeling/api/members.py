@@ -8,18 +8,13 @@ from rest_framework.response import Response
 
 from ..models import Membership, Role
 from ..services import members
-from .base import ScopedAPIView, field_error, get_or_404
+from .base import ScopedAPIView, get_or_404
 from .serializers import MemberCreatedSerializer, MemberCreateSerializer, MemberSerializer
 
 
 class MemberAPIBase(ScopedAPIView):
     read_role = Role.ADMIN
     write_role = Role.ADMIN
-
-    def handle_exception(self, exc: Exception):
-        if isinstance(exc, members.MemberError):
-            exc = field_error(str(exc))
-        return super().handle_exception(exc)
 
 
 class MemberListAPI(MemberAPIBase):
