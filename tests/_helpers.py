@@ -47,3 +47,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0):
             return value
         time.sleep(0.1)
     raise AssertionError("timed out waiting for the database")
+
+
+def api(user=None, token: bool = False):
+    """A DRF test client logged in as `user`: by a real token, or forced (session-less)."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    c = APIClient()
+    if user is not None and token:
+        c.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    elif user is not None:
+        c.force_authenticate(user)
+    return c

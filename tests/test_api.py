@@ -14,7 +14,7 @@ from labeling.models import (
     BulkAction, Cluster, Clustering, ClusterMember, ImportJob, Label, LabelEvent, Tag, TrainingRun,
 )
 from labeling.services import importing, labels
-from tests._helpers import png_bytes
+from tests._helpers import api, png_bytes
 
 # no_broker and private_uploads (conftest) apply to every test here, as autouse would.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker", "private_uploads")]
@@ -23,15 +23,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker", "priva
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def api(user=None, token: bool = False) -> APIClient:
-    c = APIClient()
-    if user is not None and token:
-        c.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    elif user is not None:
-        c.force_authenticate(user)
-    return c
 
 
 def base(world, tax=None) -> str:

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from labeling.models import Lease, Membership, Role
 from labeling.services import members
-from tests._helpers import make_asset
+from tests._helpers import api, make_asset
 from tests.conftest import login, make_user
 
 pytestmark = pytest.mark.django_db
@@ -32,12 +32,6 @@ def update_url(membership: Membership) -> str:
 
 def membership(user, client) -> Membership:
     return Membership.objects.get(user=user, client=client)
-
-
-def api(user) -> APIClient:
-    c = APIClient()
-    c.force_authenticate(user)
-    return c
 
 
 # --- the page ---------------------------------------------------------------------------------

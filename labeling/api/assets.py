@@ -28,6 +28,11 @@ def _after(sub: QuerySet, after: int | None) -> QuerySet:
     return sub if after is None else sub.filter(asset_id__gt=after)
 
 
+def _current_labels(taxonomy, ref: str, after: int | None = None) -> QuerySet:
+    """The asset's current label in the taxonomy, for an EXISTS on the outer row `ref`."""
+    return _after(Label.objects.filter(asset_id=OuterRef(ref), taxonomy=taxonomy, is_current=True), after)
+
+
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "request body too large"
@@ -149,9 +154,8 @@ class AssetListAPI(ScopedAPIView):
         taxonomy, out = f["taxonomy"], []
         if taxonomy is None:
             return out
-        current = _after(Label.objects.filter(asset_id=OuterRef(ref), taxonomy=taxonomy, is_current=True), after)
         if f["tag"] is not None:
-            out.append(Exists(current.filter(tags=f["tag"])))
+            out.append(Exists(_current_labels(taxonomy, ref, after).filter(tags=f["tag"])))
         return out
 
     def _cluster_filter(self, f: dict, ref: str) -> list:
@@ -172,8 +176,7 @@ class AssetListAPI(ScopedAPIView):
             qs = qs.filter(pk__gt=after)
         taxonomy = f["taxonomy"]
         if taxonomy is not None and f["state"]:
-            current = Label.objects.filter(asset_id=OuterRef("pk"), taxonomy=taxonomy, is_current=True)
-            labeled = Exists(_after(current, after))
+            labeled = Exists(_current_labels(taxonomy, "pk", after))
             qs = qs.filter(labeled) if f["state"] == "labeled" else qs.exclude(labeled)
         if f["umin"] is not None or f["umax"] is not None:
             scored = _after(Suggestion.objects.filter(asset_id=OuterRef("pk")), after)

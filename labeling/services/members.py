@@ -43,8 +43,9 @@ def _username(value: str) -> str:
     value = (value or "").strip()
     if not value:
         raise MemberError("username: may not be blank")
-    if len(value) > User._meta.get_field("username").max_length:
-        raise MemberError("username: at most 150 characters")
+    limit = User._meta.get_field("username").max_length
+    if len(value) > limit:
+        raise MemberError(f"username: at most {limit} characters")
     try:
         User.username_validator(value)
     except ValidationError:
