@@ -15,7 +15,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_safe, require_POST
 
 from .models import Asset, Label, Role, Taxonomy, TrainingRun
 from .permissions import RANK, clients_of, client_view, get_taxonomy, role_in, taxonomy_view
@@ -88,7 +88,7 @@ def tag_list(taxonomy: Taxonomy) -> list[dict]:
 # --- pages -----------------------------------------------------------------------------
 
 
-@require_GET
+@require_safe
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     clients = list(clients_of(request.user))
@@ -98,7 +98,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "labeling/home.html", {"clients": clients})
 
 
-@require_GET
+@require_safe
 @client_view()
 def client_home(request: HttpRequest) -> HttpResponse:
     client = request.client
@@ -139,7 +139,7 @@ def client_home(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe
 @taxonomy_view()
 def review(request: HttpRequest) -> HttpResponse:
     taxonomy = request.taxonomy
@@ -170,7 +170,7 @@ def _int_list(raw: str, field: str) -> list[int]:
         raise BadInput(f"{field}: comma-separated asset ids expected")
 
 
-@require_GET
+@require_safe
 @api_view()
 def queue_json(request: HttpRequest) -> JsonResponse:
     order = request.GET.get("order", "uncertain")
@@ -259,7 +259,7 @@ def undo_json(request: HttpRequest) -> JsonResponse:
     )
 
 
-@require_GET
+@require_safe
 @api_view()
 def status_json(request: HttpRequest) -> JsonResponse:
     return JsonResponse(queue.queue_status(request.taxonomy))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from .models import Role
 from .permissions import RANK, taxonomy_view
@@ -11,7 +11,7 @@ from .services import dashboard as dashboard_service
 from .services import exporting
 
 
-@require_GET
+@require_safe
 @taxonomy_view()
 def dashboard(request: HttpRequest) -> HttpResponse:
     taxonomy = request.taxonomy
@@ -31,13 +31,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe
 @taxonomy_view()
 def progress_json(request: HttpRequest) -> JsonResponse:
     return JsonResponse(dashboard_service.progress(request.taxonomy, include_imports=request.role == Role.ADMIN))
 
 
-@require_GET
+@require_safe
 @taxonomy_view()
 def export(request: HttpRequest, kind: str) -> HttpResponse:
     if kind not in exporting.KINDS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_safe, require_http_methods, require_POST
 
 from .models import Asset, BulkAction, Cluster, Label, Role
 from .permissions import taxonomy_view
@@ -51,7 +51,7 @@ def _tiles(request: HttpRequest, asset_ids: list[int], extra: dict | None = None
 
 
 # --- clusters ----------------------------------------------------------------------------
-@require_GET
+@require_safe
 @taxonomy_view()
 def cluster_list(request: HttpRequest) -> HttpResponse:
     clustering = clusters.current(request.client.pk)
@@ -75,7 +75,7 @@ def cluster_rebuild(request: HttpRequest) -> HttpResponse:
     return redirect("clusters", request.client.slug, request.taxonomy.pk)
 
 
-@require_GET
+@require_safe
 @taxonomy_view()
 def cluster_detail(request: HttpRequest, index: int) -> HttpResponse:
     clustering = clusters.current(request.client.pk)
@@ -100,7 +100,7 @@ def _filter_args(request: HttpRequest) -> tuple[str, int | None]:
     return flt, None
 
 
-@require_GET
+@require_safe
 @taxonomy_view()
 def similar(request: HttpRequest, asset_id: int) -> HttpResponse:
     asset = get_object_or_404(Asset, pk=asset_id, client=request.client)
@@ -114,7 +114,7 @@ def similar(request: HttpRequest, asset_id: int) -> HttpResponse:
         request, asset=_tiles(request, [asset.pk])[0], tiles=tiles, filter=flt, tag=tag))
 
 
-@require_GET
+@require_safe
 @api_view()
 def similar_json(request: HttpRequest) -> JsonResponse:
     raw = request.GET.get("asset", "")
@@ -147,7 +147,7 @@ def search(request: HttpRequest) -> HttpResponse:
 
 
 # --- map --------------------------------------------------------------------------------
-@require_GET
+@require_safe
 @taxonomy_view()
 def map_page(request: HttpRequest) -> HttpResponse:
     t, slug = request.taxonomy, request.client.slug
@@ -155,14 +155,14 @@ def map_page(request: HttpRequest) -> HttpResponse:
         request, config={"mapUrl": reverse("map_json", args=[slug, t.pk])}))
 
 
-@require_GET
+@require_safe
 @api_view()
 def map_json(request: HttpRequest) -> JsonResponse:
     return JsonResponse(clusters.map_points(request.taxonomy))
 
 
 # --- duplicates, second look ----------------------------------------------------------------
-@require_GET
+@require_safe
 @taxonomy_view(at_least=Role.ADMIN)
 def duplicate_list(request: HttpRequest) -> HttpResponse:
     groups = []
@@ -176,7 +176,7 @@ def duplicate_list(request: HttpRequest) -> HttpResponse:
         request, groups=groups, threshold=duplicates.NEAR_DUP_COSINE))
 
 
-@require_GET
+@require_safe
 @taxonomy_view()
 def second_look(request: HttpRequest) -> HttpResponse:
     items = similarity.second_look(request.taxonomy)

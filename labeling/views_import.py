@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.core.exceptions import TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_safe, require_http_methods
 
 from .models import ImportJob, Role, Taxonomy
 from .permissions import client_view
@@ -102,7 +102,7 @@ def _job(request: HttpRequest, job_id: int) -> ImportJob:
     return get_object_or_404(ImportJob.objects.select_related("labels_from_folders"), pk=job_id, client=request.client)
 
 
-@require_GET
+@require_safe
 @client_view(at_least=Role.ADMIN)
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = _job(request, job_id)
@@ -110,7 +110,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     return render(request, "labeling/import_job.html", context)
 
 
-@require_GET
+@require_safe
 @client_view(at_least=Role.ADMIN)
 def job_json(request: HttpRequest, job_id: int) -> JsonResponse:
     return JsonResponse(importing.summary(_job(request, job_id)))

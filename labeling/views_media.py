@@ -6,7 +6,7 @@ import mimetypes
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from .models import Asset
 from .permissions import get_asset
@@ -30,13 +30,13 @@ def _send(request: HttpRequest, asset: Asset, field: str) -> HttpResponse:
     return response
 
 
-@require_GET
+@require_safe
 @login_required
 def asset_image(request: HttpRequest, asset_id: int) -> HttpResponse:
     return _send(request, get_asset(request.user, asset_id), "file")
 
 
-@require_GET
+@require_safe
 @login_required
 def asset_thumb(request: HttpRequest, asset_id: int) -> HttpResponse:
     asset = get_asset(request.user, asset_id)

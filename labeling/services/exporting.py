@@ -17,6 +17,7 @@ from typing import Iterator
 
 from django.http import StreamingHttpResponse
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 
 from ..models import Asset, Label, Suggestion, Taxonomy
 
@@ -103,7 +104,21 @@ def stream_csv(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[str]:
         row["tags"] = "|".join(row["tags"])
         row["tag_ids"] = "|".join(map(str, row["tag_ids"]))
         row["probabilities"] = json.dumps(row["probabilities"], separators=(",", ":"))
-        yield writer.writerow([row[k] if row[k] is not None else "" for k in CSV_FIELDS])
+        yield writer.writerow([_cell(row[k]) for k in CSV_FIELDS])
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value) -> str | int | float:
+    """A CSV cell a spreadsheet shows as text: tag, file and user names come from users, and
+    one starting like a formula (=HYPERLINK(...), +cmd|...) would run when the file is opened.
+    Such text gets a leading apostrophe (the OWASP rule); numbers are written as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _header(taxonomy: Taxonomy) -> dict:
@@ -225,6 +240,7 @@ def response(taxonomy: Taxonomy, kind: str, labeled_only: bool = True) -> Stream
     ext = {"coco": "coco.json"}.get(kind, kind)
     resp = StreamingHttpResponse(body, content_type=CONTENT_TYPES[kind])
     name = f"{safe_name(taxonomy.client.slug)}-{safe_name(taxonomy.name)}.{ext}".replace(" ", "_")
-    resp["Content-Disposition"] = f'attachment; filename="{name}"'
+    # filename*=UTF-8'' for non-ASCII taxonomy names, which a plain header would mangle
+    resp["Content-Disposition"] = content_disposition_header(True, name)
     resp["Cache-Control"] = "private, no-store"
     return resp

@@ -5,7 +5,10 @@ Django staff rights. Two rules hold whatever the caller does:
 - a client never loses its last admin (demoting or removing them is refused), checked under a
   row lock so two admins demoting each other at once cannot both succeed;
 - usernames are global (a person may work for several clients), so adding a username that
-  exists adds that user; a new one is created with a random password, shown once.
+  exists adds that user -- but only a user the acting admin already administers in another
+  client (or any user, for a superuser): otherwise one client's admin could pull in, and read
+  the e-mail and last login of, any account on the site. A new user is created with a random
+  password, shown once.
 Admins edit taxonomies in Django admin, which needs `is_staff`: becoming an admin grants it.
 It is never taken away here; a staff user without an admin role sees nothing there anyway
 (labeling.admin scopes every page to the clients the user administers).
@@ -63,10 +66,19 @@ def _email(value: str) -> str:
     return value
 
 
+def _may_attach(by, user) -> bool:
+    """Whether `by` may add the existing account `user`: a superuser, or an admin who already
+    administers a client `user` belongs to. `by` None is the system (demo, shell)."""
+    if by is None or by.is_superuser:
+        return True
+    mine = Membership.objects.filter(user=by, role=Role.ADMIN).values("client_id")
+    return Membership.objects.filter(user=user, client_id__in=mine).exists()
+
+
 def add_member(client: Client, username: str, role: str = Role.OPERATOR,
-               email: str = "") -> tuple[Membership, str | None]:
-    """Adds the user called `username` (created when there is none) with `role`.
-    Returns (membership, the new user's password or None for an existing user)."""
+               email: str = "", by=None) -> tuple[Membership, str | None]:
+    """Adds the user called `username` (created when there is none) with `role`, on behalf
+    of the admin `by`. Returns (membership, the new user's password or None for an existing user)."""
     username, role, email = _username(username), _role(role), _email(email)
     password = None
     with transaction.atomic():
@@ -78,6 +90,9 @@ def add_member(client: Client, username: str, role: str = Role.OPERATOR,
                     user = User.objects.create_user(username=username, email=email, password=password)
             except IntegrityError:  # created by a concurrent request a moment ago: use it
                 user, password = User.objects.get(username=username), None
+        if password is None and not _may_attach(by, user):
+            raise MemberError(f"username: {username} is taken by an account outside your clients; "
+                              "choose another username, or ask a site administrator to add this account")
         if not user.is_active:
             raise MemberError(f"username: {username} is deactivated; a site administrator can reactivate it")
         try:

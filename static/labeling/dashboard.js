@@ -4,10 +4,11 @@
   "use strict";
   const data = JSON.parse(document.getElementById("dashboard-data").textContent);
   const ACCENT = "#4f46e5", OK = "#12805c", WARN = "#c2410c", MUTED = "#98a2b3";
+  // An x-axis title takes the row below the ticks: the legend then goes one row lower.
   const layout = (extra) => Object.assign({
     margin: { l: 48, r: 12, t: 8, b: 40 }, font: { family: "system-ui, sans-serif", size: 12 },
     paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", showlegend: true,
-    legend: { orientation: "h", y: -0.2 },
+    legend: { orientation: "h", y: extra && extra.xaxis && extra.xaxis.title ? -0.32 : -0.2 },
   }, extra || {});
   const config = { displaylogo: false, responsive: true };
 
@@ -31,7 +32,7 @@
   const t = data.over_time;
   plot("plot-time", Object.entries(t.series).map(([who, ys]) => ({ type: "bar", name: who, x: t.days, y: ys })),
     // one bar per day: with every label on one day plotly would otherwise zoom into milliseconds
-    { barmode: "stack", yaxis: { title: "labels" }, xaxis: { type: "date", tickformat: "%b %d", dtick: 86400000 } });
+    { barmode: "stack", yaxis: { title: { text: "labels" } }, xaxis: { type: "date", tickformat: "%b %d", dtick: 86400000 } });
 
   const ops = data.by_operator;
   plot("plot-operators", ["accepted", "corrected", "manual", "imported"].map((src) => ({
@@ -41,7 +42,7 @@
   const cov = data.coverage;
   plot("plot-coverage", [
     { type: "bar", name: "labeled", x: cov.per_tag.map((r) => r.tag), y: cov.per_tag.map((r) => r.n), marker: { color: ACCENT } },
-  ], { showlegend: false, yaxis: { title: "images" } });
+  ], { showlegend: false, yaxis: { title: { text: "images" } } });
 
   const ag = data.agreement;
   document.getElementById("agreement-text").textContent = ag.rate == null
@@ -50,7 +51,7 @@
   plot("plot-agreement", [{
     type: "scatter", mode: "lines+markers", name: "accepted", x: ag.by_version.map((v) => "v" + v.version),
     y: ag.by_version.map((v) => v.rate), marker: { color: OK },
-  }], { showlegend: false, yaxis: { range: [0, 1], tickformat: ".0%" } });
+  }], { showlegend: false, xaxis: { type: "category" }, yaxis: { range: [0, 1], tickformat: ".0%" } });
 
   const vs = data.versions;
   const vx = vs.map((v) => "v" + v.version + (v.live ? " (live)" : ""));
@@ -69,7 +70,7 @@
   plot("plot-learning", [{
     type: "scatter", mode: "lines+markers", name: "held-out accuracy", x: learn.map((v) => v.n_labels), y: ly,
     text: learn.map((v) => "v" + v.version), error_y: ci(ly, learn.map((v) => v.accuracy_ci95)), marker: { color: ACCENT },
-  }], { xaxis: { title: "labels", rangemode: "tozero" }, yaxis: { range: [0, 1.05], tickformat: ".0%" }, showlegend: false });
+  }], { xaxis: { title: { text: "labels" }, rangemode: "tozero" }, yaxis: { range: [0, 1.05], tickformat: ".0%" }, showlegend: false });
 
   // Label savings: same labels, labelling order vs random orders (ml.savings, run at training)
   const sv = data.live && data.live.savings;
@@ -82,7 +83,7 @@
     { type: "scatter", mode: "lines+markers", name: "your labelling order", x: sv.labels, y: sv.queue, line: { color: ACCENT } },
     { type: "scatter", mode: "lines", name: "95% of the final score", x: [sv.labels[0], sv.labels[sv.labels.length - 1]],
       y: [sv.target, sv.target], line: { color: WARN, dash: "dash", width: 1 } },
-  ] : [], { xaxis: { title: "labels", type: "log" }, yaxis: { range: [0, 1.05], tickformat: ".0%" } });
+  ] : [], { xaxis: { title: { text: "labels" }, type: "log" }, yaxis: { range: [0, 1.05], tickformat: ".0%" } });
   const svText = document.getElementById("savings-text");
   if (svText) {
     const reach = sv && sv.queue_to_95pct != null ? `Your order reached 95% of the final score after ${sv.queue_to_95pct} labels; ` : "";
@@ -98,9 +99,9 @@
   }
   const labels = live ? live.labels : [];
   plot("plot-confusion", live && live.confusion.length ? [{
-    type: "heatmap", x: labels, y: labels, z: live.confusion, colorscale: "Blues", hoverongaps: false,
+    type: "heatmap", x: labels, y: labels, z: live.confusion, colorscale: "Blues", reversescale: true, hoverongaps: false,
     texttemplate: "%{z}", hovertemplate: "true %{y}<br>predicted %{x}<br>%{z}<extra></extra>",
-  }] : [], { xaxis: { title: "predicted", automargin: true }, yaxis: { title: "true", autorange: "reversed", automargin: true }, showlegend: false });
+  }] : [], { xaxis: { title: { text: "predicted" }, automargin: true }, yaxis: { title: { text: "true" }, autorange: "reversed", automargin: true }, showlegend: false });
 
   const pc = live ? live.per_class : [];
   plot("plot-prf", [

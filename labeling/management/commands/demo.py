@@ -5,6 +5,7 @@ for the demo users each time, since stored ones cannot be read back).
 """
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from itertools import zip_longest
@@ -62,7 +63,9 @@ class Command(BaseCommand):
             run = training.train_now(taxonomy, trigger="demo")
             taxonomy.refresh_from_db()
             self.stdout.write(f"first model: run {run.state} in {time.monotonic() - t0:.1f}s, {run.message}")
-        self.stdout.write(self.style.SUCCESS("\nDemo ready. Log in at http://127.0.0.1:8000/ as:"))
+        # tagloop.sh serves on $HOST:$PORT; say the address it will really answer on.
+        url = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}/"
+        self.stdout.write(self.style.SUCCESS(f"\nDemo ready. Log in at {url} as:"))
         for username, (pw, role) in creds.items():
             self.stdout.write(f"  {username:9} {pw:24} ({role})")
 
