@@ -70,6 +70,10 @@ class TaxonomyAdmin(ClientScopedAdmin):
     fields = ("client", "name", "kind", "retrain_threshold")
     inlines = [TagInline]
 
+    def get_readonly_fields(self, request, obj=None):
+        # Labels and models were made under the kind's rules: it is fixed once they exist.
+        return ("kind",) if obj is not None and obj.kind_locked() else ()
+
 
 @admin.register(Tag)
 class TagAdmin(ClientScopedAdmin):

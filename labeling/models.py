@@ -5,6 +5,7 @@ Vectors live outside the database (see ml.vectorstore); rows hold what is querie
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -69,6 +70,23 @@ class Taxonomy(models.Model):
     def active_tags(self) -> models.QuerySet["Tag"]:
         return self.tags.filter(retired=False).order_by("position", "name")
 
+    def kind_locked(self) -> bool:
+        """Single vs multi-label is fixed once labels or models exist: they were made under its
+        rules (one tag per asset, or a sigmoid head with per-tag thresholds)."""
+        return self.pk is not None and (self.labels.exists() or self.versions.exists())
+
+
+def tag_name_problem(name: str) -> str | None:
+    """Why `name` can't be a tag name, or None. Paths join a tag and its parents with " / " and
+    CSV exports join several tags with "|": a name holding either would read as two tags."""
+    if "|" in name:
+        return "may not contain '|' (it joins several tags in CSV exports)"
+    if " / " in name:
+        return "may not contain ' / ' (it separates a tag from its parent in tag paths)"
+    if not name.strip(" ."):
+        return "needs a letter or digit"
+    return None
+
 
 class Tag(models.Model):
     taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="tags")
@@ -84,6 +102,11 @@ class Tag(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+    def clean(self) -> None:
+        problem = tag_name_problem(self.name or "")
+        if problem:
+            raise ValidationError({"name": problem})
 
     @property
     def path(self) -> str:

@@ -17,6 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_safe, require_POST
 
+from .api.base import MAX_ID
 from .models import Asset, Label, Role, Taxonomy, TrainingRun
 from .permissions import RANK, clients_of, client_view, get_taxonomy, role_in, taxonomy_view
 from .services import labels, queue
@@ -165,9 +166,12 @@ def review(request: HttpRequest) -> HttpResponse:
 
 def _int_list(raw: str, field: str) -> list[int]:
     try:
-        return [int(x) for x in raw.split(",") if x.strip()]
+        ids = [int(x) for x in raw.split(",") if x.strip()]
     except ValueError:
         raise BadInput(f"{field}: comma-separated asset ids expected")
+    if not all(0 < i <= MAX_ID for i in ids):
+        raise BadInput(f"{field}: asset ids are whole numbers from 1 to {MAX_ID}")
+    return ids
 
 
 @require_safe
@@ -207,7 +211,7 @@ def _json_body(request: HttpRequest) -> dict:
 
 def _is_id(value) -> bool:
     # bool is an int subclass; true/false are not ids.
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
 @require_POST

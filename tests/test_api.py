@@ -113,6 +113,32 @@ def test_admins_add_tags_nest_them_and_retire_them(world):
     assert c.get(base(world) + f"tags/{foreign.pk}/").status_code == 404
 
 
+def test_the_kind_of_a_taxonomy_is_fixed_once_it_has_labels_or_models(world, lib):
+    c = api(world.alice)
+    fresh = c.post("/api/v1/clients/acme/taxonomies/", {"name": "colour", "kind": "single"}, format="json").json()
+    url = f"/api/v1/clients/acme/taxonomies/{fresh['id']}/"
+    assert c.patch(url, {"kind": "multi"}, format="json").json()["kind"] == "multi"  # nothing depends on it yet
+    r = c.patch(base(world), {"kind": "multi"}, format="json")  # brand has a live model
+    assert r.status_code == 400 and "create a new taxonomy" in r.json()["kind"][0]
+    assert c.patch(base(world), {"kind": "single", "retrain_threshold": 7}, format="json").status_code == 200
+
+
+@pytest.mark.parametrize("name, says", [("a | b", "'|'"), ("shoe / sneaker", "' / '"), ("..", "letter or digit")])
+def test_tag_names_that_would_read_as_two_tags_are_refused(world, name, says):
+    r = api(world.alice).post(base(world) + "tags/", {"name": name}, format="json")
+    assert r.status_code == 400 and says in r.json()["name"][0]
+
+
+def test_a_name_taken_by_a_concurrent_request_is_a_409_not_a_500(world, monkeypatch):
+    # The name check passed a moment before another request inserted the same name: what is
+    # left is the database's unique constraint. Skipping the check opens that window.
+    from labeling.api.serializers import TagSerializer
+    monkeypatch.setattr(TagSerializer, "validate_name", lambda self, value: value)
+    r = api(world.alice).post(base(world) + "tags/", {"name": "nike"}, format="json")
+    assert r.status_code == 409 and "concurrent" in r.json()["detail"]
+    assert Tag.objects.filter(taxonomy=world.brand, name="nike").count() == 1
+
+
 # --- assets -----------------------------------------------------------------------------
 
 
@@ -211,6 +237,39 @@ def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(world, setti
     r = api(world.alice).post("/api/v1/clients/acme/assets/", {"files": files}, format="multipart")
     assert r.status_code == 413 and "files" in r.json()
     assert not ImportJob.objects.exists()
+
+
+def test_too_many_files_in_one_request_is_a_json_400_naming_the_field(world, lib, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    files = [SimpleUploadedFile(f"u{i}.png", png_bytes(i + 10), "image/png") for i in range(3)]
+    r = api(world.alice).post("/api/v1/clients/acme/assets/", {"files": files}, format="multipart")
+    assert r.status_code == 400 and "send a ZIP" in r.json()["files"][0]
+    r = api(world.olga).post(base(world) + "predict/", {"images": files}, format="multipart")
+    assert r.status_code == 400 and "more than 2 files" in r.json()["images"][0]
+
+
+def test_a_zip_larger_than_one_image_may_be_uploaded_but_a_large_image_may_not(world, settings, no_broker):
+    settings.TAGLOOP_IMPORT_MAX_FILE_BYTES = 600
+    big = png_bytes(3) + b"\0" * 700
+    r = api(world.alice).post("/api/v1/clients/acme/assets/",
+                              {"files": [SimpleUploadedFile("big.png", big, "image/png")]}, format="multipart")
+    assert r.status_code == 400 and r.json()["files"]["0"] == ["big.png: image over 600 bytes"]
+    r = api(world.alice).post("/api/v1/clients/acme/assets/",
+                              {"files": [SimpleUploadedFile("many.zip", big, "application/zip")]}, format="multipart")
+    assert r.status_code == 202
+
+
+def test_json_bodies_are_bounded_like_form_bodies(world, lib, settings):
+    # DRF reads JSON from the raw stream, past Django's own DATA_UPLOAD_MAX_MEMORY_SIZE check.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    url = base(world) + "labels/"
+    r = api(world.olga).post(url, {"asset": lib.assets[0].pk, "tags": [lib.tags["nike"]], "pad": "x" * 5000},
+                             format="json")
+    assert r.status_code == 413 and r.json()["body"] == ["JSON body over 4 KiB"]
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024**2
+    r = api(world.olga).post(url, {"asset": lib.assets[0].pk, "tags": [1] * 1_000_000}, format="json")
+    assert r.status_code == 400 and "no more than 100" in r.json()["tags"][0]
+    assert not Label.objects.exists()
 
 
 # --- labels -----------------------------------------------------------------------------
@@ -315,6 +374,18 @@ def test_suggestions_give_the_top_n_tags_with_probabilities(world, lib):
     assert len(body["top"]) == 2 and body["top"][0]["prob"] >= body["top"][1]["prob"]
     assert "top" in api(world.vic).get(base(world) + f"assets/{lib.assets[1].pk}/suggestions/?top=99").json()
     assert api(world.vic).get(base(world) + f"assets/{lib.other.pk}/suggestions/").status_code == 404
+
+
+def test_a_tag_retired_after_training_is_never_the_suggestion_to_accept(world, lib):
+    Tag.objects.filter(pk=lib.tags["adidas"]).update(retired=True)  # asset 0's top-1
+    a0 = lib.assets[0]
+    body = api(world.vic).get(base(world) + f"assets/{a0.pk}/suggestions/").json()
+    assert body["suggested"] and lib.tags["adidas"] not in body["suggested"]
+    assert body["suggested"] == [body["top"][0]["tag"]]  # the most probable active tag
+    r = api(world.olga).post(base(world) + "labels/", {"asset": a0.pk, "accept_suggestion": True}, format="json")
+    assert r.status_code == 201 and r.json()["tags"] == body["suggested"]
+    queued = api(world.olga).get(base(world) + "queue/?limit=6").json()
+    assert all(lib.tags["adidas"] not in item["suggested"] for item in queued)
 
 
 def test_the_queue_leases_items_so_two_operators_see_different_assets(world, lib):

@@ -122,3 +122,22 @@ def test_the_recluster_task_builds_clusters_index_and_map(explored):
     assert clusters.current(explored.world.acme.pk).pk == pk
     assert similarity.index_path(explored.world.acme.pk).exists()
     assert clusters.map_path(explored.world.acme.pk).exists()
+
+
+def test_bulk_labels_from_the_api_refresh_cluster_stats_like_the_page_does(explored, django_capture_on_commit_callbacks):
+    from labeling.models import Cluster, ClusterMember, Label
+    from tests._helpers import api
+
+    world, key = explored.world, str(explored.world.brand.pk)
+    labeled = set(Label.objects.filter(taxonomy=world.brand, is_current=True).values_list("asset_id", flat=True))
+    cluster = max(Cluster.objects.filter(clustering=explored.clustering), key=lambda c: c.stats[key]["n_unlabeled"])
+    open_ids = [m for m in ClusterMember.objects.filter(cluster=cluster).values_list("asset_id", flat=True)
+                if m not in labeled][:2]
+    before = cluster.stats[key]["n_unlabeled"]
+    tag = world.brand.tags.first().pk
+    with django_capture_on_commit_callbacks(execute=True):
+        r = api(world.olga).post(f"/api/v1/clients/acme/taxonomies/{world.brand.pk}/labels/bulk/",
+                                 {"kind": "apply_tags", "assets": open_ids, "tags": [tag]}, format="json")
+    assert r.status_code == 201 and r.json()["n_labels"] == 2
+    cluster.refresh_from_db()
+    assert cluster.stats[key]["n_unlabeled"] == before - 2

@@ -118,7 +118,7 @@ def test_client_home_counts_and_admin_links(world, model, assets):
     assert "v1" in admin_html and "88% acc." in admin_html
     assert reverse("import_upload", args=["acme"]) in admin_html and reverse("admin:index") in admin_html
     # threshold 6, one label so far, of six images
-    assert '<td class="num">5</td>' in admin_html
+    assert '<td class="num" data-label="Labels until retrain">5</td>' in admin_html
     assert "1 <span class=\"muted\">(17%)</span>" in admin_html
     operator_html = as_user(world.olga).get(page).content.decode()
     assert reverse("import_upload", args=["acme"]) not in operator_html
@@ -239,10 +239,20 @@ def test_unknown_retired_and_double_tags_are_refused(world, assets, label_url):
     ids = tags_of(world.brand)
     foreign = world.other_tax.tags.get().pk
     Tag.objects.filter(pk=ids["converse"]).update(retired=True)
-    for tags in ([foreign], [ids["converse"]], [ids["adidas"], ids["nike"]], [999999]):
+    for tags in ([foreign], [ids["converse"]], [ids["adidas"], ids["nike"]], [999999], [10**23]):
         r = post_json(c, label_url, {"asset": assets[0].pk, "tags": tags})
         assert r.status_code == 400 and r.json()["field"] == "tags", (tags, r.json())
     assert not Label.objects.exists()
+
+
+def test_ids_past_the_database_range_are_a_400_not_a_500(world, model, assets):
+    # The default SQLite driver raises OverflowError on an int over 64 bits inside IN (...).
+    c = as_user(world.olga)
+    r = c.get(urls(world, "queue_json"), {"exclude": f"{assets[0].pk},{10**23}"})
+    assert r.status_code == 400 and r.json()["field"] == "exclude"
+    assert c.get(urls(world, "queue_json"), {"exclude": "-1"}).json()["field"] == "exclude"
+    r = post_json(c, reverse("bulk_json", args=["acme", world.brand.pk]), {"assets": [10**23], "tags": [1]})
+    assert r.status_code == 400 and r.json()["field"] == "assets"
 
 
 def test_asset_of_another_client_is_404(world, label_url, other_asset):

@@ -6,13 +6,14 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ..models import Asset, ClusterMember, ImportJob, Label, LabelEvent, Role, Suggestion, Tag, Taxonomy
 from ..services import importing, images
 from ..views_import import max_upload_bytes, max_upload_files
+from .parsers import PayloadTooLarge, size_text
 from .base import MAX_ID, ScopedAPIView, decode_cursor, float_param, get_or_404, int_param, page_limit, page_serializer, paged
 from .serializers import (
     AssetSerializer, ImportJobSerializer, LabelEventSerializer, SuggestionSerializer, UploadSerializer,
@@ -33,11 +34,6 @@ def _current_labels(taxonomy, ref: str, after: int | None = None) -> QuerySet:
     return _after(Label.objects.filter(asset_id=OuterRef(ref), taxonomy=taxonomy, is_current=True), after)
 
 
-class PayloadTooLarge(APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "request body too large"
-
-
 def refuse_large_body(request: Request, limit: int, field: str) -> None:
     """Checked before the body is parsed, so a too-large upload is never stored."""
     try:
@@ -45,7 +41,7 @@ def refuse_large_body(request: Request, limit: int, field: str) -> None:
     except ValueError:
         length = 0
     if length > limit:
-        raise PayloadTooLarge({field: [f"request body over {limit // 1024**2} MiB"]})
+        raise PayloadTooLarge({field: [f"request body over {size_text(limit)}"]})
 
 
 # --- suggestions as the API shows them -------------------------------------------------------
@@ -65,7 +61,7 @@ def suggestion_data(taxonomy: Taxonomy, s: Suggestion, tags: dict[int, Tag], top
         "model_version": s.model_version_id,
         "version": s.model_version.version,
         "uncertainty": round(float(s.uncertainty), 4),
-        "suggested": sorted(suggested_tag_ids(taxonomy, s)),
+        "suggested": sorted(suggested_tag_ids(taxonomy, s, retired={t for t, tag in tags.items() if tag.retired})),
         "top": ranked_tags(s.model_version.tag_ids, s.probs, tags, top),
     }
 
@@ -221,8 +217,9 @@ class AssetListAPI(ScopedAPIView):
         if len(files) > max_upload_files():
             raise ValidationError({"files": [f"at most {max_upload_files()} files at once; send a ZIP instead"]})
         for i, f in enumerate(files):
-            if f.size > images.max_file_bytes():
-                raise ValidationError({"files": {i: [f"file over {images.max_file_bytes() // 1024**2} MiB"]}})
+            # A ZIP may be as large as the whole upload: its members are checked one by one on import.
+            if f.size > images.max_file_bytes() and not (f.name or "").lower().endswith(".zip"):
+                raise ValidationError({"files": {i: [f"{f.name}: image over {size_text(images.max_file_bytes())}"]}})
         taxonomy = None
         if serializer.validated_data.get("labels_taxonomy"):
             taxonomy = Taxonomy.objects.filter(client=self.client, pk=serializer.validated_data["labels_taxonomy"]).first()
@@ -235,6 +232,8 @@ class AssetListAPI(ScopedAPIView):
 
 
 class AssetDetailAPI(ScopedAPIView):
+    """One asset: file name, size, sha256; with ``?taxonomy=`` its current label and live suggestion there."""
+
     def asset(self, asset_id: int) -> Asset:
         return get_or_404(Asset.objects.filter(client=self.client), pk=asset_id)
 

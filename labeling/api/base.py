@@ -14,7 +14,10 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from django.conf import settings
+from django.core.exceptions import TooManyFilesSent
+from django.db import IntegrityError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -29,15 +32,17 @@ MAX_ID = 2**63 - 1  # bigint: a larger id would overflow the database driver (a 
 
 
 class ScopedAPIView(APIView):
-    """Views under /clients/<slug>/[taxonomies/<taxonomy_id>/]: sets self.client, self.role and
-    self.taxonomy before the handler runs. ``read_role`` guards safe methods, ``write_role``
-    the others."""
+    # Views under /clients/<slug>/[taxonomies/<taxonomy_id>/]: sets self.client, self.role and
+    # self.taxonomy before the handler runs. ``read_role`` guards safe methods, ``write_role``
+    # the others. (A comment, not a docstring: OpenAPI would show it on every endpoint that
+    # has no docstring of its own.)
 
     read_role: str = Role.VIEWER
     write_role: str = Role.OPERATOR
     client: Client
     taxonomy: Taxonomy | None = None
     role: str
+    upload_field = "files"  # the multipart field named when a request holds too many files
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication first: anonymous is 401
@@ -55,7 +60,19 @@ class ScopedAPIView(APIView):
         # Services phrase input errors as "field: what is wrong"; answer them as field errors.
         if isinstance(exc, (labels.LabelError, members.MemberError)) and not isinstance(exc, labels.LabelConflict):
             exc = field_error(str(exc))
+        elif isinstance(exc, TooManyFilesSent):  # Django's own cap, hit while parsing the body
+            exc = ValidationError({self.upload_field: [
+                f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files in one request; send a ZIP instead"]})
+        elif isinstance(exc, IntegrityError):
+            # A unique name checked a moment before was taken by a concurrent request.
+            exc = Conflict()
         return super().handle_exception(exc)
+
+
+class Conflict(APIException):
+    status_code = 409
+    default_detail = "a concurrent request changed the same thing (e.g. took this name); reload and try again"
+    default_code = "conflict"
 
 
 def field_error(message: str) -> ValidationError:

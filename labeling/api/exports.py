@@ -30,9 +30,11 @@ class ExportAPI(ScopedAPIView):
     @extend_schema(
         parameters=[
             OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=list(exporting.KINDS)),
-            OpenApiParameter("all", bool, description="csv/json: include unlabeled assets too"),
+            OpenApiParameter("all", bool, description="csv/json: include unlabeled assets too (coco and zip "
+                             "always hold the labeled ones only)"),
         ],
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+        # one media type per kind, as exporting.CONTENT_TYPES serves them
+        responses={(200, media): OpenApiTypes.BINARY for media in sorted(set(exporting.CONTENT_TYPES.values()))},
     )
     def get(self, request: Request, slug: str, taxonomy_id: int, kind: str):
         if kind not in exporting.KINDS:

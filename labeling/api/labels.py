@@ -3,14 +3,14 @@ the review queue with leases for many operators at once."""
 from __future__ import annotations
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ..models import Asset, BulkAction, Label, Role, Taxonomy
-from ..services import labels, queue
+from ..services import bulk, labels, queue
 from .base import MAX_ID, ScopedAPIView, decode_cursor, int_param, page_limit, page_serializer, paged
 from .serializers import (
     BulkLabelSerializer, BulkResultSerializer, LabelConflictSerializer, LabelCreateSerializer, LabelSerializer,
@@ -108,8 +108,8 @@ class LabelBulkAPI(ScopedAPIView):
                     continue
                 n += 1
             BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
-            if n:
-                transaction.on_commit(lambda: labels.request_retrain_check(taxonomy.pk))
+            if n:  # the page's bulk action does the same: a retrain check and fresh cluster stats
+                transaction.on_commit(lambda: bulk.after_commit(taxonomy, ids))
         body = {"bulk_action": action.pk, "n_labels": n, "skipped": skipped}
         return Response(BulkResultSerializer(body).data, status=status.HTTP_201_CREATED)
 
@@ -117,7 +117,9 @@ class LabelBulkAPI(ScopedAPIView):
 class UndoAPI(ScopedAPIView):
     """Undo the caller's most recent label in the taxonomy (the one before it becomes current)."""
 
-    @extend_schema(request=None, responses={200: LabelSerializer, 404: None})
+    @extend_schema(request=None, responses={
+        200: inline_serializer("UndoResult", {"undone": serializers.IntegerField(help_text="the asset whose label was undone")}),
+        404: OpenApiResponse(description="nothing of yours to undo")})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         label = labels.undo_last(self.taxonomy, request.user)
         if label is None:

@@ -18,6 +18,10 @@ class MemberAPIBase(ScopedAPIView):
 
 
 class MemberListAPI(MemberAPIBase):
+    """The client's members (admins only). POST adds one by username: a new account gets a
+    one-time ``password`` in the reply; an account the caller already administers elsewhere is
+    added as is."""
+
     @extend_schema(responses=MemberSerializer(many=True))
     def get(self, request: Request, slug: str) -> Response:
         return Response(MemberSerializer(members.members(self.client), many=True).data)
@@ -36,6 +40,9 @@ class MemberListAPI(MemberAPIBase):
 
 
 class MemberDetailAPI(MemberAPIBase):
+    """One membership: PATCH changes the role, DELETE ends the access (labels stay). The last
+    admin can be neither demoted nor removed."""
+
     def _membership(self, membership_id: int) -> Membership:
         return get_or_404(Membership.objects.select_related("user", "client"), pk=membership_id, client=self.client)
 

@@ -13,6 +13,7 @@ from ml.preprocess import load_rgb
 from ..models import ModelVersion, Role, TrainingRun
 from ..services import images, suggesting, training, vectors
 from .assets import ranked_tags, refuse_large_body
+from .parsers import size_text
 from .base import ScopedAPIView, get_or_404
 from .serializers import (
     ModelVersionDetailSerializer, ModelVersionSerializer, PredictRequestSerializer, PredictResultSerializer,
@@ -34,6 +35,7 @@ class PredictAPI(ScopedAPIView):
     Nothing is stored."""
 
     read_role = write_role = Role.OPERATOR
+    upload_field = "images"
 
     @extend_schema(request={"multipart/form-data": PredictRequestSerializer}, responses=PredictResultSerializer)
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
@@ -46,7 +48,7 @@ class PredictAPI(ScopedAPIView):
         errors = {}
         for i, f in enumerate(files):
             if f.size > MAX_PREDICT_BYTES:
-                errors[i] = [f"over {MAX_PREDICT_BYTES // 1024**2} MiB"]
+                errors[i] = [f"over {size_text(MAX_PREDICT_BYTES)}"]
                 continue
             try:
                 images.decode(f)  # the import's checks: format, pixel bomb, aspect ratio
@@ -80,6 +82,8 @@ class PredictAPI(ScopedAPIView):
 
 
 class ModelVersionListAPI(ScopedAPIView):
+    """Every trained model version of the taxonomy, newest first, with its held-out metrics."""
+
     @extend_schema(responses=ModelVersionSerializer(many=True))
     def get(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         rows = ModelVersion.objects.filter(taxonomy=self.taxonomy).select_related("taxonomy").order_by("-version")
@@ -87,6 +91,8 @@ class ModelVersionListAPI(ScopedAPIView):
 
 
 class ModelVersionDetailAPI(ScopedAPIView):
+    """One model version: per-class precision / recall / F1, confusion matrix, 95 % intervals."""
+
     @extend_schema(responses=ModelVersionDetailSerializer)
     def get(self, request: Request, slug: str, taxonomy_id: int, version_id: int) -> Response:
         mv = get_or_404(ModelVersion.objects.filter(taxonomy=self.taxonomy).select_related("taxonomy"), pk=version_id)

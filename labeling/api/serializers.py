@@ -6,7 +6,8 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import Asset, BulkAction, Label, LabelEvent, ModelVersion, Role, Tag, Taxonomy, TrainingRun
+from ..models import (Asset, BulkAction, Label, LabelEvent, ModelVersion, Role, Tag, Taxonomy, TrainingRun,
+                      tag_name_problem)
 from .base import MAX_ID
 
 MAX_TAGS_PER_LABEL = 100
@@ -18,8 +19,18 @@ def IdField(**kwargs) -> serializers.IntegerField:  # noqa: N802 - reads like a 
     return serializers.IntegerField(min_value=1, max_value=MAX_ID, **kwargs)
 
 
+class BoundedListField(serializers.ListField):
+    """Checks max_length before validating each element: DRF validates every child first, so a
+    list of two million ids would cost seconds of CPU before being refused."""
+
+    def to_internal_value(self, data):
+        if self.max_length is not None and isinstance(data, list) and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
 def id_list(max_length: int, **kwargs) -> serializers.ListField:
-    return serializers.ListField(child=IdField(), max_length=max_length, **kwargs)
+    return BoundedListField(child=IdField(), max_length=max_length, **kwargs)
 
 
 # --- clients, taxonomies, tags --------------------------------------------------------------
@@ -60,6 +71,12 @@ class TaxonomySerializer(serializers.ModelSerializer):
             raise serializers.ValidationError("a taxonomy of this client already has this name")
         return value
 
+    def validate_kind(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.kind and self.instance.kind_locked():
+            raise serializers.ValidationError(
+                "can't change once the taxonomy has labels or models; create a new taxonomy instead")
+        return value
+
 
 class TagSerializer(serializers.ModelSerializer):
     path = serializers.CharField(read_only=True)
@@ -76,6 +93,9 @@ class TagSerializer(serializers.ModelSerializer):
         value = value.strip()
         if not value:
             raise serializers.ValidationError("may not be blank")
+        problem = tag_name_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         clash = Tag.objects.filter(taxonomy=self.context["taxonomy"], name=value)
         if self.instance is not None:
             clash = clash.exclude(pk=self.instance.pk)

@@ -25,6 +25,8 @@ class ClientListAPI(APIView):
 
 
 class TaxonomyListAPI(ScopedAPIView):
+    """The client's taxonomies. POST (admins) creates one: ``single`` or ``multi`` label."""
+
     write_role = Role.ADMIN
 
     @extend_schema(responses=TaxonomySerializer(many=True))
@@ -41,6 +43,9 @@ class TaxonomyListAPI(ScopedAPIView):
 
 
 class TaxonomyDetailAPI(ScopedAPIView):
+    """One taxonomy. PATCH (admins): name, retrain threshold, and ``kind`` while it has no labels or
+    models yet. DELETE only while it has no labels."""
+
     write_role = Role.ADMIN
 
     @extend_schema(responses=TaxonomySerializer)
@@ -64,6 +69,8 @@ class TaxonomyDetailAPI(ScopedAPIView):
 
 
 class TagListAPI(ScopedAPIView):
+    """The taxonomy's tags, retired ones included. POST (admins) adds one, optionally under a ``parent``."""
+
     write_role = Role.ADMIN
 
     @extend_schema(responses=TagSerializer(many=True))

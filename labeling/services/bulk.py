@@ -57,7 +57,7 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
             n += 1
         BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
         action.n_labels = n
-        transaction.on_commit(lambda: _after(taxonomy, ids))
+        transaction.on_commit(lambda: after_commit(taxonomy, ids))
     return action
 
 
@@ -67,10 +67,11 @@ def _suggested(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
     rows = Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, asset_id__in=ids).select_related(
         "model_version"
     )
-    return {s.asset_id: sorted(labels.suggested_tag_ids(taxonomy, s)) for s in rows}
+    retired = labels.retired_tag_ids(taxonomy)
+    return {s.asset_id: sorted(labels.suggested_tag_ids(taxonomy, s, retired)) for s in rows}
 
 
-def _after(taxonomy: Taxonomy, asset_ids: list[int]) -> None:
+def after_commit(taxonomy: Taxonomy, asset_ids: list[int]) -> None:
     """Once committed: one retrain check, and cluster stats that reflect the new labels.
     Neither may fail the request: the labels are already saved."""
     labels.request_retrain_check(taxonomy.pk)
@@ -109,6 +110,6 @@ def undo(action: BulkAction, user) -> int:
             labels_since_train=Greatest(F("labels_since_train") - n, Value(0))
         )
         BulkAction.objects.filter(pk=locked.pk).update(undone=timezone.now())
-        transaction.on_commit(lambda: _after(taxonomy, asset_ids))
+        transaction.on_commit(lambda: after_commit(taxonomy, asset_ids))
     action.refresh_from_db()
     return n

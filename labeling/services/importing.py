@@ -21,7 +21,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import Asset, Client, ImportJob, JobState, Label, Tag, Taxonomy
+from ..models import Asset, Client, ImportJob, JobState, Label, Tag, Taxonomy, tag_name_problem
 from ..permissions import real_user
 from . import images, labels
 from .import_sources import UPLOAD, Entry, SourceError, Uploaded, scan, stage_files, staging_dir
@@ -133,6 +133,7 @@ class _Importer:
         self.taxonomy = job.labels_from_folders
         self.user = job.created_by
         self.tags: dict[str, Tag] = {}
+        self.refused_folders: set[str] = set()  # folder names that can't be tags, noted once
         if self.taxonomy is not None:
             self.tags = {t.name.lower(): t for t in Tag.objects.filter(taxonomy=self.taxonomy)}
         self.created_ids: list[int] = []
@@ -263,6 +264,12 @@ class _Importer:
             return None
         tag = self.tags.get(folder.lower())
         if tag is None:
+            problem = tag_name_problem(folder)
+            if problem:
+                if folder.lower() not in self.refused_folders:
+                    self.refused_folders.add(folder.lower())
+                    self.add("note", folder + "/", f"not labeled: a tag name {problem}")
+                return None
             tag, created = Tag.objects.get_or_create(
                 taxonomy=self.taxonomy, name=folder,
                 defaults={"position": 1 + max((t.position for t in self.tags.values()), default=-1)},

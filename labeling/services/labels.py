@@ -7,7 +7,7 @@ is still saved; the periodic sweep (labeling.tasks.sweep) finds the due retrain 
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -56,13 +56,24 @@ def live_suggestion(taxonomy: Taxonomy, asset: Asset) -> Suggestion | None:
     return Suggestion.objects.filter(asset=asset, model_version_id=taxonomy.live_model_id).first()
 
 
-def suggested_tag_ids(taxonomy: Taxonomy, suggestion: Suggestion) -> set[int]:
-    """What the model proposed: its top-1 tag, or every tag over its threshold (multi-label)."""
-    if not taxonomy.multilabel:
-        return {suggestion.top1_tag_id} if suggestion.top1_tag_id else set()
+def retired_tag_ids(taxonomy: Taxonomy) -> set[int]:
+    return set(taxonomy.tags.filter(retired=True).values_list("pk", flat=True))
+
+
+def suggested_tag_ids(taxonomy: Taxonomy, suggestion: Suggestion, retired: Collection[int] | None = None) -> set[int]:
+    """What the model proposed: its top-1 tag, or every tag over its threshold (multi-label).
+    Tags retired since the model was trained are never proposed (accepting one would be
+    refused): single-label falls back to the most probable active tag. Pass `retired` when
+    calling in a loop."""
+    retired = retired_tag_ids(taxonomy) if retired is None else retired
     mv = suggestion.model_version
+    if not taxonomy.multilabel:
+        if suggestion.top1_tag_id and suggestion.top1_tag_id not in retired:
+            return {suggestion.top1_tag_id}
+        active = [(tid, p) for tid, p in zip(mv.tag_ids, suggestion.probs) if tid not in retired]
+        return {max(active, key=lambda tp: tp[1])[0]} if active else set()  # ties: the model's first, as in the ranking
     thresholds = (mv.metrics or {}).get("thresholds") or [0.5] * len(mv.tag_ids)
-    return {tid for tid, p, t in zip(mv.tag_ids, suggestion.probs, thresholds) if p >= t}
+    return {tid for tid, p, t in zip(mv.tag_ids, suggestion.probs, thresholds) if p >= t and tid not in retired}
 
 
 def _source_for(taxonomy: Taxonomy, tags: list[Tag], suggestion: Suggestion | None) -> str:

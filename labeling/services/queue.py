@@ -129,7 +129,7 @@ def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict) -> dict:
         [{"tag": tid, "name": tags[tid].path, "prob": round(float(p), 4)}
          for tid, p in ranked if tid in tags and not tags[tid].retired],
         uncertainty=s.uncertainty,
-        suggested=sorted(suggested_tag_ids(taxonomy, s)),
+        suggested=sorted(suggested_tag_ids(taxonomy, s, retired={t for t, tag in tags.items() if tag.retired})),
     )
 
 
