@@ -376,6 +376,14 @@ def test_suggestions_give_the_top_n_tags_with_probabilities(world, lib):
     assert api(world.vic).get(base(world) + f"assets/{lib.other.pk}/suggestions/").status_code == 404
 
 
+def test_filtering_by_a_tag_of_another_taxonomy_is_a_400_not_an_empty_page(world, lib):
+    foreign = Tag.objects.filter(taxonomy=world.other_tax).first().pk
+    r = api(world.vic).get(f"/api/v1/clients/acme/assets/?taxonomy={world.brand.pk}&tag={foreign}")
+    assert r.status_code == 400 and r.json()["tag"] == ["not a tag of this taxonomy"]
+    r = api(world.olga).get(base(world) + "queue/?exclude=-1")
+    assert r.status_code == 400 and "whole numbers" in r.json()["exclude"][0]
+
+
 def test_a_tag_retired_after_training_is_never_the_suggestion_to_accept(world, lib):
     Tag.objects.filter(pk=lib.tags["adidas"]).update(retired=True)  # asset 0's top-1
     a0 = lib.assets[0]

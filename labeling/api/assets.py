@@ -130,6 +130,8 @@ class AssetListAPI(ScopedAPIView):
         for name, key in (("tag", "tag"), ("state", "state"), ("uncertainty_min", "umin"), ("uncertainty_max", "umax")):
             if f[key] is not None and taxonomy is None:
                 raise ValidationError({name: ["needs ?taxonomy="]})
+        if f["tag"] is not None and not Tag.objects.filter(taxonomy=taxonomy, pk=f["tag"]).exists():
+            raise ValidationError({"tag": ["not a tag of this taxonomy"]})  # not a silent empty page
         needs_model = f["order"] == "uncertain" or f["umin"] is not None or f["umax"] is not None
         if needs_model and (taxonomy is None or not taxonomy.live_model_id):
             raise ValidationError({"taxonomy": ["uncertainty needs a taxonomy with a live model"]})

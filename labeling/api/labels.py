@@ -148,8 +148,10 @@ class QueueAPI(ScopedAPIView):
             exclude = [int(x) for x in (request.query_params.get("exclude") or "").split(",") if x.strip()]
         except ValueError:
             raise ValidationError({"exclude": ["comma-separated asset ids expected"]}) from None
-        if len(exclude) > MAX_EXCLUDE or any(not 0 < x <= MAX_ID for x in exclude):
+        if len(exclude) > MAX_EXCLUDE:
             raise ValidationError({"exclude": [f"at most {MAX_EXCLUDE} asset ids"]})
+        if any(not 0 < x <= MAX_ID for x in exclude):
+            raise ValidationError({"exclude": [f"asset ids are whole numbers from 1 to {MAX_ID}"]})
         leases = self.role in (Role.OPERATOR, Role.ADMIN)
         items = queue.review_batch(self.taxonomy, order=order, limit=limit, exclude=exclude,
                                    user=request.user if leases else None)
