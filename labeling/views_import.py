@@ -106,6 +106,8 @@ def _job(request: HttpRequest, job_id: int) -> ImportJob:
 @client_view(at_least=Role.ADMIN)
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = _job(request, job_id)
+    # Rows written before names were sanitised may hold lone surrogates, which no page can encode.
+    job.errors = [importing.report(e.get("kind", "failed"), e.get("file", ""), e.get("error", "")) for e in job.errors]
     context = {"client": request.client, "job": job, "s": importing.summary(job)}
     return render(request, "labeling/import_job.html", context)
 

@@ -5,24 +5,26 @@ import mimetypes
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_safe
 
 from .models import Asset
 from .permissions import get_asset
+from .services import images
 
 
-def _send(request: HttpRequest, asset: Asset, field: str) -> HttpResponse:
-    f = getattr(asset, field)
-    if not f:
+def _send(request: HttpRequest, storage: Storage, name: str) -> HttpResponse:
+    if not name:
         raise Http404("No file")
     if settings.TAGLOOP_SENDFILE_HEADER:
         # Let nginx (X-Accel-Redirect) or Apache (X-Sendfile) stream it after our check.
-        response = HttpResponse(content_type=mimetypes.guess_type(f.name)[0] or "application/octet-stream")
-        response[settings.TAGLOOP_SENDFILE_HEADER] = settings.TAGLOOP_SENDFILE_PREFIX + f.name
+        response = HttpResponse(content_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+        response[settings.TAGLOOP_SENDFILE_HEADER] = settings.TAGLOOP_SENDFILE_PREFIX + name
     else:
         try:
-            response = FileResponse(f.open("rb"))
+            response = FileResponse(storage.open(name, "rb"))
         except FileNotFoundError:
             raise Http404("File missing")
     # Private to the logged-in user; browsers may still cache it, proxies may not.
@@ -30,14 +32,45 @@ def _send(request: HttpRequest, asset: Asset, field: str) -> HttpResponse:
     return response
 
 
+def display_name_of(asset: Asset) -> str:
+    """Storage name of the JPEG shown instead of an original browsers can't display (TIFF).
+    Under the client's id, like the originals and thumbnails, so clients share no files."""
+    return f"displays/{asset.client_id}/{asset.sha256[:2]}/{asset.sha256}.jpg"
+
+
+def _displayable(asset: Asset) -> str:
+    """Name of a file every browser can show: the original, or a JPEG rendition of it made
+    once, on first view (so assets imported before this existed are covered too)."""
+    if not asset.format or asset.format in images.BROWSER_FORMATS:
+        return asset.file.name
+    storage, name = asset.file.storage, display_name_of(asset)
+    if storage.exists(name):
+        return name
+    try:
+        with asset.file.open("rb") as original:
+            rendition = images.display_jpeg(original)
+    except FileNotFoundError:
+        raise Http404("File missing")
+    except images.ImageError:  # damaged since the import: the thumbnail still shows the picture
+        return asset.thumbnail.name
+    saved = storage.save(name, ContentFile(rendition))
+    if saved != name:  # another request made it at the same time: keep one copy
+        storage.delete(saved)
+    return name
+
+
 @require_safe
 @login_required
 def asset_image(request: HttpRequest, asset_id: int) -> HttpResponse:
-    return _send(request, get_asset(request.user, asset_id), "file")
+    """What a browser can show; ?original=1 gives the stored bytes as imported (sha256 matches)."""
+    asset = get_asset(request.user, asset_id)
+    name = asset.file.name if request.GET.get("original") == "1" else _displayable(asset)
+    return _send(request, asset.file.storage, name)
 
 
 @require_safe
 @login_required
 def asset_thumb(request: HttpRequest, asset_id: int) -> HttpResponse:
     asset = get_asset(request.user, asset_id)
-    return _send(request, asset, "thumbnail" if asset.thumbnail else "file")
+    field = asset.thumbnail if asset.thumbnail else asset.file
+    return _send(request, field.storage, field.name)

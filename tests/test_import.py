@@ -250,6 +250,9 @@ def test_missing_or_unreadable_source_fails_the_job(world, tmp_path):
     assert job.state == JobState.FAILED and "source not found" in job.error and job.finished
     (tmp_path / "fake.zip").write_text("not a zip")
     job = importing.import_paths(world.acme, tmp_path / "fake.zip")
+    assert job.state == JobState.FAILED and "fake.zip is not a readable ZIP archive" in job.error
+    (tmp_path / "notes.txt").write_text("not a zip")
+    job = importing.import_paths(world.acme, tmp_path / "notes.txt")
     assert job.state == JobState.FAILED and "neither a folder nor a ZIP" in job.error
 
 

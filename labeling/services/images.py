@@ -25,6 +25,10 @@ from ml.preprocess import load_rgb
 EXTENSION_OF = {
     "JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
 }
+# What Chrome, Firefox and Safari all show in an <img>; the others (TIFF) are shown as a JPEG
+# rendition made on first view (display_jpeg, views_media.asset_image). MPO files are JPEGs.
+BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
+DISPLAY_SIZE = 2048  # longest side of that rendition: sharp on a review screen, quick to send
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 # The model centre-crops a square, so a strip thinner than this carries nothing to tag and its
 # thumbnail would be a line of pixels (and a 30000x1 header is a cheap way to stall a decoder).
@@ -135,8 +139,8 @@ def decode(fp: BinaryIO, thumb_size: int | None = None) -> Decoded:
             raise ImageError(f"unsupported image format {fmt or 'unknown'}")
         width, height = header.size
         check_size(width, height)
-        if _orientation(header) in _SWAPPED_ORIENTATIONS:
-            width, height = height, width
+        if fmt == "JPEG" and _orientation(header) in _SWAPPED_ORIENTATIONS:
+            width, height = height, width  # JPEG headers give the stored size; see below for others
     fp.seek(0)
     try:
         # draft_size: JPEGs decode at a reduced DCT scale that still covers the thumbnail; the
@@ -148,9 +152,28 @@ def decode(fp: BinaryIO, thumb_size: int | None = None) -> Decoded:
     except (OSError, SyntaxError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image data ({exc})") from None
     with img:
+        if fmt != "JPEG":
+            # Only JPEGs are drafted to a smaller scale (load_rgb, draft_size): for every other
+            # format the loaded, transposed image has the displayed size. The header can't be
+            # trusted for that: Pillow's TIFF plugin already reports orientations 5-8 rotated.
+            width, height = img.size
         thumb = ImageOps.contain(img, (thumb_size, thumb_size), Image.Resampling.LANCZOS) \
             if max(img.size) > thumb_size else img
         buf = io.BytesIO()
         thumb.save(buf, "JPEG", quality=85, optimize=True)
         fingerprint = phash(thumb)
     return Decoded(width, height, fmt, EXTENSION_OF[fmt], buf.getvalue(), fingerprint)
+
+
+def display_jpeg(fp: BinaryIO, size: int = DISPLAY_SIZE) -> bytes:
+    """The image as a browser-displayable JPEG (longest side <= size), decoded like the thumbnail
+    (orientation applied, first page, CMYK / 16-bit converted). Raises ImageError."""
+    try:
+        img = load_rgb(fp)
+    except (ValueError, OSError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"corrupt or truncated image data ({exc})") from None
+    with img:
+        shown = ImageOps.contain(img, (size, size), Image.Resampling.LANCZOS) if max(img.size) > size else img
+        buf = io.BytesIO()
+        shown.save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -7,8 +7,11 @@ under staging_dir(job) with names we sanitise, so a browser can't place a file e
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
+import time
+import unicodedata
 import uuid
 import zipfile
 from contextlib import ExitStack
@@ -18,7 +21,7 @@ from typing import BinaryIO, Callable, Iterable, Protocol
 
 from django.conf import settings
 
-from ..models import ImportJob
+from ..models import ImportJob, JobState
 from . import images
 
 UPLOAD = "upload"  # ImportJob.source of browser uploads; the files wait in staging_dir(job)
@@ -30,6 +33,18 @@ RATIO_CHECK_ABOVE = 1024 * 1024
 
 class SourceError(Exception):
     """The source as a whole can't be read (missing, not a folder or ZIP, ZIP bomb)."""
+
+
+def display_name(name: str) -> str:
+    """A name fit for the database, the report and a terminal: valid UTF-8, no lone surrogates.
+
+    os.walk gives undecodable bytes as surrogates (b'Caf\\xe9' -> 'Caf\\udce9'); PostgreSQL's JSON,
+    the job page and a UTF-8 stdout all refuse those. The real path stays for open()."""
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:  # a surrogate no file system byte decodes to, e.g. from JSON
+        raw = name.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 def max_import_bytes() -> int:
@@ -73,7 +88,7 @@ def _classify(parts: tuple[str, ...], name: str, folder: str | None) -> Entry | 
 
 def _zip_member_problem(info: zipfile.ZipInfo, parts: tuple[str, ...]) -> str:
     raw = info.filename
-    if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":") or ".." in parts or "" in parts:
+    if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":") or ".." in parts:
         return "unsafe path in ZIP (absolute or containing '..'); entry not extracted"
     if stat.S_ISLNK(info.external_attr >> 16):
         return "symbolic link in ZIP; entry not extracted"
@@ -90,8 +105,9 @@ def _zip_entries(path: Path, stack: ExitStack, prefix: str = "", outer: str | No
     """Members of one ZIP, streamed on demand. Nested archives are reported, not opened."""
     try:
         zf = stack.enter_context(zipfile.ZipFile(path))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise SourceError(f"not a readable ZIP archive ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - damaged central directories raise UnicodeDecodeError,
+        # NotImplementedError (unknown version), struct.error...: all mean "this ZIP can't be read".
+        raise SourceError(f"not a readable ZIP archive ({type(exc).__name__}: {exc})") from None
     members = [i for i in zf.infolist() if not i.is_dir()]
     declared = sum(i.file_size for i in members)
     if declared > max_import_bytes():
@@ -101,11 +117,15 @@ def _zip_entries(path: Path, stack: ExitStack, prefix: str = "", outer: str | No
     entries = []
     for info in members:
         shown = info.filename.replace("\\", "/")
-        parts = tuple(shown.split("/"))
-        name = prefix + shown.lstrip("/")
+        # 'a/./b.jpg' and 'a//b.jpg' name a/b.jpg (as safe_relative reads them): a '.' segment
+        # must not become a folder, hence a tag named '.'. '..' stays, to be refused below.
+        parts = tuple(p for p in shown.split("/") if p not in ("", "."))
+        name = prefix + "/".join(parts)
         problem = _zip_member_problem(info, parts)
         if problem:  # checked before hidden names: '../.x' is an attack, not Finder litter
             entries.append(Entry(prefix + shown, None, refusal=problem, kind="failed"))
+            continue
+        if not parts:
             continue
         if any(_hidden(p) for p in parts):
             continue
@@ -123,11 +143,18 @@ def _zip_entries(path: Path, stack: ExitStack, prefix: str = "", outer: str | No
 
 def _folder_entries(root: Path, stack: ExitStack) -> list[Entry]:
     entries: list[Entry] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:  # os.walk skips such a folder without a word otherwise
+        where = Path(exc.filename or root)
+        shown = display_name("/".join(where.relative_to(root).parts) if where != root else str(root))
+        entries.append(Entry(shown + "/", None, refusal=f"folder can't be read ({exc.strerror or exc})",
+                             kind="failed"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for fname in sorted(filenames):
-            path = Path(dirpath) / fname
-            parts = path.relative_to(root).parts
+            path = Path(dirpath) / fname  # the real name, undecodable bytes and all, for open()
+            parts = tuple(display_name(p) for p in path.relative_to(root).parts)
             name = "/".join(parts)
             if _hidden(fname):
                 continue
@@ -151,9 +178,11 @@ def scan(source: Path, stack: ExitStack) -> list[Entry]:
         return _folder_entries(source, stack)
     if source.is_file():
         if not zipfile.is_zipfile(source):
-            raise SourceError(f"{source} is neither a folder nor a ZIP archive")
+            if source.suffix.lower() == ".zip":
+                raise SourceError(f"{display_name(str(source))} is not a readable ZIP archive (truncated or damaged)")
+            raise SourceError(f"{display_name(str(source))} is neither a folder nor a ZIP archive")
         return _zip_entries(source, stack)
-    raise SourceError(f"source not found: {source}")
+    raise SourceError(f"source not found: {display_name(str(source))}")
 
 
 # --- browser uploads ----------------------------------------------------------------------
@@ -174,11 +203,63 @@ def staging_dir(job: ImportJob) -> Path:
     return uploads_root() / str(job.pk)
 
 
+STALE_STAGING_SECONDS = 24 * 3600  # no upload request or queued job waits that long
+
+
+def clean_stale_staging() -> list[Path]:
+    """Remove staging folders nothing will read again, and return them: those of jobs that are
+    no longer queued or running (a job the sweep failed keeps its files, up to 2 GiB, otherwise),
+    and, a day old, incoming-* folders of requests killed mid-upload or folders of no job.
+    Called before each upload is staged, so the disk is reclaimed without a separate task."""
+    root = uploads_root()
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - STALE_STAGING_SECONDS
+    folders = [p for p in root.iterdir() if p.is_dir()]
+    ids = [int(p.name) for p in folders if p.name.isdigit()]
+    states = dict(ImportJob.objects.filter(pk__in=ids).values_list("pk", "state"))
+    removed = []
+    for p in folders:
+        state = states.get(int(p.name)) if p.name.isdigit() else None
+        if state in (JobState.QUEUED, JobState.RUNNING):
+            continue
+        if state is not None or p.stat().st_mtime < cutoff:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+# Most file systems take 255 bytes per name; keep room for the ' (n)' that _free_name may add.
+NAME_BYTES = 240
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def _fit(part: str, limit: int = NAME_BYTES) -> str:
+    """Cut a name to ``limit`` UTF-8 bytes, keeping its suffix (the suffix says it's an image)."""
+    if len(part.encode()) <= limit:
+        return part
+    stem, suffix = os.path.splitext(part)
+    if len(suffix.encode()) > 16:  # 'a.<300 chars>' has no real suffix to keep
+        stem, suffix = part, ""
+    return stem.encode()[: limit - len(suffix.encode())].decode("utf-8", "ignore") + suffix
+
+
+def _clean_part(part: str) -> str:
+    # NUL and other control characters can't be in a name (open() raises), lone surrogates can't
+    # be encoded; ':' is a plain character on macOS/Linux, so it is kept readable as '_'.
+    kept = "".join(c for c in part if unicodedata.category(c) not in ("Cc", "Cs"))
+    return _fit(kept.replace(":", "_").strip())
+
+
 def safe_relative(path: str) -> PurePosixPath:
-    """A browser-sent relative path reduced to plain folder and file names ('..', drive letters,
-    absolute parts dropped). webkitRelativePath starts with the folder the user picked: that
-    folder is the import's root, like the folder given to the management command."""
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".", "..") and ":" not in p]
+    """A browser-sent relative path reduced to plain folder and file names ('..', a leading drive
+    letter and absolute parts dropped; each name made safe to create, see _clean_part).
+    webkitRelativePath starts with the folder the user picked: that folder is the import's root,
+    like the folder given to the management command."""
+    raw = path.replace("\\", "/").split("/")
+    if raw and _DRIVE.fullmatch(raw[0]):
+        raw = raw[1:]
+    parts = [p for p in map(_clean_part, raw) if p not in ("", ".", "..")]
     parts = parts[1:] if len(parts) > 1 else parts
     return PurePosixPath(*parts) if parts else PurePosixPath("unnamed")
 
@@ -192,19 +273,38 @@ def _free_name(folder: Path, name: str) -> Path:
     return target
 
 
-def stage_files(files: Iterable[tuple[Uploaded, str]]) -> Path:
-    """Write uploaded files (with their relative paths) chunk by chunk into a fresh folder."""
+def _stage_one(folder: Path, upload: Uploaded, rel: PurePosixPath) -> None:
+    parent = folder.joinpath(*rel.parent.parts)
+    parent.mkdir(parents=True, exist_ok=True)
+    target = _free_name(parent, rel.name)
+    try:
+        with open(target, "wb") as out:
+            for chunk in upload.chunks():
+                out.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)  # half a file would be imported as a truncated image
+        raise
+
+
+def stage_files(files: Iterable[tuple[Uploaded, str]]) -> tuple[Path, list[tuple[str, str]]]:
+    """Write uploaded files (with their relative paths) chunk by chunk into a fresh folder.
+
+    Returns the folder and (name, problem) for each file that could not be written there (e.g.
+    a file and a folder of the same name, a full disk): those are reported, the rest go on."""
     folder = uploads_root() / f"incoming-{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
+    problems: list[tuple[str, str]] = []
     try:
         for upload, relative in files:
-            rel = safe_relative(relative or os.path.basename(upload.name or ""))
-            parent = folder.joinpath(*rel.parent.parts)
-            parent.mkdir(parents=True, exist_ok=True)
-            with open(_free_name(parent, rel.name), "wb") as out:
-                for chunk in upload.chunks():
-                    out.write(chunk)
+            sent = relative or os.path.basename(upload.name or "")
+            rel = safe_relative(sent)
+            try:
+                _stage_one(folder, upload, rel)
+            except (OSError, ValueError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                shown = "".join(c for c in display_name(sent) if unicodedata.category(c) != "Cc")
+                problems.append((shown or str(rel), f"could not be stored for import ({why})"))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return folder
+    return folder, problems

@@ -8,6 +8,7 @@ which is what the job page polls.
 from __future__ import annotations
 
 import logging
+import lzma
 import shutil
 import time
 import zipfile
@@ -24,9 +25,11 @@ from django.utils import timezone
 from ..models import Asset, Client, ImportJob, JobState, Label, Tag, Taxonomy, tag_name_problem
 from ..permissions import real_user
 from . import images, labels
-from .import_sources import UPLOAD, Entry, SourceError, Uploaded, scan, stage_files, staging_dir
+from .import_sources import (UPLOAD, Entry, SourceError, Uploaded, clean_stale_staging, display_name, scan,
+                             stage_files, staging_dir)
 
-__all__ = ["UPLOAD", "create_job", "enqueue", "import_paths", "run_job", "stage_upload", "staging_dir", "summary"]
+__all__ = ["UPLOAD", "create_job", "enqueue", "import_paths", "report", "run_job", "stage_upload", "staging_dir",
+           "summary"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ LABEL_BATCH = 200
 MAX_REPORTED = 1000  # job.errors entries kept; the rest are counted in one last line
 Progress = Callable[[int, int], None]
 # What reading one file (a ZIP member above all) may raise when its bytes are damaged.
-READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError)
 
 
 def create_job(client: Client, source: str, user=None, labels_taxonomy: Taxonomy | None = None) -> ImportJob:
@@ -60,10 +63,15 @@ def stage_upload(client: Client, files: Iterable[tuple[Uploaded, str]], user=Non
                  labels_taxonomy: Taxonomy | None = None) -> ImportJob:
     """Stage browser uploads and create their job. The job row commits only once all its files
     are in place, so the sweep can never pick up a half-staged upload."""
-    folder = stage_files(files)
+    clean_stale_staging()
+    folder, problems = stage_files(files)
     try:
         with transaction.atomic():
             job = create_job(client, UPLOAD, user=user, labels_taxonomy=labels_taxonomy)
+            if problems:  # files that could not be staged are the first lines of the job's report
+                job.errors = [report("failed", name, message) for name, message in problems]
+                job.n_failed = job.total = job.processed = len(problems)
+                job.save(update_fields=["errors", "n_failed", "total", "processed"])
             target = staging_dir(job)
             if target.exists():
                 # The id is new in this database, so the folder belongs to no job: it is left
@@ -101,29 +109,35 @@ def run_job(job_id: int, progress: Progress | None = None) -> ImportJob:
         return job
     source = staging_dir(job) if job.source == UPLOAD else Path(job.source).expanduser()
     importer = _Importer(job, progress)
+    state, error, crash = JobState.SUCCEEDED, "", None
     try:
         if job.source == UPLOAD and not source.is_dir():
             raise SourceError(f"uploaded files not found in {source} (web and workers must share TAGLOOP_VAR)")
         with ExitStack() as stack:
             importer.run(scan(source, stack))
     except SourceError as exc:
-        importer.finish(JobState.FAILED, str(exc))
-        return job
+        state, error = JobState.FAILED, str(exc)
     except Exception as exc:
         log.exception("import %s failed", job.pk)
-        importer.finish(JobState.FAILED, f"import stopped by an internal error: {exc!r}")
-        raise
+        state, error, crash = JobState.FAILED, f"import stopped by an internal error: {exc!r}", exc
     finally:
         if job.source == UPLOAD:
             shutil.rmtree(source, ignore_errors=True)
+    # Also after a failure: the assets stored before it are in the library, and nothing else
+    # embeds unlabeled assets (a re-import only finds them as duplicates).
     importer.after_import()
-    importer.finish(JobState.SUCCEEDED)
+    importer.finish(state, display_name(error))
+    if crash is not None:
+        raise crash
     return job
 
 
 def report(kind: str, file: str, message: str) -> dict:
     """One job.errors line. kind: failed (a bad file), skipped (not an image), note."""
-    return {"file": file, "error": message, "kind": kind}
+    # PostgreSQL's JSON takes neither lone surrogates nor NUL: one odd name must not stop the
+    # flush of every counter (the job would look hung until the sweep fails it).
+    return {"file": display_name(file).replace("\0", ""), "error": display_name(message).replace("\0", ""),
+            "kind": kind}
 
 
 class _Importer:
@@ -141,7 +155,7 @@ class _Importer:
         self.pending: list[tuple[Asset, list[int]]] = []
         self.n_dropped = 0
         self.last_flush = 0.0
-        job.errors = []
+        job.errors = list(job.errors or [])  # staging problems of an upload come first
 
     # counters and report
     def add(self, kind: str, file: str, message: str) -> None:
@@ -177,7 +191,7 @@ class _Importer:
 
     # the work
     def run(self, entries: list[Entry]) -> None:
-        self.job.total = len(entries)
+        self.job.total = self.job.processed + len(entries)  # processed: files that failed staging
         self.flush(force=True)
         for entry in entries:
             if entry.refusal:
@@ -197,7 +211,9 @@ class _Importer:
         except images.ImageError as exc:
             self.add("failed", entry.name, str(exc))
             return
-        except READ_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a decompressor raises, it is one bad file
+            if not isinstance(exc, READ_ERRORS):  # unexpected: keep the trace for a fix
+                log.exception("import %s: reading %s", self.job.pk, entry.name)
             self.add("failed", entry.name, f"can't be read ({type(exc).__name__}: {exc})")
             return
         with spooled.file:
@@ -231,16 +247,20 @@ class _Importer:
             phash=info.phash,
         )
         spooled.file.seek(0)
-        # Original bytes as uploaded; the storage name comes from sha256 (see asset_upload_to).
-        asset.file.save("original" + info.extension, File(spooled.file), save=False)
-        asset.thumbnail.save("thumb.jpg", ContentFile(info.thumbnail), save=False)
         try:
+            # Original bytes as uploaded; the storage name comes from sha256 (see asset_upload_to).
+            asset.file.save("original" + info.extension, File(spooled.file), save=False)
+            asset.thumbnail.save("thumb.jpg", ContentFile(info.thumbnail), save=False)
             with transaction.atomic():
                 asset.save()
-        except IntegrityError:  # the same bytes, imported by another job in the meantime
+        except BaseException as exc:
+            # No row points at these files: left on disk, a later import of the same bytes would
+            # be stored under a renamed file. (FieldFile.delete does nothing for an unsaved one.)
             asset.file.delete(save=False)
             asset.thumbnail.delete(save=False)
-            return None, False
+            if isinstance(exc, IntegrityError):  # the same bytes, imported by another job meanwhile
+                return None, False
+            raise
         self.created_ids.append(asset.pk)
         self.job.n_created += 1
         return asset, True
@@ -307,7 +327,7 @@ class _Importer:
             beat = lambda done, total: ImportJob.objects.filter(pk=self.job.pk).update(heartbeat=timezone.now())
             result = vectors.embed_assets(self.created_ids, progress=beat) or {}
             suggesting.score_new_assets(self.job.client_id, self.created_ids)
-        except Exception as exc:  # assets are in; they can be embedded again later
+        except Exception as exc:  # the assets are in; the next training embeds the labeled ones
             log.exception("import %s: embedding/scoring failed", self.job.pk)
             self.add("note", "", f"images imported, but embedding or scoring failed: {exc}")
             return

@@ -55,10 +55,16 @@ class Command(BaseCommand):
             job = importing.import_paths(target, path, user=importer, labels_taxonomy=taxonomy, progress=progress)
 
         for e in job.errors:
-            self.stdout.write(f"  {e.get('kind', 'failed'):7}  {e['file']}: {e['error']}")
+            self.stdout.write(self.printable(f"  {e.get('kind', 'failed'):7}  {e['file']}: {e['error']}"))
         self.stdout.write(
             f"import #{job.pk} {job.state}: {job.n_created} created, {job.n_duplicates} duplicates, "
             f"{job.n_failed} failed, {job.n_labeled} labeled (of {job.total} files)"
         )
         if job.state != JobState.SUCCEEDED:
-            raise CommandError(f"import #{job.pk} failed: {job.error}")
+            raise CommandError(self.printable(f"import #{job.pk} failed: {job.error}"))
+
+    def printable(self, text: str) -> str:
+        """``text`` as this stdout can write it: a file name the terminal's encoding lacks (an ASCII
+        locale, a cron log) becomes '?' instead of ending the command before its summary line."""
+        encoding = getattr(self.stdout._out, "encoding", None) or "utf-8"
+        return text.encode(encoding, "replace").decode(encoding)
