@@ -1,5 +1,6 @@
 """Celery tasks: thin wrappers over services. Each is idempotent, so redelivery
-(acks_late, a worker killed mid-task, the sweep re-enqueueing) does no harm."""
+(acks_late, a worker killed mid-task, the sweep re-enqueueing) does no harm; recluster alone
+is never redelivered (see there)."""
 from __future__ import annotations
 
 import logging
@@ -64,15 +65,23 @@ def sweep() -> dict:
     return {"stale_runs": stale, "runs_requested": started, "runs_reenqueued": len(runs), "imports_reenqueued": len(jobs)}
 
 
-@shared_task(name="labeling.tasks.recluster")
+# Acknowledged on receipt and never redelivered: the largest step holds every vector in memory
+# several times, and a build killed for memory would otherwise be requeued (acks_late with
+# reject_on_worker_lost) and crash again, forever, on the worker that also trains. A lost
+# build is asked for again by the next import, promotion, large bulk action or map view.
+@shared_task(name="labeling.tasks.recluster", acks_late=False, reject_on_worker_lost=False)
 def recluster(client_id: int) -> int | None:
-    """k-means clusters, the 2-D map and the FAISS index of one client, rebuilt aside and
-    swapped in (labeling.services.clusters / similarity)."""
+    """Keep one client's clusters, FAISS index and 2-D map in step with its vectors and
+    models (labeling.services.clusters.update): a promotion only refreshes cluster stats;
+    k-means, the index and t-SNE run only after vectors were added."""
     from .services import clusters, similarity
 
-    clustering = clusters.recluster(client_id)
-    similarity.get_index(client_id)  # adds newly embedded vectors (or rebuilds for a new backbone)
-    clusters.compute_map(client_id)
+    clustering, action = clusters.update(client_id)
+    if action == "built" or (action != "waiting" and clusters.map_stale(client_id)):
+        similarity.get_index(client_id)  # adds newly embedded vectors (or rebuilds for a new backbone)
+        clusters.compute_map(client_id)
+    if action == "built" and clustering.stats.get("store_version") != clusters.store_version(client_id):
+        enqueue_recluster(client_id)  # vectors arrived during the build, whose messages found it busy
     return clustering.pk if clustering else None
 
 

@@ -9,7 +9,9 @@ never waits for an index rebuild.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -138,7 +140,8 @@ def _keep(row: dict, filter: str, tag_id: int | None) -> bool:
 
 def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
     """Tile data for assets of the taxonomy's client: name, thumbnail, current label tag ids,
-    live suggestion (top-1 tag, probability, uncertainty). Other clients' ids are dropped."""
+    live suggestion (top-1 tag, probability, uncertainty; no tag when that tag was retired).
+    Other clients' ids are dropped."""
     from .queue import _asset_urls
 
     assets = Asset.objects.filter(client_id=taxonomy.client_id, pk__in=asset_ids).values_list("pk", "original_name")
@@ -150,45 +153,107 @@ def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
         row = out[asset_id]
         row["label"] = sorted((row["label"] or []) + ([tag_id] if tag_id else []))
     if taxonomy.live_model_id:
+        retired = set(taxonomy.tags.filter(retired=True).values_list("pk", flat=True))
         for asset_id, top, prob, unc in Suggestion.objects.filter(
             model_version_id=taxonomy.live_model_id, asset_id__in=list(out)
         ).values_list("asset_id", "top1_tag_id", "top1_prob", "uncertainty"):
-            out[asset_id].update(suggested=top, prob=round(prob, 4), uncertainty=round(unc, 4))
+            if top in retired:  # retired since the model was trained: not offered until it is retrained
+                top, prob = None, None
+            out[asset_id].update(suggested=top, prob=None if prob is None else round(prob, 4),
+                                 uncertainty=round(unc, 4))
     return out
 
 
 # -- second look --------------------------------------------------------------------------
+SECOND_LOOK_CHUNK = 4  # candidates checked per row asked for, per round of queries
+
+
+def _second_look_path(taxonomy: Taxonomy) -> Path:
+    # Next to the vectors it is computed from: per client and backbone, gone with them.
+    return vectors.store_for(taxonomy.client_id).root / f"second_look-{taxonomy.pk}.npz"
+
+
+def _second_look_key(taxonomy: Taxonomy, tag_ids: list[int]) -> str:
+    """What the scores depend on: the stored vectors, the active tags and the set of labels.
+    The count of current labels changes with every new label or undo but not with a "keep"
+    or a correction (a re-save); rows whose label changed since are dropped when read."""
+    n_labels = Label.objects.filter(taxonomy=taxonomy, is_current=True).count()
+    store = "\n".join(vectors.store_for(taxonomy.client_id).version())
+    return hashlib.sha1(f"{store}|{tag_ids}|{n_labels}".encode()).hexdigest()
+
+
+def _given_labels(taxonomy: Taxonomy, col: dict[int, int], asset_ids: list[int] | None = None) -> dict[int, int]:
+    """asset id -> the tag its current label is compared by (multi-label: its first active tag)."""
+    rows = Label.objects.filter(taxonomy=taxonomy, is_current=True)
+    if asset_ids is not None:
+        rows = rows.filter(asset_id__in=asset_ids)
+    given: dict[int, int] = {}
+    for asset_id, tag_id in rows.values_list("asset_id", "tags").order_by("asset_id", "tags"):
+        if tag_id in col:
+            given.setdefault(asset_id, tag_id)
+    return given
+
+
+def _suspicion(taxonomy: Taxonomy, tag_ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(asset ids, given tag ids, scores), most suspicious first, cached in a file: training
+    the cross-validated heads and the exact kNN costs seconds at a few thousand labels and
+    grows quadratically, so only the first page load after the labels change pays it."""
+    from ml.noise import suspicion_scores
+
+    key = _second_look_key(taxonomy, tag_ids)
+    path = _second_look_path(taxonomy)
+    try:
+        with np.load(path) as f:
+            if str(f["key"]) == key:
+                return f["ids"], f["given"], f["scores"]
+    except (OSError, ValueError, KeyError):
+        pass  # none yet, or unreadable: compute it again
+    col = {t: i for i, t in enumerate(tag_ids)}
+    given = _given_labels(taxonomy, col)
+    found, X = vectors.vectors_for(taxonomy.client_id, list(given))
+    ids, tags, scores = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+    if len(found) >= 4 and len({given[int(a)] for a in found}) >= 2:  # else nothing to compare a label with
+        y = np.array([col[given[int(a)]] for a in found], dtype=np.int64)
+        raw = suspicion_scores(X, y, len(tag_ids), k_folds=min(5, len(found)), n_neighbors=min(10, len(found) - 1))
+        order = np.argsort(-raw, kind="stable")
+        ids, scores = np.asarray(found, np.int64)[order], raw[order]
+        tags = np.array([given[int(a)] for a in ids], dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, key=np.array(key), ids=ids, given=tags, scores=scores)
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    return ids, tags, scores
+
+
 def second_look(taxonomy: Taxonomy, limit: int = 50) -> list[dict]:
     """Current labels that the model (out-of-fold) and the neighbours disagree with, most
     suspicious first (ml.noise.suspicion_scores). Labels confirmed with "keep" (a re-save of
-    the same tags, whose event has before == after) are left out. Single-label taxonomies
-    use their one tag; multi-label ones their first tag."""
-    from ml.noise import suspicion_scores
-
+    the same tags, whose event has before == after) and labels changed since the scores were
+    computed are left out. Single-label taxonomies use their one tag; multi-label ones their
+    first tag."""
     from ..models import LabelEvent
 
     tag_ids = list(taxonomy.active_tags().values_list("id", flat=True))
+    ids, given, scores = _suspicion(taxonomy, tag_ids)
     col = {t: i for i, t in enumerate(tag_ids)}
-    given: dict[int, int] = {}
-    for asset_id, tag_id in Label.objects.filter(taxonomy=taxonomy, is_current=True).values_list(
-        "asset_id", "tags"
-    ).order_by("asset_id", "tags"):
-        if tag_id in col:
-            given.setdefault(asset_id, tag_id)
-    found, X = vectors.vectors_for(taxonomy.client_id, list(given))
-    if len(found) < 4 or len({given[int(a)] for a in found}) < 2:
-        return []  # nothing to compare a label with
-    y = np.array([col[given[int(a)]] for a in found], dtype=np.int64)
-    scores = suspicion_scores(X, y, len(tag_ids), k_folds=min(5, len(found)), n_neighbors=min(10, len(found) - 1))
-    kept = {
-        e.asset_id for e in LabelEvent.objects.filter(
-            taxonomy=taxonomy, action=LabelEvent.Action.SET, label__is_current=True, asset_id__in=[int(a) for a in found]
-        ).only("asset_id", "before", "after")
-        if e.before is not None and e.before == e.after
-    }
-    order = [i for i in np.argsort(-scores, kind="stable") if int(found[i]) not in kept][:limit]
-    rows = describe(taxonomy, [int(found[i]) for i in order])
+    picked: list[int] = []
+    step = max(limit * SECOND_LOOK_CHUNK, 1)
+    for start in range(0, len(ids), step):  # usually one round: a few rows were kept or changed
+        chunk = [int(a) for a in ids[start : start + step]]
+        now = _given_labels(taxonomy, col, chunk)
+        kept = {
+            e.asset_id for e in LabelEvent.objects.filter(
+                taxonomy=taxonomy, action=LabelEvent.Action.SET, label__is_current=True, asset_id__in=chunk
+            ).only("asset_id", "before", "after")
+            if e.before is not None and e.before == e.after
+        }
+        picked += [i for i in range(start, start + len(chunk))
+                   if now.get(int(ids[i])) == int(given[i]) and int(ids[i]) not in kept]
+        if len(picked) >= limit:
+            break
+    picked = picked[:limit]
+    rows = describe(taxonomy, [int(ids[i]) for i in picked])
     return [
-        {**rows[int(found[i])], "given": given[int(found[i])], "score": round(float(scores[i]), 4)}
-        for i in order if int(found[i]) in rows
+        {**rows[int(ids[i])], "given": int(given[i]), "score": round(float(scores[i]), 4)}
+        for i in picked if int(ids[i]) in rows
     ]
