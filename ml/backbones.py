@@ -263,9 +263,11 @@ def weights_version(name: str, weights_path: str | Path | None = None) -> str:
                 parts.append(f"{dist}={version(dist)}")
             except PackageNotFoundError:
                 parts.append(f"{dist}=?")
-    else:
-        p = str(weights_path) if weights_path else _env_weights(name)
-        if p and os.path.isfile(p):
-            st = os.stat(p)
-            parts.append(f"{os.path.basename(p)}:{st.st_size}:{int(st.st_mtime)}")
+    # A custom weights file (any backbone, Lite included) changes the model, so its identity must
+    # be in the key: otherwise the ONNX model cache serves the stock model for it.
+    # Stock Lite weights come from the pip package, already covered by its version above.
+    p = str(weights_path) if weights_path else (None if name in _LITE else _env_weights(name))
+    if p and os.path.isfile(p):
+        st = os.stat(p)
+        parts.append(f"{os.path.basename(p)}:{st.st_size}:{int(st.st_mtime)}")
     return ",".join(parts)

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -166,6 +167,9 @@ class Embedder:
         self.onnx_path: Path | None = None
         self._session: Any = None
         self._pool: ThreadPoolExecutor | None = None
+        # one Embedder is shared by the web app's threads: two first calls must not each
+        # create a pool (the loser's threads would never be shut down)
+        self._pool_lock = threading.Lock()
         self._run: Callable[[np.ndarray], np.ndarray] = self._setup()
 
     # ---- runtime selection --------------------------------------------------------------
@@ -274,10 +278,11 @@ class Embedder:
         return self.batch_size if self.runtime == "cuda" else min(self.batch_size, CPU_MICRO_BATCH)
 
     def _cpu_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloop-embed",
-                                            initializer=_single_threaded_torch)
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloop-embed",
+                                                initializer=_single_threaded_torch)
+            return self._pool
 
     def _embed_chunk(self, chunk: list[tuple[int, str | Path]]) -> tuple[list[int], np.ndarray | None, dict[int, str]]:
         """Worker task (CPU runtimes): decode a micro-batch and run the model on the same thread
@@ -335,9 +340,10 @@ class Embedder:
 
     def close(self) -> None:
         """Stop the worker threads (they are also reclaimed at interpreter exit)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def __enter__(self) -> "Embedder":
         return self

@@ -69,15 +69,17 @@ def fit_predict(task: Task, store: Store, spec: str, use_boxes: bool,
         if len(owner):  # owner indexes train_idx, so test-fold boxes can never leak in
             Xtr = np.concatenate([Xtr, Xb])
             ytr = np.concatenate([ytr, ytr[owner]])
+    # source image of each row: the head's internal L2 CV keeps an image and its crops together
+    groups = np.concatenate([np.arange(len(train_idx)), owner])
     if fine and task.fine_y is not None:
         # train on 27 brands + none and sum into the task's classes: "other" is 25 unrelated
         # looks, which one linear class cannot model
         yf = task.fine_y[train_idx]
         yf = np.concatenate([yf, yf[owner]]) if use_boxes and len(owner) else yf
         keep = yf >= 0
-        head = train_head(Xtr[keep], yf[keep], len(task.fine_labels), seed=seed)
+        head = train_head(Xtr[keep], yf[keep], len(task.fine_labels), seed=seed, groups=groups[keep])
         return collapse_proba(task, head.predict_proba(X[test_idx]), fine)
-    head = train_head(Xtr, ytr, task.n_classes, seed=seed)
+    head = train_head(Xtr, ytr, task.n_classes, seed=seed, groups=groups)
     return head.predict_proba(X[test_idx])
 
 

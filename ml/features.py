@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ml.atomic import atomic_write
 from ml.preprocess import IMAGE_SIZE, load_rgb, normalize, resize_crop
 
 VIEWS = ("center", "flip", "full", "tiles2", "tiles3", "tiles4", "boxes")
@@ -170,10 +171,10 @@ class FeatureStore:
         for i, v, c in pending:
             f = self._file(v, shas[i])
             f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_suffix(".tmp.npy")
             dim = feats.shape[1] if len(feats) else self.embedder.dim
-            np.save(tmp, feats[start:start + len(c)].astype(np.float16).reshape(len(c), dim))
-            os.replace(tmp, f)  # atomic: a killed run never leaves a half-written cache file
+            # atomic, with a per-process temp name: concurrent runs may fill the same entry
+            with atomic_write(f, fsync=False) as out:
+                np.save(out, feats[start:start + len(c)].astype(np.float16).reshape(len(c), dim))
             start += len(c)
 
     def load(self, shas: Sequence[str], view: str) -> list[np.ndarray]:

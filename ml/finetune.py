@@ -17,20 +17,20 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from ml.backbones import load_backbone
 from ml.features import VIEWS
-from ml.finetune_data import TrainSet, eval_inputs, load_images, multiview_inputs  # noqa: F401 - API
+from ml.finetune_data import (TrainSet, eval_inputs, holdout_split, load_images,  # noqa: F401 - API
+                              multiview_inputs)
+from ml.finetune_trunk import FrozenTrunk
 from ml.metrics import balanced_accuracy
 from ml.preprocess import normalize
 
@@ -136,13 +136,15 @@ class Classifier(nn.Module):
         return self.fc(self.dropout(self.pooled_top(a)))
 
     @torch.no_grad()
-    def init_fc_from_probe(self, feats: np.ndarray, y: np.ndarray, seed: int) -> None:
+    def init_fc_from_probe(self, feats: np.ndarray, y: np.ndarray, seed: int,
+                           groups: np.ndarray | None = None) -> None:
         """LP-FT: start the linear layer from a probe (ml.heads.train_head) on the current
         features, so fine-tuning starts where the head-only baseline ends instead of from a
-        random layer whose gradients would first scramble the pretrained top blocks."""
+        random layer whose gradients would first scramble the pretrained top blocks.
+        ``groups``: source image of each row, so the probe's L2 CV keeps an image's views together."""
         from ml.heads import train_head
 
-        h = train_head(feats, y, self.fc.out_features, seed=seed)
+        h = train_head(feats, y, self.fc.out_features, seed=seed, groups=groups)
         W = h.weight / h.scale[:, None]  # logits = ((x - mean) / scale) @ W + b
         self.fc.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
         b = (h.bias - h.mean @ W).astype(np.float32)
@@ -155,40 +157,6 @@ class Classifier(nn.Module):
         if self.split is None:  # non-EfficientNet backbones: plain path
             return self.fc(self.dropout(self.backbone(x)))
         return self.forward_top(self.forward_frozen(x))
-
-
-class FrozenTrunk:
-    """Runs `Classifier.forward_frozen` through onnxruntime when available (CPU speed)."""
-
-    def __init__(self, model: Classifier, size: int) -> None:
-        self.model, self.session = model, None
-        try:
-            import onnxruntime as ort
-            import tempfile
-
-            wrapper = _FrozenModule(model).eval()
-            path = Path(tempfile.mkdtemp()) / "trunk.onnx"
-            torch.onnx.export(wrapper, torch.zeros(2, 3, size, size), str(path), dynamo=False,
-                              input_names=["x"], output_names=["a"],
-                              dynamic_axes={"x": {0: "n"}, "a": {0: "n"}}, opset_version=17)
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - torch path is always correct, only slower
-            print(f"  onnx trunk unavailable ({exc}); using torch", file=sys.stderr)
-
-    @torch.no_grad()
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.session is not None:
-            return self.session.run(None, {"x": np.ascontiguousarray(x)})[0]
-        return self.model.forward_frozen(torch.from_numpy(x)).numpy()
-
-
-class _FrozenModule(nn.Module):
-    def __init__(self, model: Classifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_frozen(x)
 
 
 def _autocast(device: torch.device):
@@ -284,7 +252,8 @@ def _cached_batches(trunk: FrozenTrunk, ds: TrainSet, cfg: FinetuneConfig, n_cla
             feats = np.concatenate([model.pooled_top(torch.from_numpy(
                 acts[s:s + 64].reshape(-1, *acts.shape[2:]).astype(np.float32))).numpy()
                 for s in range(0, n, 64)])
-        model.init_fc_from_probe(feats, np.repeat(ds.y, V), cfg.seed)
+        # rows are image-major (V views per image): one group per source image
+        model.init_fc_from_probe(feats, np.repeat(ds.y, V), cfg.seed, groups=np.repeat(np.arange(n), V))
     y = torch.as_tensor(ds.y)
     w = _class_weights(ds.y, n_classes)[ds.y]
     g = np.random.default_rng(cfg.seed)
@@ -309,8 +278,9 @@ def finetune(
 ) -> tuple[Classifier, list[dict]]:
     """Fine-tune; returns (best model on validation, learning curve).
 
-    Without `val_paths`, a stratified `cfg.val_fraction` of the training data is held out
-    for LR scheduling / early stopping, so the caller's test data is never looked at.
+    Without `val_paths`, `cfg.val_fraction` of the training data (stratified when possible,
+    see `holdout_split`) is held out for LR scheduling / early stopping, so the caller's test
+    data is never looked at.
     `images`/`scales` (from `load_images`) skip decoding when the caller already has them.
     """
     cfg = cfg or FinetuneConfig()
@@ -322,11 +292,7 @@ def finetune(
     images, scales = list(images), np.asarray(scales if scales is not None else np.ones(len(images)))
     boxes = list(boxes) if boxes is not None else [np.zeros((0, 4))] * len(images)
     if val_paths is None:
-        counts = np.bincount(y_train)
-        # stratified when every class can spare one image (tiny test subsets cannot)
-        strat = y_train if counts[counts > 0].min() >= 2 else None
-        tr, va = train_test_split(np.arange(len(y_train)), test_size=cfg.val_fraction,
-                                  stratify=strat, random_state=cfg.seed)
+        tr, va = holdout_split(y_train, cfg.val_fraction, cfg.seed)
         val_imgs, yv = [images[i] for i in va], y_train[va]
         images, y_tr, boxes, scales = ([images[i] for i in tr], y_train[tr],
                                        [boxes[i] for i in tr], scales[tr])

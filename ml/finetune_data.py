@@ -3,6 +3,7 @@ crops (random resized crops, flips, colour jitter, crops around annotated logo b
 deterministic evaluation crops."""
 from __future__ import annotations
 
+import math
 import random
 import sys
 from typing import TYPE_CHECKING, Sequence
@@ -10,11 +11,12 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
-from ml.features import view_crops
+from ml.features import _exif_rotated, view_crops
 from ml.preprocess import load_rgb, normalize, resize_crop
 
 if TYPE_CHECKING:
@@ -22,16 +24,39 @@ if TYPE_CHECKING:
 
 
 def load_images(paths: Sequence[str], max_side: int) -> tuple[list[Image.Image], np.ndarray]:
-    """Decode once, keep downscaled copies in memory; returns (images, scale vs. file pixels)."""
+    """Decode once, keep downscaled copies in memory; returns (images, scale vs. file pixels).
+
+    The scale is NaN for EXIF-rotated files: boxes drawn on the stored pixels point elsewhere
+    once ``load_rgb`` has turned the image upright, so (as in ml.features) they are not used.
+    """
     imgs, scales = [], []
     for p in tqdm(paths, desc="decode", unit="img", file=sys.stderr, leave=False):
         img = load_rgb(p, draft_size=max_side)
         w0 = max(img.size)
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         with Image.open(p) as raw:  # boxes live in stored-file pixels
-            scales.append(max(img.size) / max(raw.size) if w0 else 1.0)
+            scale = max(img.size) / max(raw.size) if w0 else 1.0
+            scales.append(math.nan if _exif_rotated(raw) else scale)
         imgs.append(img)
     return imgs, np.asarray(scales, np.float64)
+
+
+def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices with ``fraction`` of the images held out, stratified when
+    the data allow it: every present class needs >= 2 images, and both parts at least one
+    image per class (sklearn's rule: 20 classes x 3 images cannot give a stratified 15 %).
+    Otherwise the split is random, and why is printed, instead of failing the fine-tune."""
+    y = np.asarray(y, np.int64)
+    counts = np.bincount(y)
+    present = int((counts > 0).sum())
+    n_val = math.ceil(fraction * len(y))  # how train_test_split sizes a fractional test_size
+    reason = ("a class has a single image" if counts[counts > 0].min() < 2 else
+              f"{n_val} validation / {len(y) - n_val} training images for {present} classes"
+              if min(n_val, len(y) - n_val) < present else None)
+    if reason:
+        print(f"  validation split not stratified: {reason}", file=sys.stderr)
+    return train_test_split(np.arange(len(y)), test_size=fraction, stratify=None if reason else y,
+                            random_state=seed)
 
 
 class TrainSet(Dataset):
@@ -60,7 +85,8 @@ class TrainSet(Dataset):
 
     def __getitem__(self, i: int):
         img = self.imgs[i]
-        b = self.boxes[i] if self.boxes is not None else None
+        # NaN scale: boxes do not map onto this (EXIF-rotated) image, see load_images
+        b = self.boxes[i] if self.boxes is not None and np.isfinite(self.scales[i]) else None
         if b is not None and len(b) and random.random() < self.cfg.box_crop_p:
             img = self._box_crop(img, b[random.randrange(len(b))] * self.scales[i])
         else:

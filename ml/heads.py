@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.atomic import atomic_write
 from ml.decision import tune_tag_thresholds
 
 __all__ = [
@@ -144,7 +145,8 @@ class LinearHead:
         )
         if isinstance(path, (str, Path)):
             # np.savez(path) would append ".npz" to other suffixes; a file object keeps the name.
-            with open(path, "wb") as f:
+            # Atomic: a crash mid-write must not leave a truncated head where a model is expected.
+            with atomic_write(path) as f:
                 np.savez(f, **arrays)
         else:
             np.savez(path, **arrays)
@@ -170,13 +172,21 @@ class LinearHead:
 # ----------------------------------------------------------------------------- folds
 
 
-def stratified_folds(y: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+def stratified_folds(
+    y: np.ndarray, n_folds: int, seed: int = 0, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Fold id (n,) per sample; each class is spread round-robin over folds after shuffling.
 
     Works for single-label ints or a multi-label matrix (stratified on each row's rarest tag,
-    a cheap approximation that keeps rare tags spread out).
+    a cheap approximation that keeps rare tags spread out). ``groups`` (n,): rows of one group
+    (augmented views or box crops of one image) share a fold, stratified by the group's first
+    row; otherwise a held-out fold would hold near-copies of training rows.
     """
     y = np.asarray(y)
+    if groups is not None:
+        groups = np.asarray(groups).reshape(-1)
+        _, first, row_group = np.unique(groups, return_index=True, return_inverse=True)
+        return stratified_folds(y[first], n_folds, seed)[row_group]
     rng = np.random.default_rng(seed)
     if y.ndim == 2:
         freq = y.sum(axis=0)
@@ -285,11 +295,11 @@ def _heldout_loss(P: np.ndarray, Y: np.ndarray, multilabel: bool) -> float:
 
 def _cross_validate(
     Xs: torch.Tensor, y: np.ndarray, multilabel: bool, class_weight: ClassWeight,
-    learned: np.ndarray, l2_grid: list[float], seed: int,
+    learned: np.ndarray, l2_grid: list[float], seed: int, groups: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray | None]:  # fmt: skip
     """Pick the L2 strength by held-out log-loss; also return the out-of-fold probabilities
     (n, k_learned) for the chosen strength (NaN where a sample could not be scored)."""
-    folds = stratified_folds(y[:, learned] if multilabel else y, CV_FOLDS, seed)
+    folds = stratified_folds(y[:, learned] if multilabel else y, CV_FOLDS, seed, groups)
     n, kl = len(y), int(learned.sum())
     oof = np.full((len(l2_grid), n, kl), np.nan)
     for f in range(CV_FOLDS):
@@ -343,16 +353,21 @@ def train_head(
     class_weight: ClassWeight = "balanced",
     seed: int = 0,
     l2: float | None = None,
+    groups: np.ndarray | None = None,
 ) -> LinearHead:
     """Train a linear head. ``l2=None`` chooses the strength by internal CV (or the default).
 
     Single-label ``y``: ints (n,) in [0, n_classes); multi-label ``y``: (n, n_classes) of {0, 1}.
+    ``groups`` (n,): rows from one source image (augmented views, box crops) are kept in one
+    internal CV fold, so the L2 choice is not rewarded for memorising near-duplicates.
     """
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y)
     n = X.shape[0]
     if n == 0 or X.ndim != 2:
         raise ValueError(f"need a non-empty (n, d) feature matrix, got shape {X.shape}")
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"groups: {len(groups)} entries for {n} rows")
     if class_weight not in ("balanced", None):
         raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
     if multilabel:
@@ -376,12 +391,13 @@ def train_head(
     # OpenMP thread made training 3-5x slower in CPU *and* wall time (2,000 x 1280: 0.6 s vs
     # 4.6 s with other processes running); it also leaves the other core to the web app.
     with _torch_threads(1):
-        return _train(X, y, n_classes, multilabel, class_weight, seed, l2, learned, fixed)
+        return _train(X, y, n_classes, multilabel, class_weight, seed, l2, learned, fixed, groups)
 
 
 def _train(
     X: np.ndarray, y: np.ndarray, n_classes: int, multilabel: bool, class_weight: ClassWeight,
     seed: int, l2: float | None, learned: np.ndarray, fixed: np.ndarray,
+    groups: np.ndarray | None = None,
 ) -> LinearHead:  # fmt: skip
     n = len(X)
     torch.manual_seed(seed)
@@ -397,7 +413,7 @@ def _train(
         oof = None
         if l2 is None and n >= MIN_CV_SAMPLES:
             grid = [default_l2(n) * f for f in L2_GRID_FACTORS]
-            chosen_l2, oof = _cross_validate(Xs, y, multilabel, class_weight, learned, grid, seed)
+            chosen_l2, oof = _cross_validate(Xs, y, multilabel, class_weight, learned, grid, seed, groups)
         [(W, b)] = _fit(Xs, *_targets(y, multilabel, class_weight, learned), [chosen_l2], multilabel)
         weight[:, learned], bias[learned] = W.numpy(), b.numpy()
         if multilabel:

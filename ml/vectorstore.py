@@ -8,14 +8,29 @@ When an id appears in several shards the newest shard wins.
 """
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ml.atomic import atomic_write
+
 COMPACT_AFTER = 64  # shards; merging keeps open() cheap for libraries imported in many batches
+
+
+def _compacted_stem(newest: str) -> str:
+    """Name for a merged shard that sorts right after ``newest``, the newest shard it merged.
+
+    A fresh timestamp would sort after any shard a concurrent ``add`` wrote during the merge,
+    so "newest wins" would serve the merged (stale) vector over the one written meanwhile.
+    Names are ``shard-<ns>-<hex>`` or ``shard-<ns>-<hex>-z<generation>-<hex>``; 'z' is never in
+    hex, and the generation keeps a re-merge sorting after the merge it absorbs while the name
+    stays the same length however often the store is compacted.
+    """
+    parts = newest.split("-")
+    generation = int(parts[3][1:]) + 1 if len(parts) > 3 else 1
+    return f"{'-'.join(parts[:3])}-z{generation:06d}-{uuid.uuid4().hex[:8]}"
 
 
 class VectorStore:
@@ -39,10 +54,18 @@ class VectorStore:
             return
         if not np.isfinite(vectors).all():
             raise ValueError("vectors: contain NaN or infinity")
+        # Checked after the cast too: float16 turns |v| > 65504 into inf without an error, and one
+        # inf row later breaks training (L-BFGS overflow) and cosine search (NaN after normalising).
+        with np.errstate(over="ignore"):  # reported below as a ValueError instead
+            stored = vectors.astype(np.float16)
+        bad = ~np.isfinite(stored).all(axis=1)
+        if bad.any():
+            raise ValueError(f"vectors: values beyond float16's range (|v| > 65504) for ids "
+                             f"{ids[bad][:10].tolist()}")
         self.root.mkdir(parents=True, exist_ok=True)
         # Time-ordered unique names: concurrent writers never collide, and sort order = age.
         stem = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-        self._atomic_save(self.root / f"{stem}.vec.npy", vectors.astype(np.float16))
+        self._atomic_save(self.root / f"{stem}.vec.npy", stored)
         self._atomic_save(self.root / f"{stem}.ids.npy", ids)
         if len(self._shards()) > COMPACT_AFTER:
             self.compact()
@@ -54,8 +77,10 @@ class VectorStore:
             return
         self._cache_key = None  # re-read: the merge covers at least the shards listed above
         self._refresh()
+        if not self._cache_key:  # another process compacted everything away meanwhile
+            return
         ids, vecs = self._ids.copy(), self._gather(self._rows).astype(np.float16)  # stored as float16
-        stem = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        stem = _compacted_stem(self._cache_key[-1])
         self._atomic_save(self.root / f"{stem}.vec.npy", vecs)
         self._atomic_save(self.root / f"{stem}.ids.npy", ids)
         for s in old:
@@ -64,12 +89,8 @@ class VectorStore:
 
     @staticmethod
     def _atomic_save(path: Path, array: np.ndarray) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     # -- reading -----------------------------------------------------------------------
     def _stored_dim(self) -> int:

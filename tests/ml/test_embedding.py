@@ -120,6 +120,31 @@ def test_onnx_cache_is_reused(onnx_embedder: Embedder, onnx_cache: Path) -> None
     assert [p.name for p in onnx_cache.iterdir()] == [path.name]  # no temp files left behind
 
 
+def test_onnx_cache_exports_custom_lite_weights_instead_of_serving_the_stock_model(
+        onnx_embedder: Embedder, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from ml.backbones import _lite_weights_file
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert onnx_embedder.onnx_path is not None
+    shutil.copy(onnx_embedder.onnx_path, cache / onnx_embedder.onnx_path.name)  # stock model already cached
+    state = torch.load(_lite_weights_file("efficientnet-lite0"), map_location="cpu", weights_only=True)
+    state = dict(state.get("state_dict", state))
+    state["_conv_head.weight"] = state["_conv_head.weight"] * 0.5  # a visibly different model
+    custom = tmp_path / "custom_lite0.pth"
+    torch.save(state, custom)
+
+    on = Embedder(runtime="onnx", cache_dir=cache, weights_path=custom, workers=1)
+    assert on.runtime == "onnx" and on.onnx_path != cache / onnx_embedder.onnx_path.name
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32) * 0.5
+    want = Embedder(runtime="torch", weights_path=custom, workers=1).embed_arrays(x)
+    assert np.abs(on.embed_arrays(x) - want).max() < 1e-3
+
+
 def test_embed_paths_reports_bad_files_and_keeps_going(shoes, onnx_embedder: Embedder, tmp_path: Path) -> None:
     good = [shoes["test"][b][0] for b in BRANDS]
     empty = tmp_path / "empty.jpg"

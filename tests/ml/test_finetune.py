@@ -78,3 +78,19 @@ def test_multiview_prediction_averages_the_views_crops(shoes, tuned):
     assert np.abs(tiles - two).max() > 1e-3  # the tiles are other pixels, not the same crop again
     with pytest.raises(ValueError, match="eval_views: boxes not usable"):
         replace(cfg, eval_views="center,boxes")
+
+
+def test_a_few_images_of_many_classes_fine_tune_on_a_random_validation_split(
+        capsys, monkeypatch, tmp_path) -> None:
+    import tempfile
+
+    from PIL import Image
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the ONNX trunk is exported
+    imgs = [Image.new("RGB", (64, 64), (4 * i, 255 - 4 * i, 37 * i % 256)) for i in range(60)]
+    y = np.arange(60) % 20  # 20 classes x 3 images: 9 validation images cannot cover 20 classes
+    cfg = FinetuneConfig(epochs=1, trainable_blocks=1, cached_views=2, image_size=64)
+    model, curve = finetune([""] * 60, y, 20, images=imgs, scales=np.ones(60), cfg=cfg)
+    assert len(curve) == 1 and np.isfinite(curve[0]["train_loss"]) and model.fc.out_features == 20
+    assert "validation split not stratified" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.onnx"))  # the exported trunk is not left behind

@@ -165,6 +165,29 @@ def test_stratified_folds_spread_each_class():
     assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
 
 
+def test_stratified_folds_keep_each_group_in_one_fold_and_still_spread_classes():
+    y_img = np.array([0] * 10 + [1] * 5)
+    groups = np.repeat(np.arange(15), 4)  # 4 augmented views per image
+    folds = stratified_folds(np.repeat(y_img, 4), 5, seed=0, groups=groups).reshape(15, 4)
+    assert (folds == folds[:, :1]).all()
+    assert np.bincount(folds[y_img == 1, 0], minlength=5).tolist() == [1] * 5
+
+
+def _noise_views(n: int = 120, views: int = 8, d: int = 64, k: int = 4):
+    """n images with labels that carry no signal, each seen as `views` near-identical copies."""
+    rng = np.random.default_rng(0)
+    X = np.repeat(rng.normal(size=(n, d)), views, axis=0) + 0.05 * rng.normal(size=(n * views, d))
+    return X.astype(np.float32), np.repeat(rng.integers(0, k, n), views), np.repeat(np.arange(n), views), k
+
+
+def test_grouped_cv_does_not_reward_memorising_views_of_one_image():
+    X, y, groups, k = _noise_views()
+    grid = [default_l2(len(y)) * f for f in (0.2, 1.0, 5.0)]
+    # Views of one image split across folds make memorising look like generalising: weakest L2.
+    assert train_head(X, y, k).l2 == pytest.approx(min(grid))
+    assert train_head(X, y, k, groups=groups).l2 == pytest.approx(max(grid))
+
+
 def test_out_of_fold_is_honest(shoes):
     P = out_of_fold_proba(shoes.X_train, shoes.y_train, 3, n_folds=5, l2=0.14)
     oof_acc = (P.argmax(1) == shoes.y_train).mean()
