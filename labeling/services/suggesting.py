@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef, QuerySet
 
 from ml.heads import LinearHead
 from ml.selection import POOL_FACTOR, diverse_pick
 from ml.uncertainty import entropy, margin, uncertainty_score
 
-from ..models import UNPLANNED, Label, ModelVersion, Suggestion, Taxonomy
+from ..models import UNPLANNED, Asset, Label, ModelVersion, Suggestion, Taxonomy
 from . import vectors
 
 WRITE_BATCH = 2000
 SCORE_CHUNK = 20_000  # assets per predict + write round
 MAX_PLAN = 500  # planned queue positions per model version (k-means of 3x that many vectors)
+# what a rescore rewrites; queue_rank goes back to unplanned until plan_queue runs again
+SCORE_FIELDS = ["probs", "top1_tag", "top1_prob", "margin", "entropy", "uncertainty", "is_labeled", "queue_rank"]
 
 
 def artifact_path(mv: ModelVersion) -> Path:
@@ -40,21 +43,35 @@ def predict(mv: ModelVersion, X: np.ndarray) -> np.ndarray:
     return load_head(mv).predict_proba(X)
 
 
-def score(taxonomy: Taxonomy, mv: ModelVersion, asset_ids: Sequence[int] | None = None) -> int:
+def score(
+    taxonomy: Taxonomy, mv: ModelVersion, asset_ids: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Write Suggestion rows of ``mv`` for the given assets (all embedded ones when None).
 
     Works through the library in chunks, so a million assets never sit in memory at once as
     float32 vectors or as unsaved rows. Each chunk replaces its rows: rerunning is harmless.
+    ``progress(done, total)`` is called after each chunk (a training run's heartbeat).
     """
     store = vectors.store_for(taxonomy.client_id, mv.backbone)
     wanted = store.ids() if asset_ids is None else np.asarray(list(asset_ids), dtype=np.int64)
     head = load_head(mv)
     n = 0
     for start in range(0, len(wanted), SCORE_CHUNK):
-        ids, X = store.get(wanted[start : start + SCORE_CHUNK])
+        ids, X = store.get(_existing(taxonomy.client_id, wanted[start : start + SCORE_CHUNK]))
         if len(ids):
             n += _write(taxonomy, mv, head, ids, X)
+        if progress:
+            progress(min(start + SCORE_CHUNK, len(wanted)), len(wanted))
     return n
+
+
+def _existing(client_id: int, ids: np.ndarray) -> np.ndarray:
+    """The ids that are still assets of the client. The vector store is append-only, so it
+    keeps the vectors of deleted assets, and one Suggestion row for such an id would fail the
+    whole write (and every later retrain) on its foreign key."""
+    alive = Asset.objects.filter(client_id=client_id, pk__in=[int(i) for i in ids]).values_list("id", flat=True)
+    return np.fromiter(alive, dtype=np.int64)
 
 
 def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarray, X: np.ndarray) -> int:
@@ -85,8 +102,12 @@ def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarr
         for r, a in enumerate(asset_ids)
     ]
     with transaction.atomic():
-        Suggestion.objects.filter(model_version=mv, asset_id__in=asset_ids).delete()
-        Suggestion.objects.bulk_create(rows, batch_size=WRITE_BATCH)
+        # An upsert, not delete + insert: a label keeps pointing at the row it was saved
+        # against, and no row is deleted through Django's collector (see delete_suggestions).
+        Suggestion.objects.bulk_create(
+            rows, batch_size=WRITE_BATCH, update_conflicts=True, unique_fields=["asset", "model_version"],
+            update_fields=SCORE_FIELDS,
+        )
     return len(rows)
 
 
@@ -128,11 +149,44 @@ def score_new_assets(client_id: int, asset_ids: Sequence[int]) -> int:
     return n
 
 
+def score_unscored(taxonomy: Taxonomy, mv: ModelVersion, progress: Callable[[int, int], None] | None = None) -> int:
+    """Score the assets embedded for ``mv``'s backbone that have no row of ``mv`` yet.
+
+    Called right after ``mv`` went live: an import that embedded assets while ``mv`` was being
+    scored gave them rows of the model that was live then only. An import that sets
+    ``embedded_with`` after this query reads the live pointer after it too, so one pass is enough.
+    """
+    scored = Suggestion.objects.filter(model_version=mv, asset_id=OuterRef("pk"))
+    ids = list(
+        Asset.objects.filter(client_id=taxonomy.client_id, embedded_with=mv.backbone)
+        .exclude(Exists(scored))
+        .values_list("id", flat=True)
+    )
+    return score(taxonomy, mv, ids, progress) if ids else 0
+
+
+def reconcile_labeled(taxonomy: Taxonomy, mv: ModelVersion) -> int:
+    """Set ``is_labeled`` of ``mv``'s rows from the current labels, in one UPDATE of the rows that
+    differ. _write reads the labeled set before it inserts, and a label (or undo) committed in
+    between updated only the rows it could see: without this the new live model would serve a
+    labeled asset again, or hide an unlabeled one, until the next retrain."""
+    current = Exists(Label.objects.filter(taxonomy=taxonomy, is_current=True, asset_id=OuterRef("asset_id")))
+    return Suggestion.objects.filter(model_version=mv).exclude(is_labeled=current).update(is_labeled=current)
+
+
+def delete_suggestions(rows: QuerySet[Suggestion]) -> int:
+    """Delete suggestion rows in two statements. QuerySet.delete() would SELECT every row
+    (JSON probs included) to null Label.suggestion one batch at a time: minutes and gigabytes
+    for a million rows. The labels keep their tags; only the link to the old row goes."""
+    with transaction.atomic():
+        Label.objects.filter(suggestion__in=rows.values("id")).update(suggestion=None)
+        return rows._raw_delete(rows.db)
+
+
 def prune_old_suggestions(taxonomy: Taxonomy, keep: int = 2) -> int:
     """Keep suggestions of the live model and the newest versions only; the rest is history
     already summarised in each ModelVersion's metrics."""
     keep_ids = set(ModelVersion.objects.filter(taxonomy=taxonomy).values_list("id", flat=True)[:keep])
     if taxonomy.live_model_id:
         keep_ids.add(taxonomy.live_model_id)
-    deleted, _ = Suggestion.objects.filter(taxonomy=taxonomy).exclude(model_version_id__in=keep_ids).delete()
-    return deleted
+    return delete_suggestions(Suggestion.objects.filter(taxonomy=taxonomy).exclude(model_version_id__in=keep_ids))

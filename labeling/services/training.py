@@ -2,27 +2,30 @@
 
 A retrain can never be lost: the label counter is bumped in the label's own transaction,
 the check is enqueued on commit and again by the periodic sweep, and a worker claims a run
-with a conditional UPDATE (queued -> running), so a run enqueued twice executes once.
+with a conditional UPDATE (queued -> running), so a run enqueued twice executes once. Every
+later write of the run is conditional on that claim, so a worker that lost its run (no
+heartbeat for TAGLOOP_RUN_STALE_SECONDS) can never publish its model.
 """
 from __future__ import annotations
 
 import logging
 import traceback
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Callable
 
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Value
+from django.db.models import F, Max, Q, QuerySet, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from ml.heads import train_head
+from ml.heads import LinearHead, train_head
 from ml.metrics import classification_metrics
 from ml.savings import replay_curve
 
-from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Taxonomy, TrainingRun
+from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Suggestion, Taxonomy, TrainingRun
 from . import suggesting, vectors
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 HOLDOUT_BUCKETS = 5  # one labeled asset in five is held out for evaluation
 MIN_HOLDOUT = 10  # below this a comparison says nothing: train on everything and promote
 FAILED_BACKOFF = timedelta(minutes=10)  # the sweep does not hammer a run that keeps failing
+WORKER_LOST = "worker lost (no heartbeat)"  # a failure of the worker, not of the run: no backoff
 
 
 def is_holdout(sha256: str) -> bool:
@@ -48,7 +52,7 @@ def request_run(taxonomy: Taxonomy, trigger: str = "threshold", force: bool = Fa
             return None
         last = TrainingRun.objects.filter(taxonomy=taxonomy).order_by("-id").first()
         if last and last.state == TrainingRun.State.FAILED and last.finished and \
-                timezone.now() - last.finished < FAILED_BACKOFF:
+                not last.error.startswith(WORKER_LOST) and timezone.now() - last.finished < FAILED_BACKOFF:
             return None
     try:
         with transaction.atomic():
@@ -81,7 +85,7 @@ def fail_stale_runs() -> int:
     """A run (or import) whose worker died stops blocking after TAGLOOP_RUN_STALE_SECONDS
     without a heartbeat; its error says so, and a new run can be requested."""
     cutoff = timezone.now() - timedelta(seconds=settings.TAGLOOP_RUN_STALE_SECONDS)
-    lost = {"error": "worker lost (no heartbeat)", "finished": timezone.now()}
+    lost = {"error": WORKER_LOST, "finished": timezone.now()}
     runs = TrainingRun.objects.filter(state=TrainingRun.State.RUNNING, heartbeat__lt=cutoff).update(
         state=TrainingRun.State.FAILED, **lost
     )
@@ -92,28 +96,67 @@ def fail_stale_runs() -> int:
 
 
 # -- executing --------------------------------------------------------------------------
+class RunAbandoned(Exception):
+    """This worker no longer owns its run: the sweep failed it for want of a heartbeat, or a
+    redelivered message re-claimed it. Whatever the worker still holds must not be published."""
+
+
+class Refused(Exception):
+    """The labels cannot make a useful model (yet); the text is the run's message."""
+
+
+def _owned(run: TrainingRun) -> QuerySet[TrainingRun]:
+    """The run's row while this worker owns it. ``started`` is the claim's token: a re-claim
+    writes a new one, so the old worker's conditional updates then match no row."""
+    return TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.RUNNING, started=run.started)
+
+
 def _progress(run: TrainingRun, fraction: float, message: str) -> None:
+    """Report progress; it is the heartbeat too. Raises RunAbandoned once the run is not ours."""
     run.progress, run.message = fraction, message
-    TrainingRun.objects.filter(pk=run.pk).update(progress=fraction, message=message, heartbeat=timezone.now())
+    if not _owned(run).update(progress=fraction, message=message[:300], heartbeat=timezone.now()):
+        raise RunAbandoned(f"run {run.pk} is no longer running on this worker")
+
+
+def _beating(run: TrainingRun, fraction: float, what: str) -> Callable[[int, int], None]:
+    """A progress callback for a long step (embedding, scoring): every batch beats the heartbeat,
+    so the stale sweep never fails a run that is working."""
+    return lambda done, total: _progress(run, fraction, f"{what} {done}/{total}")
+
+
+def _claim(run_id: int) -> datetime | None:
+    """queued -> running, or a running run whose worker stopped beating (killed, then its
+    message redelivered): the claim's time is the token, or None when not ours to run."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.TAGLOOP_RUN_STALE_SECONDS)
+    claimable = Q(state=TrainingRun.State.QUEUED) | Q(state=TrainingRun.State.RUNNING, heartbeat__lt=stale)
+    claimed = TrainingRun.objects.filter(claimable, pk=run_id).update(
+        state=TrainingRun.State.RUNNING, started=now, heartbeat=now, progress=0.0
+    )
+    return now if claimed else None
+
+
+def _fail(run: TrainingRun, error: str, message: str = "") -> None:
+    """Only while owned: a worker that lost its run must not overwrite its new owner's state."""
+    shown = {"message": message[:300]} if message else {}
+    _owned(run).update(state=TrainingRun.State.FAILED, error=error[:5000], finished=timezone.now(), **shown)
 
 
 def execute_run(run_id: int) -> TrainingRun:
-    now = timezone.now()
-    claimed = TrainingRun.objects.filter(pk=run_id, state=TrainingRun.State.QUEUED).update(
-        state=TrainingRun.State.RUNNING, started=now, heartbeat=now
-    )
+    token = _claim(run_id)
     run = TrainingRun.objects.select_related("taxonomy", "taxonomy__client").get(pk=run_id)
-    if not claimed:
+    if token is None:
         return run  # another worker has it, or it already ran
+    run.started = token
     try:
         _execute(run)
+    except RunAbandoned as exc:
+        log.warning("training run %s abandoned: %s", run_id, exc)
+    except Refused as exc:
+        _fail(run, str(exc), message=str(exc))
     except Exception as exc:
         log.exception("training run %s failed", run_id)
-        TrainingRun.objects.filter(pk=run_id).update(
-            state=TrainingRun.State.FAILED,
-            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[:5000],
-            finished=timezone.now(),
-        )
+        _fail(run, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
     run.refresh_from_db()
     return run
 
@@ -195,15 +238,38 @@ def _live_on(taxonomy: Taxonomy, X: np.ndarray, tag_ids: list[int]) -> tuple[np.
     return P, (thresholds if head.thresholds is not None else None)
 
 
-def _execute(run: TrainingRun) -> None:
-    taxonomy = Taxonomy.objects.select_related("live_model").get(pk=run.taxonomy_id)
-    consumed = taxonomy.labels_since_train
-    watermark = Label.objects.filter(taxonomy=taxonomy).aggregate(m=Max("id"))["m"] or 0
-    TrainingRun.objects.filter(pk=run.pk).update(labels_consumed=consumed)
-    _progress(run, 0.05, "collecting labels")
-    data = collect(taxonomy, watermark)
-    if len(data.asset_ids) == 0:
-        raise ValueError("no labels to learn from")
+def _comparable(live: ModelVersion | None) -> bool:
+    """Compare with the live model only on its own terms: it was evaluated without the held-out
+    assets, and its head reads the current backbone's features (after a TAGLOOP_BACKBONE change
+    its input has another meaning, or another size)."""
+    return live is not None and live.backbone == vectors.backbone_name() and \
+        (live.metrics or {}).get("n_holdout", 0) > 0
+
+
+def _promotion_reason(live: ModelVersion | None) -> str:
+    """Why a model is promoted without beating the live one."""
+    if live is None:
+        return "first model"
+    if live.backbone != vectors.backbone_name():
+        return f"the live model reads {live.backbone} features, not {vectors.backbone_name()}: not comparable"
+    return "holdout too small to compare"
+
+
+def _check_learnable(y: np.ndarray, multilabel: bool) -> None:
+    """Refuse labels that cannot make a useful model. With one class a head is certain of it on
+    every asset (uncertainty 0): the queue would show nothing useful first and bulk accept would
+    apply that tag everywhere. A multi-label head needs a tag that some labeled assets lack."""
+    if multilabel:
+        pos = y.sum(axis=0)
+        if not ((pos > 0) & (pos < len(y))).any():
+            raise Refused("needs labels of at least 2 tags: every training label has the same tags")
+    elif len(np.unique(y)) < 2:
+        raise Refused(f"needs labels of at least 2 tags: all {len(y)} training labels have one tag")
+
+
+def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset) -> tuple[Dataset, np.ndarray]:
+    """The labeled assets that have a vector of the current backbone (embedding those that have
+    none yet), and their vectors in the dataset's order."""
     missing = list(
         Asset.objects.filter(pk__in=data.asset_ids.tolist())
         .exclude(embedded_with=vectors.backbone_name())
@@ -211,29 +277,27 @@ def _execute(run: TrainingRun) -> None:
     )
     if missing:
         _progress(run, 0.1, f"embedding {len(missing)} assets")
-        vectors.embed_assets(missing)
-    found, X = vectors.vectors_for(taxonomy.client_id, data.asset_ids)
+        vectors.embed_assets(missing, progress=_beating(run, 0.1, "embedding labeled assets"))
+    found, X = vectors.vectors_for(taxonomy.client_id, data.asset_ids)  # in the order asked
     keep = np.isin(data.asset_ids, found)
-    ids, y, hold, label_ids = data.asset_ids[keep], data.y[keep], data.holdout[keep], data.label_ids[keep]
-    order = {int(a): r for r, a in enumerate(found)}
-    X = X[[order[int(a)] for a in ids]]
-    k = len(data.tag_ids)
-    tags = taxonomy.tags.in_bulk(data.tag_ids)
-    names = [tags[t].path for t in data.tag_ids]
+    return Dataset(data.asset_ids[keep], data.label_ids[keep], data.holdout[keep], data.y[keep], data.tag_ids), X
 
-    enough_holdout = hold.sum() >= MIN_HOLDOUT
-    train_mask = ~hold if enough_holdout else np.ones(len(ids), dtype=bool)
-    _progress(run, 0.3, f"training on {int(train_mask.sum())} labels")
-    head = train_head(X[train_mask], y[train_mask], k, multilabel=taxonomy.multilabel, seed=0)
 
+def _evaluate(
+    run: TrainingRun, taxonomy: Taxonomy, head: LinearHead, data: Dataset, X: np.ndarray, train_mask: np.ndarray,
+    names: list[str],
+) -> tuple[bool, dict]:  # fmt: skip
+    """(promote?, metrics): held-out metrics, the comparison with the live model when it is
+    fair, and the savings replay."""
+    hold, y, live = data.holdout, data.y, taxonomy.live_model
+    enough_holdout = bool(hold.sum() >= MIN_HOLDOUT)
     metrics: dict = {"n_train": int(train_mask.sum()), "n_holdout": int(hold.sum()) if enough_holdout else 0}
-    promote, reason = True, "first model" if taxonomy.live_model is None else "holdout too small to compare"
+    promote, reason = True, _promotion_reason(live)
     if enough_holdout:
         _progress(run, 0.6, f"evaluating on {int(hold.sum())} held-out labels")
         new = _score(taxonomy, head.predict_proba(X[hold]), y[hold], names, head.thresholds)
         metrics.update(new)
-        live_was_fair = taxonomy.live_model is not None and (taxonomy.live_model.metrics or {}).get("n_holdout", 0) > 0
-        if live_was_fair:
+        if _comparable(live):
             P_live, live_thresholds = _live_on(taxonomy, X[hold], data.tag_ids)
             old = _score(taxonomy, P_live, y[hold], names, live_thresholds)
             metrics["live_score_same_holdout"] = old["score"]
@@ -242,41 +306,106 @@ def _execute(run: TrainingRun) -> None:
         _progress(run, 0.65, "replaying the labelling order against random orders")
         tr = np.flatnonzero(train_mask)
         metrics["savings"] = replay_curve(
-            X[tr], y[tr], np.argsort(label_ids[tr], kind="stable"), X[hold], y[hold], k,
+            X[tr], y[tr], np.argsort(data.label_ids[tr], kind="stable"), X[hold], y[hold], len(data.tag_ids),
             multilabel=taxonomy.multilabel, score=_replay_score(taxonomy, names))
     if head.thresholds is not None:
         metrics["thresholds"] = [float(t) for t in head.thresholds]
     metrics["decision"] = reason
+    return promote, metrics
 
+
+def _save_version(run: TrainingRun, taxonomy: Taxonomy, head: LinearHead, data: Dataset, metrics: dict,
+                  watermark: int) -> ModelVersion:
+    _progress(run, 0.7, "saving the model")  # a run that is no longer ours stops before writing
     version = (ModelVersion.objects.filter(taxonomy=taxonomy).aggregate(m=Max("version"))["m"] or 0) + 1
     rel = f"{taxonomy.client_id}/{taxonomy.pk}/v{version}-run{run.pk}.npz"
     path = settings.TAGLOOP_MODEL_DIR / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     head.save(path)
-    mv = ModelVersion.objects.create(
+    return ModelVersion.objects.create(
         taxonomy=taxonomy, version=version, backbone=vectors.backbone_name(), artifact=rel,
-        tag_ids=data.tag_ids, metrics=metrics, n_labels=len(ids), label_watermark=watermark,
+        tag_ids=data.tag_ids, metrics=metrics, n_labels=len(data.asset_ids), label_watermark=watermark,
     )
+
+
+def _embed_library(run: TrainingRun, taxonomy: Taxonomy) -> None:
+    """After a TAGLOOP_BACKBONE change the library's vectors are the old backbone's: the new
+    model could score only the labeled assets embedded above, and every other asset would lose
+    its suggestion. embed_assets skips what is done, so a re-claimed run resumes."""
+    stale = vectors.embedded_elsewhere(taxonomy.client_id)
+    if stale:
+        _progress(run, 0.72, f"embedding {len(stale)} library assets with {vectors.backbone_name()}")
+        vectors.embed_assets(stale, progress=_beating(run, 0.72, "embedding the library"))
+
+
+def _publish(run: TrainingRun, taxonomy: Taxonomy, mv: ModelVersion, promote: bool, consumed: int) -> None:
+    """Score a promoted version, then switch run state, live pointer and counter together."""
     if promote:
+        _embed_library(run, taxonomy)
         _progress(run, 0.75, "scoring all assets")
-        suggesting.score(taxonomy, mv)
+        suggesting.score(taxonomy, mv, progress=_beating(run, 0.75, "scoring assets"))
         suggesting.plan_queue(taxonomy, mv)
     with transaction.atomic():
-        # The live pointer switches only now, after evaluation and rescoring are complete.
+        # The run's own row first, and only while this worker owns it: a run the sweep failed
+        # (or another worker re-claimed) must not move the live pointer or the counter.
+        if not _owned(run).update(
+            state=TrainingRun.State.PROMOTED if promote else TrainingRun.State.REJECTED, model_version=mv,
+            metrics=mv.metrics, progress=1.0, message=mv.metrics["decision"], finished=timezone.now(),
+        ):
+            raise RunAbandoned(f"run {run.pk} lost its claim before the switch")
         if promote:
             Taxonomy.objects.filter(pk=taxonomy.pk).update(live_model=mv)
         # Labels that arrived during the run stay counted toward the next one.
         Taxonomy.objects.filter(pk=taxonomy.pk).update(
             labels_since_train=Greatest(F("labels_since_train") - consumed, Value(0))
         )
-        TrainingRun.objects.filter(pk=run.pk).update(
-            state=TrainingRun.State.PROMOTED if promote else TrainingRun.State.REJECTED,
-            model_version=mv, metrics=metrics, progress=1.0, message=reason, finished=timezone.now(),
-        )
-    if promote:
-        taxonomy.refresh_from_db()
-        suggesting.prune_old_suggestions(taxonomy)
-        from .. import tasks  # tasks import services: imported here to keep the graph acyclic
 
-        transaction.on_commit(lambda: tasks.enqueue_recluster(taxonomy.client_id))  # stats follow the new model
-    log.info("run %s: v%s %s (%s)", run.pk, version, "promoted" if promote else "rejected", reason)
+
+def _discard(mv: ModelVersion) -> None:
+    """The version of an abandoned run is nobody's: its rows, file and record go."""
+    suggesting.delete_suggestions(Suggestion.objects.filter(model_version=mv))
+    suggesting.artifact_path(mv).unlink(missing_ok=True)
+    mv.delete()
+
+
+def _after_promotion(taxonomy: Taxonomy, mv: ModelVersion) -> None:
+    """Catch up on what changed while the new version was scored. The run is finished, so
+    nothing here beats (or checks) its heartbeat."""
+    suggesting.score_unscored(taxonomy, mv)  # imported meanwhile: scored by the old model only
+    suggesting.reconcile_labeled(taxonomy, mv)  # labels and undos committed during the writes
+    taxonomy.refresh_from_db()
+    suggesting.prune_old_suggestions(taxonomy)
+    from .. import tasks  # tasks import services: imported here to keep the graph acyclic
+
+    transaction.on_commit(lambda: tasks.enqueue_recluster(taxonomy.client_id))  # stats follow the new model
+
+
+def _execute(run: TrainingRun) -> None:
+    taxonomy = Taxonomy.objects.select_related("live_model").get(pk=run.taxonomy_id)
+    consumed = taxonomy.labels_since_train
+    watermark = Label.objects.filter(taxonomy=taxonomy).aggregate(m=Max("id"))["m"] or 0
+    _owned(run).update(labels_consumed=consumed)
+    _progress(run, 0.05, "collecting labels")
+    data = collect(taxonomy, watermark)
+    if len(data.asset_ids) == 0:
+        raise Refused("no labels to learn from")
+    data, X = _embedded(run, taxonomy, data)
+    tags = taxonomy.tags.in_bulk(data.tag_ids)
+    names = [tags[t].path for t in data.tag_ids]
+
+    enough_holdout = data.holdout.sum() >= MIN_HOLDOUT
+    train_mask = ~data.holdout if enough_holdout else np.ones(len(data.asset_ids), dtype=bool)
+    _check_learnable(data.y[train_mask], taxonomy.multilabel)
+    _progress(run, 0.3, f"training on {int(train_mask.sum())} labels")
+    head = train_head(X[train_mask], data.y[train_mask], len(data.tag_ids), multilabel=taxonomy.multilabel, seed=0)
+    promote, metrics = _evaluate(run, taxonomy, head, data, X, train_mask, names)
+
+    mv = _save_version(run, taxonomy, head, data, metrics, watermark)
+    try:
+        _publish(run, taxonomy, mv, promote, consumed)
+    except RunAbandoned:
+        _discard(mv)
+        raise
+    if promote:
+        _after_promotion(taxonomy, mv)
+    log.info("run %s: v%s %s (%s)", run.pk, mv.version, "promoted" if promote else "rejected", metrics["decision"])

@@ -97,6 +97,17 @@ def content_cache(backbone: str) -> VectorStore:
     return VectorStore(settings.TAGLOOP_CACHE_DIR / "vectors" / backbone)
 
 
+def embedded_elsewhere(client_id: int) -> list[int]:
+    """Assets of the client whose vector is another backbone's (TAGLOOP_BACKBONE changed since):
+    a model of the current backbone cannot score them until they are embedded again. Assets
+    that never got a vector ("") are left out: their files already failed to embed."""
+    return list(
+        Asset.objects.filter(client_id=client_id)
+        .exclude(embedded_with__in=["", backbone_name()])
+        .values_list("id", flat=True)
+    )
+
+
 def vectors_for(client_id: int, asset_ids: Sequence[int]):
     """(found_ids, float32 vectors) for assets of one client under the current backbone."""
     return store_for(client_id).get(list(asset_ids))
