@@ -184,13 +184,15 @@ def queue_json(request: HttpRequest) -> JsonResponse:
         limit = int(request.GET.get("limit", 5))
     except ValueError:
         raise BadInput("limit: a whole number expected")
+    # exclude: what the page holds (its leases are renewed); skipped: passed on (left to lapse).
     exclude = _int_list(request.GET.get("exclude", ""), "exclude")[:MAX_EXCLUDE]
+    skipped = _int_list(request.GET.get("skipped", ""), "skipped")[: MAX_EXCLUDE - len(exclude)]
     taxonomy = request.taxonomy
     return JsonResponse(
         {
             # Operators lease what they are shown; a viewer's look hides nothing from them.
             "items": queue.review_batch(
-                taxonomy, order=order, limit=limit, exclude=exclude,
+                taxonomy, order=order, limit=limit, exclude=exclude, skipped=skipped,
                 user=request.user if can_label(request.role) else None,
             ),
             "status": queue.queue_status(taxonomy),
@@ -228,7 +230,23 @@ def label_json(request: HttpRequest) -> JsonResponse:
     if asset is None:
         # Another client's asset looks exactly like a missing one.
         return _error("asset: not found", 404, "asset")
-    label = labels.save_label(taxonomy, asset, tag_ids, user=request.user)
+    # base_label: the label id the page saw (null: unlabeled). Left out, the last write wins.
+    base = body["base_label"] if "base_label" in body else labels.NO_CHECK
+    if base is not None and base is not labels.NO_CHECK and not _is_id(base):
+        raise BadInput("base_label: a label id or null expected")
+    try:
+        label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base)
+    except labels.LabelConflict as conflict:
+        current = conflict.current
+        return JsonResponse(
+            {
+                "error": "labeled by someone else meanwhile",
+                "field": "base_label",
+                "current": None if current is None else {"id": current.pk, "tags": labels.tag_ids_of(current)},
+                "status": queue.queue_status(taxonomy),
+            },
+            status=409,
+        )
     return JsonResponse(
         {
             "label": label.pk,
@@ -244,20 +262,27 @@ def label_json(request: HttpRequest) -> JsonResponse:
 @api_view(at_least=Role.OPERATOR)
 def undo_json(request: HttpRequest) -> JsonResponse:
     taxonomy = request.taxonomy
-    label = labels.undo_last(taxonomy, request.user)
+    try:
+        label = labels.undo_last(taxonomy, request.user)
+    except labels.UndoRefused as refused:
+        # Not a bad request: the label was changed by a colleague; the page says so.
+        return _error(str(refused).partition(": ")[2], 409, "undo")
     # The asset is unlabeled again unless an older label of it became current.
     restored = (
-        Label.objects.filter(asset_id=label.asset_id, taxonomy=taxonomy, is_current=True).exists()
+        Label.objects.filter(asset_id=label.asset_id, taxonomy=taxonomy, is_current=True)
+        .values_list("pk", flat=True).first()
         if label
-        else False
+        else None
     )
     return JsonResponse(
         {
             "undone": label.asset_id if label else None,
-            "previous_label_restored": restored,
+            "previous_label_restored": restored is not None,
+            # the asset's current label now, for the page's next save of it (base_label)
+            "label": restored,
             # unlabeled again: back to the front of this operator's queue, whichever session
             # labeled it (the page may no longer hold it)
-            "item": queue.item_for(taxonomy, label.asset, request.user) if label and not restored else None,
+            "item": queue.item_for(taxonomy, label.asset, request.user) if label and restored is None else None,
             "status": queue.queue_status(taxonomy),
         }
     )

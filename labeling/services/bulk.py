@@ -1,9 +1,10 @@
 """Bulk tagging: one operator action over many assets, stored as individual labels.
 
 An action is one transaction: a BulkAction row plus one Label (and LabelEvent) per asset via
-``labels.save_label(..., batch=action, notify=False)``, then a single retrain check once
-committed. Undo is per action: every label it created that is still current is removed and
-the asset's previous label (if any) becomes current again, with an UNDO event each.
+``labels.save_labels(..., batch=action, notify=False)`` (a few queries per 500 assets, and the
+taxonomy row locked only by its last statement), then a single retrain check once committed.
+Undo is per action: every label it created that is still current is removed and the asset's
+previous label (if any) becomes current again, with an UNDO event each.
 """
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ import logging
 from typing import Sequence
 
 from django.db import transaction
-from django.db.models import F, Value
-from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from ..models import Asset, BulkAction, Label, Role, Suggestion, Taxonomy
+from ..models import Asset, BulkAction, Label, ModelVersion, Role, Suggestion, Taxonomy
 from ..permissions import RANK, real_user, role_in
 from . import labels
 
@@ -48,13 +47,9 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
     kind = BulkAction.Kind.ACCEPT_SUGGESTIONS if accept else BulkAction.Kind.APPLY_TAGS
     with transaction.atomic():
         action = BulkAction.objects.create(taxonomy=taxonomy, user=real_user(user), kind=kind)
-        n = 0
-        for asset_id in ids:
-            tags = suggested.get(asset_id) if accept else list(tag_ids)
-            if not tags:
-                continue
-            labels.save_label(taxonomy, assets[asset_id], tags, user=user, notify=False, batch=action)
-            n += 1
+        items = [(assets[a], suggested.get(a) if accept else list(tag_ids)) for a in sorted(ids)]
+        items = [(asset, tags) for asset, tags in items if tags]  # accept: no suggestion, no label
+        n = labels.save_labels(taxonomy, items, user=user, batch=action, notify=False)
         BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
         action.n_labels = n
         transaction.on_commit(lambda: after_commit(taxonomy, ids))
@@ -64,9 +59,10 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
 def _suggested(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
     if taxonomy.live_model_id is None:
         return {}
-    rows = Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, asset_id__in=ids).select_related(
-        "model_version"
-    )
+    mv = ModelVersion.objects.get(pk=taxonomy.live_model_id)
+    rows = list(Suggestion.objects.filter(model_version=mv, asset_id__in=ids))
+    for s in rows:
+        s.model_version = mv  # read once, not joined into each of up to MAX_ASSETS rows
     retired = labels.retired_tag_ids(taxonomy)
     return {s.asset_id: sorted(labels.suggested_tag_ids(taxonomy, s, retired)) for s in rows}
 
@@ -99,17 +95,15 @@ def undo(action: BulkAction, user) -> int:
         locked = BulkAction.objects.select_for_update().get(pk=action.pk)
         if locked.undone is not None:
             return 0
-        n = 0
-        asset_ids = []
+        n, changed, asset_ids = 0, 0, []
         for label in Label.objects.select_for_update().filter(batch=locked, is_current=True).order_by("id"):
             asset_ids.append(label.asset_id)
-            labels.remove_label(label, user, source="bulk-undo")
+            changed += labels.remove_label(label, user, source="bulk-undo")[1]
             n += 1
-        # The undone labels no longer count toward the next retrain (never below zero).
-        Taxonomy.objects.filter(pk=taxonomy.pk).update(
-            labels_since_train=Greatest(F("labels_since_train") - n, Value(0))
-        )
+        # Each undone label changes the training data once more (see labels.undo_last), counted
+        # once for the action, as late as possible: that UPDATE holds the taxonomy row to commit.
         BulkAction.objects.filter(pk=locked.pk).update(undone=timezone.now())
+        labels.count_changes(taxonomy, changed)
         transaction.on_commit(lambda: after_commit(taxonomy, asset_ids))
     action.refresh_from_db()
     return n

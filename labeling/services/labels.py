@@ -1,18 +1,19 @@
 """Saving, undoing and importing labels.
 
-Every label commit bumps the taxonomy's retrain counter in the same transaction and, once
-committed, asks Celery to check whether a retrain is due. If the broker is down the label
-is still saved; the periodic sweep (labeling.tasks.sweep) finds the due retrain later.
+Every change of an asset's tags (a label, an undo) bumps the taxonomy's retrain counter in the
+same transaction and, once committed, asks Celery to check whether a retrain is due. If the
+broker is down the label is still saved; the periodic sweep (labeling.tasks.sweep) finds the
+due retrain later.
 """
 from __future__ import annotations
 
 import logging
-from typing import Collection, Iterable, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from ..models import Asset, BulkAction, Label, LabelEvent, Suggestion, Tag, Taxonomy
+from ..models import Asset, BulkAction, Label, LabelEvent, ModelVersion, Suggestion, Tag, Taxonomy
 from ..permissions import real_user
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,13 @@ class LabelConflict(LabelError):
         self.current = current
 
 
-# save_label(base_label=NO_CHECK): last write wins (the review page, imports). Any other value,
+# save_label(base_label=NO_CHECK): last write wins (imports, bulk actions). Any other value,
 # None included ("it was unlabeled"), must equal the current label's id or LabelConflict is raised.
 NO_CHECK = object()
 # A writer that loses the race for the first label of an asset retries this often (no check).
 WRITE_ATTEMPTS = 3
+# Assets per statement in save_labels: bounds the IN lists and each savepoint's retry.
+CHUNK = 500
 
 
 def validate_tags(taxonomy: Taxonomy, tag_ids: Sequence[int]) -> list[Tag]:
@@ -76,10 +79,10 @@ def suggested_tag_ids(taxonomy: Taxonomy, suggestion: Suggestion, retired: Colle
     return {tid for tid, p, t in zip(mv.tag_ids, suggestion.probs, thresholds) if p >= t and tid not in retired}
 
 
-def _source_for(taxonomy: Taxonomy, tags: list[Tag], suggestion: Suggestion | None) -> str:
+def _source_for(taxonomy: Taxonomy, tags: list[Tag], suggestion: Suggestion | None, retired: Collection[int]) -> str:
     if suggestion is None:
         return Label.Source.MANUAL
-    if {t.pk for t in tags} == suggested_tag_ids(taxonomy, suggestion):
+    if {t.pk for t in tags} == suggested_tag_ids(taxonomy, suggestion, retired):
         return Label.Source.ACCEPTED
     return Label.Source.CORRECTED
 
@@ -94,7 +97,8 @@ def save_label(
     batch: BulkAction | None = None,
     base_label: "int | None | object" = NO_CHECK,
 ) -> Label:
-    """Store the asset's current label (older ones stay as history) and count it toward a retrain.
+    """Store the asset's current label (older ones stay as history) and count it toward a retrain
+    unless its tags are the current ones (a confirmation: recorded, but nothing new to learn).
 
     ``notify=False`` leaves the retrain check to the caller (bulk saves send one, not one each).
     ``base_label``: the current label id the writer saw (None: unlabeled); LabelConflict when
@@ -103,44 +107,159 @@ def save_label(
     if asset.client_id != taxonomy.client_id:
         raise LabelError("asset: not in this taxonomy's client")
     tags = validate_tags(taxonomy, tag_ids)
-    suggestion = live_suggestion(taxonomy, asset)
-    user = real_user(user)
     with transaction.atomic():
         for attempt in range(WRITE_ATTEMPTS):
-            previous = current_label(taxonomy, asset, for_update=True)
-            if base_label is not NO_CHECK and (previous.pk if previous else None) != base_label:
-                # Re-read: under READ COMMITTED a label committed during our lock wait is only
-                # visible to a new statement, and that is the one the writer must be shown.
-                raise LabelConflict(current_label(taxonomy, asset))
             try:
                 # A savepoint, so losing the race below leaves the caller's transaction usable.
                 with transaction.atomic():
-                    if previous is not None:
-                        Label.objects.filter(pk=previous.pk).update(is_current=False)
-                    label = Label.objects.create(
-                        asset=asset,
-                        taxonomy=taxonomy,
-                        user=user,
-                        source=source or _source_for(taxonomy, tags, suggestion),
-                        suggestion=suggestion,
-                        batch=batch,
-                    )
+                    [label], changed = _write(taxonomy, [(asset.pk, tags)], real_user(user), source, batch,
+                                              retired_tag_ids(taxonomy), base_label)
                 break
             except IntegrityError:
                 # Another writer's first label of this asset became current after our read
                 # (one_current_label): with a check that is a conflict, without one read again.
                 if base_label is not NO_CHECK or attempt == WRITE_ATTEMPTS - 1:
                     raise LabelConflict(current_label(taxonomy, asset)) from None
-        label.tags.set(tags)
-        LabelEvent.objects.create(
-            taxonomy=taxonomy, asset=asset, user=user, action=LabelEvent.Action.SET, label=label,
-            before=tag_ids_of(previous), after=sorted(t.pk for t in tags), source=label.source,
-        )
-        Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=True)
-        Taxonomy.objects.filter(pk=taxonomy.pk).update(labels_since_train=F("labels_since_train") + 1)
+        count_changes(taxonomy, changed)
         if notify:
             transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
     return label
+
+
+def save_labels(
+    taxonomy: Taxonomy,
+    items: Iterable[tuple[Asset, Sequence[int]]],
+    user=None,
+    source: str | None = None,
+    batch: BulkAction | None = None,
+    notify: bool = True,
+) -> int:
+    """``save_label`` for many assets in one transaction, last write wins: the same rows (a Label,
+    its tags and a SET event per item, older labels kept as history), but a few queries per
+    CHUNK assets instead of a dozen per asset. The retrain counter is bumped once, as the last
+    statement: that UPDATE locks the taxonomy row until commit, and every other label of the
+    taxonomy waits for that lock, so it must not be taken at the start of a long action.
+    Returns how many labels were saved. Any bad item (LabelError) saves nothing."""
+    rows: list[tuple[int, list[Tag]]] = []
+    valid: dict[tuple, list[Tag]] = {}
+    for asset, tag_ids in items:
+        if asset.client_id != taxonomy.client_id:
+            raise LabelError("asset: not in this taxonomy's client")
+        key = tuple(tag_ids)
+        if key not in valid:
+            valid[key] = validate_tags(taxonomy, tag_ids)
+        rows.append((asset.pk, valid[key]))
+    if not rows:
+        return 0
+    user, retired, changed = real_user(user), retired_tag_ids(taxonomy), 0
+    with transaction.atomic():
+        for chunk in _chunks(rows):
+            for attempt in range(WRITE_ATTEMPTS):
+                try:
+                    with transaction.atomic():  # a savepoint: a lost race is retried on fresh reads
+                        changed += _write(taxonomy, chunk, user, source, batch, retired)[1]
+                    break
+                except IntegrityError:
+                    # A concurrent first label of one of these assets (one_current_label).
+                    if attempt == WRITE_ATTEMPTS - 1:
+                        raise LabelError("assets: labeled by someone else at the same moment; try again") from None
+        count_changes(taxonomy, changed)
+        if notify:
+            transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
+    return len(rows)
+
+
+def _chunks(rows: list[tuple[int, list[Tag]]]) -> Iterator[list[tuple[int, list[Tag]]]]:
+    """Runs of at most CHUNK rows in which no asset repeats: an asset labeled twice in one call
+    gets two labels in order (the first one kept as history), as two save_label calls would."""
+    chunk: list[tuple[int, list[Tag]]] = []
+    seen: set[int] = set()
+    for row in rows:
+        if len(chunk) == CHUNK or row[0] in seen:
+            yield chunk
+            chunk, seen = [], set()
+        chunk.append(row)
+        seen.add(row[0])
+    yield chunk
+
+
+def _write(
+    taxonomy: Taxonomy,
+    rows: list[tuple[int, list[Tag]]],
+    user,
+    source: str | None,
+    batch: BulkAction | None,
+    retired: Collection[int],
+    base_label: "int | None | object" = NO_CHECK,
+) -> tuple[list[Label], int]:
+    """Make ``rows`` (distinct asset ids with validated tags) the current labels; returns the new
+    labels and how many of them change the training data (tags differ from the current ones).
+    Raises IntegrityError when another writer's first label of one of the assets won the race."""
+    asset_ids = [a for a, _ in rows]
+    # Locked in asset order (and bulk.apply sends its assets sorted), so two bulk actions over
+    # overlapping assets take these row locks in the same order rather than deadlocking.
+    previous = {
+        label.asset_id: label
+        for label in Label.objects.select_for_update()
+        .filter(taxonomy=taxonomy, asset_id__in=asset_ids, is_current=True)
+        .order_by("asset_id")
+    }
+    if base_label is not NO_CHECK:
+        [asset_id] = asset_ids
+        if (previous[asset_id].pk if asset_id in previous else None) != base_label:
+            # Re-read: under READ COMMITTED a label committed during our lock wait is only
+            # visible to a new statement, and that is the one the writer must be shown.
+            raise LabelConflict(Label.objects.filter(taxonomy=taxonomy, asset_id=asset_id, is_current=True).first())
+    before = _tag_ids_by_label([label.pk for label in previous.values()])
+    suggestions = _live_suggestions(taxonomy, asset_ids)
+    if previous:
+        Label.objects.filter(pk__in=[label.pk for label in previous.values()]).update(is_current=False)
+    new = Label.objects.bulk_create([
+        Label(asset_id=a, taxonomy=taxonomy, user=user, batch=batch, suggestion=suggestions.get(a),
+              source=source or _source_for(taxonomy, tags, suggestions.get(a), retired))
+        for a, tags in rows
+    ])
+    through = Label.tags.through
+    through.objects.bulk_create(
+        [through(label_id=label.pk, tag_id=t.pk) for label, (_, tags) in zip(new, rows) for t in tags]
+    )
+    events, changed = [], 0
+    for label, (a, tags) in zip(new, rows):
+        was = before.get(previous[a].pk) if a in previous else None
+        now = sorted(t.pk for t in tags)
+        changed += was != now
+        events.append(LabelEvent(taxonomy=taxonomy, asset_id=a, user=user, action=LabelEvent.Action.SET,
+                                 label=label, before=was, after=now, source=label.source))
+    LabelEvent.objects.bulk_create(events)
+    Suggestion.objects.filter(taxonomy=taxonomy, asset_id__in=asset_ids).update(is_labeled=True)
+    return new, changed
+
+
+def _tag_ids_by_label(label_ids: list[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {pk: [] for pk in label_ids}
+    through = Label.tags.through
+    for label_id, tag_id in through.objects.filter(label_id__in=label_ids).order_by("tag_id").values_list(
+        "label_id", "tag_id"
+    ):
+        out[label_id].append(tag_id)
+    return out
+
+
+def _live_suggestions(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, Suggestion]:
+    if taxonomy.live_model_id is None:
+        return {}
+    mv = ModelVersion.objects.get(pk=taxonomy.live_model_id)
+    rows = list(Suggestion.objects.filter(model_version=mv, asset_id__in=asset_ids))
+    for s in rows:
+        s.model_version = mv  # one read of the version (its metrics can be large), not one per row
+    return {s.asset_id: s for s in rows}
+
+
+def count_changes(taxonomy: Taxonomy, changes: int) -> None:
+    """Count changes of the training data toward the next retrain. A label whose tags equal the
+    current ones (a confirmation) or an undo that restores the same tags teaches nothing new."""
+    if changes:
+        Taxonomy.objects.filter(pk=taxonomy.pk).update(labels_since_train=F("labels_since_train") + changes)
 
 
 def current_label(taxonomy: Taxonomy, asset: Asset, for_update: bool = False) -> Label | None:
@@ -154,19 +273,13 @@ def tag_ids_of(label: Label | None) -> list[int] | None:
 
 def bulk_label(taxonomy: Taxonomy, items: Iterable[tuple[Asset, list[int]]], user=None, source: str | None = None) -> int:
     """Label many assets in one transaction (used by imports with folder labels)."""
-    n = 0
-    with transaction.atomic():
-        for asset, tag_ids in items:
-            save_label(taxonomy, asset, tag_ids, user=user, source=source, notify=False)
-            n += 1
-        if n:
-            transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
-    return n
+    return save_labels(taxonomy, items, user=user, source=source)
 
 
-def remove_label(label: Label, user=None, source: str = "") -> Label | None:
+def remove_label(label: Label, user=None, source: str = "") -> tuple[Label | None, bool]:
     """Delete a current label, make the one before it current again (or put the asset back
-    in the queue) and record the undo. Call inside a transaction; returns the restored label."""
+    in the queue) and record the undo. Call inside a transaction; returns the restored label
+    and whether the asset's tags changed (the caller counts that toward the retrain)."""
     taxonomy, asset = label.taxonomy, label.asset
     undone_tags = tag_ids_of(label)
     label.delete()
@@ -175,30 +288,55 @@ def remove_label(label: Label, user=None, source: str = "") -> Label | None:
         Label.objects.filter(pk=previous.pk).update(is_current=True)
     else:
         Suggestion.objects.filter(asset=asset, taxonomy=taxonomy).update(is_labeled=False)
+    restored_tags = tag_ids_of(previous)
     LabelEvent.objects.create(
         taxonomy=taxonomy, asset=asset, user=real_user(user),
-        action=LabelEvent.Action.UNDO, label=previous, before=undone_tags, after=tag_ids_of(previous),
+        action=LabelEvent.Action.UNDO, label=previous, before=undone_tags, after=restored_tags,
         source=source,
     )
-    return previous
+    return previous, undone_tags != restored_tags
+
+
+class UndoRefused(LabelError):
+    """The user's last label is no longer the asset's current one (a colleague changed it since):
+    undoing it would remove their work, and undoing an older label instead would surprise."""
 
 
 def undo_last(taxonomy: Taxonomy, user) -> Label | None:
-    """Remove this user's most recent label in the taxonomy and restore the one before it."""
+    """Undo this user's last label in the taxonomy, if it is still the asset's current label, and
+    restore the one before it. Labels already undone are passed over, so repeated undos walk
+    back through the user's labels. None: nothing of theirs to undo. UndoRefused: the last one
+    was changed by someone else since (nothing is undone)."""
     with transaction.atomic():
-        label = (
-            Label.objects.select_for_update()
-            .filter(taxonomy=taxonomy, user=user, is_current=True)
-            .order_by("-id")
-            .first()
-        )
-        if label is None:
+        for _ in range(WRITE_ATTEMPTS):
+            # An undone label is deleted, which nulls its SET event's label.
+            event = (
+                LabelEvent.objects.filter(taxonomy=taxonomy, user=user, action=LabelEvent.Action.SET,
+                                          label__isnull=False)
+                .order_by("-id")
+                .first()
+            )
+            if event is None:
+                return None
+            label = Label.objects.select_for_update().filter(pk=event.label_id).select_related("asset").first()
+            if label is not None:
+                break
+            # Undone by a concurrent request (another tab) between the two reads: look again.
+        else:
             return None
-        remove_label(label, user)
-        # The undone label no longer counts toward the next retrain (never below zero).
-        Taxonomy.objects.filter(pk=taxonomy.pk, labels_since_train__gt=0).update(
-            labels_since_train=F("labels_since_train") - 1
-        )
+        if not label.is_current:
+            raise UndoRefused(
+                f"undo: your last label ({label.asset.original_name}) was changed by someone else since; "
+                "nothing was undone"
+            )
+        _, changed = remove_label(label, user)
+        # An undo counts as one more change, never as one less: if the run that learned the
+        # label already finished, removing it changes what the live model was trained on; if a
+        # run is in flight, it snapshotted the counter and subtracts that snapshot at the end,
+        # so a decrement now would make a label saved during the run drop out of the count.
+        # Counting a label and its undo as 2 (no net change when not yet learned) only brings
+        # the next retrain a little sooner.
+        count_changes(taxonomy, int(changed))
     return label
 
 

@@ -33,22 +33,38 @@ def _asset_urls(asset_id: int) -> dict[str, str]:
 
 
 def review_batch(
-    taxonomy: Taxonomy, order: str = "uncertain", limit: int = 10, exclude: Sequence[int] = (), user=None
+    taxonomy: Taxonomy,
+    order: str = "uncertain",
+    limit: int = 10,
+    exclude: Sequence[int] = (),
+    user=None,
+    skipped: Sequence[int] = (),
 ) -> list[dict]:
-    """Next assets to review, each with its suggestion (tags sorted by probability).
+    """Next assets to review, each with its suggestion (tags sorted by probability), leaving out
+    ``exclude`` (what the caller still holds) and ``skipped`` (what the operator passed on).
 
-    With ``user``, assets leased by other operators are skipped and the returned ones are
-    leased to ``user`` for LEASE_SECONDS, so two operators are not shown the same asset.
+    With ``user``, assets leased by other operators are left out and the returned ones are
+    leased to ``user`` for LEASE_SECONDS, so two operators are not shown the same asset. The
+    user's leases on ``exclude`` are renewed too: the review page holds a few items ahead and
+    may show one minutes after it was fetched. ``skipped`` ones are not renewed, so a colleague
+    gets them once their lease runs out.
     """
     if order not in ORDERS:
         raise ValueError("order: must be 'uncertain' or 'confident'")
     limit = max(1, min(int(limit), MAX_BATCH))
     if user is None or not user.is_authenticated:
-        return _batch(taxonomy, order, limit, exclude, user=None)
+        return _batch(taxonomy, order, limit, [*exclude, *skipped], user=None)
     now = timezone.now()
     Lease.objects.filter(taxonomy=taxonomy, expires__lte=now).delete()
+    if exclude:
+        # Expired leases were just deleted, so this renews only what the user still holds; one
+        # that lapsed may be a colleague's by now, and the page's save of it gets a conflict
+        # (base_label) rather than this taking the asset back.
+        Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=list(exclude)).update(
+            expires=now + timedelta(seconds=LEASE_SECONDS)
+        )
     items: list[dict] = []
-    skip = list(exclude)
+    skip = [*exclude, *skipped]
     # Another operator may claim a candidate between our read and our insert; ask again past
     # what was lost. An empty answer must mean "nothing left", never "you lost a race", so
     # only a run of lost rounds this long (many operators on few assets) gives up early.
@@ -119,7 +135,10 @@ def item_for(taxonomy: Taxonomy, asset: Asset, user) -> dict:
     # one lease per asset: the operator who undid the label takes it over (a labeled asset is
     # in nobody's queue, so any other lease on it is a stale one)
     Lease.objects.update_or_create(taxonomy=taxonomy, asset=asset, defaults={"user": user, "expires": expires})
-    return _suggestion_item(taxonomy, s, tags) if s else _item(asset, [], uncertainty=None, suggested=[])
+    item = _suggestion_item(taxonomy, s, tags) if s else _item(asset, [], uncertainty=None, suggested=[])
+    item["label"] = Label.objects.filter(asset=asset, taxonomy=taxonomy, is_current=True).values_list(
+        "pk", flat=True).first()
+    return item
 
 
 def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict) -> dict:
@@ -136,6 +155,10 @@ def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict) -> dict:
 def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested: list[int]) -> dict:
     return {
         "asset": asset.pk,
+        # The current label the page saw (None: unlabeled), sent back as base_label so a label
+        # given meanwhile by someone else is a conflict, not silently overwritten. The queue
+        # serves unlabeled assets; an undo's item_for fills in a restored label.
+        "label": None,
         "name": asset.original_name,
         "width": asset.width,
         "height": asset.height,

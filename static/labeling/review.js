@@ -72,6 +72,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     if (!res.ok) {
       const err = new Error(data.error || `HTTP ${res.status}`);
       err.status = res.status;
+      err.data = data;
       throw err;
     }
     return data;
@@ -81,8 +82,12 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     if (state.fetching || state.exhausted) return state.fetching;
     const need = BUFFER - state.buffer.length;
     if (need <= 0) return null;
-    const exclude = [...state.buffer.map((i) => i.asset), ...state.skipped, ...state.pending];
-    const q = new URLSearchParams({ order: state.order, limit: String(need), exclude: exclude.join(",") });
+    // exclude: what this page holds (the server renews its leases, so nobody else is shown
+    // them); skipped: left out too, but their leases lapse and a colleague may take them.
+    const exclude = [...state.buffer.map((i) => i.asset), ...state.pending];
+    const q = new URLSearchParams({
+      order: state.order, limit: String(need), exclude: exclude.join(","), skipped: [...state.skipped].join(","),
+    });
     const order = state.order;
     let added = 0;
     const fetching = api(`${urls.queue}?${q}`)
@@ -143,13 +148,21 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     renderCurrent();
     refill();
     saves = saves
-      .then(() => api(urls.label, { asset: item.asset, tags: tagIds }))
+      // base_label: the label this page saw, so a colleague's label given meanwhile is a 409
+      // instead of being overwritten.
+      .then(() => api(urls.label, { asset: item.asset, tags: tagIds, base_label: item.label ?? null }))
       .then((res) => {
         toast(`Saved: ${tagNames(res.tags)} (${res.source})`, "ok");
         updateStatus(res.status);
       })
       .catch((err) => {
         state.history = state.history.filter((i) => i !== item);
+        if (err.status === 409) {
+          // Their label stands; the page has already moved on to the next image.
+          toast(`Not saved: ${item.name} was labeled by someone else meanwhile.`, "error");
+          updateStatus(err.data.status);
+          return;
+        }
         if (err.status !== 404) putBack(item); // a vanished asset is not worth retrying
         toast(`Not saved: ${err.message}`, "error");
       })
@@ -201,7 +214,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
         const idx = state.history.map((i) => i.asset).lastIndexOf(res.undone);
         if (idx >= 0) {
           const [item] = state.history.splice(idx, 1);
-          putBack(item);
+          putBack({ ...item, label: res.label }); // the label now current (null: unlabeled again)
           toast(`Undone: ${item.name}`, "ok");
         } else if (res.item) {
           // Labeled in an earlier session: the server sends it back to the front of the queue.
@@ -211,7 +224,11 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
           toast("Undone: an older label of that image is current again.", "ok");
         }
       })
-      .catch((err) => toast(`Undo failed: ${err.message}`, "error"));
+      .catch((err) => {
+        // 409: a colleague changed that label since; the server's message says so.
+        const msg = err.message;
+        toast(err.status === 409 ? `${msg[0].toUpperCase()}${msg.slice(1)}.` : `Undo failed: ${msg}`, "error");
+      });
   }
 
   function setOrder(order) {
