@@ -477,3 +477,14 @@ def test_the_export_endpoint_streams_csv(world, lib):
     assert text.splitlines()[1].startswith(f"{lib.assets[0].pk},img-0.png")
     assert api(world.vic).get(base(world) + "export/pdf/").status_code == 404
     assert api(world.otto).get(base(world) + "export/csv/").status_code == 404
+
+
+def test_undo_over_the_api_is_refused_when_a_colleague_changed_your_last_label(world, lib):
+    url = base(world) + "labels/"
+    a0 = lib.assets[0]
+    assert api(world.olga).post(url, {"asset": a0.pk, "tags": [lib.tags["nike"]]}, format="json").status_code == 201
+    assert api(world.alice).post(url, {"asset": a0.pk, "tags": [lib.tags["adidas"]]}, format="json").status_code == 201
+    r = api(world.olga).post(base(world) + "labels/undo/")
+    assert r.status_code == 409 and "nothing was undone" in r.json()["detail"]
+    current = Label.objects.get(asset=a0, is_current=True)
+    assert list(current.tags.values_list("pk", flat=True)) == [lib.tags["adidas"]]

@@ -88,25 +88,28 @@ class LabelBulkAPI(ScopedAPIView):
         if data["kind"] == BulkAction.Kind.APPLY_TAGS:
             labels.validate_tags(taxonomy, data["tags"])  # once, before anything is written
         found = {a.pk: a for a in Asset.objects.filter(client_id=taxonomy.client_id, pk__in=ids)}
+        suggested = bulk.suggested_tags(taxonomy, ids) if data["kind"] == BulkAction.Kind.ACCEPT_SUGGESTIONS else {}
         skipped: dict[str, str] = {}
+        items, checked = [], {}
+        for asset_id in ids:
+            tag_ids = data.get("tags") or suggested.get(asset_id)
+            problem = ("not found" if asset_id not in found
+                       else "no suggestion to accept" if not tag_ids else checked.get(tuple(tag_ids)))
+            if tag_ids and problem is None and tuple(tag_ids) not in checked:
+                try:  # each distinct tag set once: a bad one is reported per asset, the rest are saved
+                    labels.validate_tags(taxonomy, tag_ids)
+                    checked[tuple(tag_ids)] = None
+                except labels.LabelError as exc:
+                    problem = checked[tuple(tag_ids)] = str(exc)
+            if problem:
+                skipped[str(asset_id)] = problem
+            else:
+                items.append((found[asset_id], tag_ids))
         with transaction.atomic():
             action = BulkAction.objects.create(taxonomy=taxonomy, user=request.user, kind=data["kind"])
-            n = 0
-            for asset_id in ids:
-                asset = found.get(asset_id)
-                if asset is None:
-                    skipped[str(asset_id)] = "not found"
-                    continue
-                tag_ids = data.get("tags") or suggested_tags(taxonomy, asset)
-                if not tag_ids:
-                    skipped[str(asset_id)] = "no suggestion to accept"
-                    continue
-                try:
-                    labels.save_label(taxonomy, asset, tag_ids, user=request.user, batch=action, notify=False)
-                except labels.LabelError as exc:
-                    skipped[str(asset_id)] = str(exc)
-                    continue
-                n += 1
+            # one chunked write, the counter bumped once at the end (labels.save_labels)
+            n = labels.save_labels(taxonomy, sorted(items, key=lambda it: it[0].pk), user=request.user,
+                                   batch=action, notify=False)
             BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
             if n:  # the page's bulk action does the same: a retrain check and fresh cluster stats
                 transaction.on_commit(lambda: bulk.after_commit(taxonomy, ids))
@@ -119,9 +122,13 @@ class UndoAPI(ScopedAPIView):
 
     @extend_schema(request=None, responses={
         200: inline_serializer("UndoResult", {"undone": serializers.IntegerField(help_text="the asset whose label was undone")}),
-        404: OpenApiResponse(description="nothing of yours to undo")})
+        404: OpenApiResponse(description="nothing of yours to undo"),
+        409: OpenApiResponse(description="your last label was changed by someone else since; nothing was undone")})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
-        label = labels.undo_last(self.taxonomy, request.user)
+        try:
+            label = labels.undo_last(self.taxonomy, request.user)
+        except labels.UndoRefused as refused:  # a colleague changed it since: as on the review page
+            return Response({"detail": str(refused)}, status=status.HTTP_409_CONFLICT)
         if label is None:
             raise NotFound("nothing of yours to undo")
         return Response({"undone": label.asset_id})

@@ -43,7 +43,7 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
         raise BulkError("assets: not found")  # another client's id looks like a missing one
     if tag_ids:
         labels.validate_tags(taxonomy, tag_ids)
-    suggested = _suggested(taxonomy, ids) if accept else {}
+    suggested = suggested_tags(taxonomy, ids) if accept else {}
     kind = BulkAction.Kind.ACCEPT_SUGGESTIONS if accept else BulkAction.Kind.APPLY_TAGS
     with transaction.atomic():
         action = BulkAction.objects.create(taxonomy=taxonomy, user=real_user(user), kind=kind)
@@ -56,7 +56,7 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
     return action
 
 
-def _suggested(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
+def suggested_tags(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
     if taxonomy.live_model_id is None:
         return {}
     mv = ModelVersion.objects.get(pk=taxonomy.live_model_id)
