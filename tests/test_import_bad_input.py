@@ -338,6 +338,19 @@ def test_dot_and_empty_segments_in_zip_names_are_ignored_not_made_into_tags(worl
     assert not world.brand.tags.filter(name=".").exists()
 
 
+def test_the_same_image_in_two_label_folders_gets_one_label_and_a_note_saying_which(world, tmp_path):
+    for folder in ("adidas", "nike"):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        (tmp_path / "src" / folder / "x.jpg").write_bytes(jpeg((50, 60, 70)))
+
+    job = importing.import_paths(world.acme, tmp_path / "src", labels_taxonomy=world.brand)
+
+    assert (job.n_created, job.n_duplicates, job.n_labeled) == (1, 1, 1)
+    [[first]] = tags_by_name().values()  # whichever folder was read first gave the label
+    second = ({"adidas", "nike"} - {first}).pop()
+    assert by_file(job)[f"{second}/x.jpg"]["error"] == f"same image as a file in '{first}/': labeled '{first}', not '{second}'"
+
+
 def test_staging_folders_nobody_will_read_are_removed_before_the_next_upload(world, shoe_paths):
     failed = importing.create_job(world.acme, importing.UPLOAD)
     ImportJob.objects.filter(pk=failed.pk).update(state=JobState.FAILED)  # e.g. failed by the sweep

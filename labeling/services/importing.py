@@ -152,6 +152,7 @@ class _Importer:
             self.tags = {t.name.lower(): t for t in Tag.objects.filter(taxonomy=self.taxonomy)}
         self.created_ids: list[int] = []
         self.labeled: set[int] = set()  # asset ids given a label by this job
+        self.folder_of: dict[int, str] = {}  # ... and the folder that label came from
         self.pending: list[tuple[Asset, list[int]]] = []
         self.n_dropped = 0
         self.last_flush = 0.0
@@ -231,7 +232,10 @@ class _Importer:
         if not created:
             self.job.n_duplicates += 1
             asset = asset or self.existing(spooled.sha256)  # None: stored by a concurrent import
-            if asset is None or asset.pk in self.labeled or self.taxonomy is None or \
+            if asset is not None and asset.pk in self.labeled:
+                self.note_second_folder(entry, asset)
+                return
+            if asset is None or self.taxonomy is None or \
                     Label.objects.filter(asset=asset, taxonomy=self.taxonomy, is_current=True).exists():
                 return
         self.label(entry, asset)
@@ -275,9 +279,16 @@ class _Importer:
             self.add("note", entry.name, f"not labeled: tag '{tag.name}' is retired")
             return
         self.labeled.add(asset.pk)
+        self.folder_of[asset.pk] = entry.folder.strip()
         self.pending.append((asset, [tag.pk]))
         if len(self.pending) >= LABEL_BATCH:
             self.flush_labels()
+
+    def note_second_folder(self, entry: Entry, asset: Asset) -> None:
+        """The same bytes sorted into two folders: one label wins, and the report says which."""
+        first, here = self.folder_of.get(asset.pk, ""), (entry.folder or "").strip()
+        if self.taxonomy is not None and here and first and here.lower() != first.lower():
+            self.add("note", entry.name, f"same image as a file in '{first}/': labeled '{first}', not '{here}'")
 
     def tag_for(self, folder: str) -> Tag | None:
         if not folder:
