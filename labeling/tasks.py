@@ -7,12 +7,16 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import ImportJob, JobState, Taxonomy, TrainingRun
 
 log = logging.getLogger(__name__)
 REENQUEUE_AFTER = timedelta(seconds=60)  # a queued row older than this probably lost its message
+# ... but a queued run may only be waiting for a busy train worker: send it again at most this
+# often, or every sweep would add one more (harmless, but growing) message to the queue.
+REENQUEUE_EVERY = timedelta(minutes=10)
 
 
 @shared_task(name="labeling.tasks.check_retrain")
@@ -52,8 +56,13 @@ def sweep() -> dict:
     for taxonomy in Taxonomy.objects.all().only("id", "labels_since_train", "retrain_threshold"):
         if taxonomy.labels_since_train >= max(1, taxonomy.retrain_threshold) and training.request_run(taxonomy):
             started += 1
-    cutoff = timezone.now() - REENQUEUE_AFTER
-    runs = list(TrainingRun.objects.filter(state=TrainingRun.State.QUEUED, created__lt=cutoff).values_list("id", flat=True))
+    now = timezone.now()
+    cutoff = now - REENQUEUE_AFTER
+    # A queued run has no heartbeat yet: the field records when the sweep last sent it.
+    due = TrainingRun.objects.filter(state=TrainingRun.State.QUEUED, created__lt=cutoff).filter(
+        Q(heartbeat__isnull=True) | Q(heartbeat__lt=now - REENQUEUE_EVERY))
+    runs = list(due.values_list("id", flat=True))
+    TrainingRun.objects.filter(pk__in=runs, state=TrainingRun.State.QUEUED).update(heartbeat=now)
     for run_id in runs:
         training.enqueue(run_id)
     jobs = list(ImportJob.objects.filter(state=JobState.QUEUED, created__lt=cutoff).values_list("id", flat=True))

@@ -235,3 +235,19 @@ def test_a_live_model_of_another_backbone_is_not_compared_and_retraining_succeed
     run = training.train_now(world.brand)
     assert run.state == TrainingRun.State.PROMOTED, run.error
     assert "not comparable" in run.metrics["decision"] and "live_score_same_holdout" not in run.metrics
+
+
+def test_the_sweep_resends_a_queued_run_once_not_every_minute_while_the_train_worker_is_busy(world, no_broker):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from labeling import tasks
+    from labeling.models import TrainingRun
+
+    run = TrainingRun.objects.create(taxonomy=world.brand, trigger="threshold")
+    TrainingRun.objects.filter(pk=run.pk).update(created=timezone.now() - timedelta(minutes=2))
+    assert tasks.sweep()["runs_reenqueued"] == 1
+    assert tasks.sweep()["runs_reenqueued"] == 0  # a minute later: still waiting for the worker
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat=timezone.now() - tasks.REENQUEUE_EVERY)
+    assert tasks.sweep()["runs_reenqueued"] == 1 and no_broker["train"] == 2  # then sent again
