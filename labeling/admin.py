@@ -2,12 +2,16 @@
 sees and edits only the taxonomies, tags and memberships of their own clients."""
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 
 from .models import Client, ImportJob, Membership, ModelVersion, Role, Tag, Taxonomy, TrainingRun
+from .services import members
 
 
 def admin_client_ids(user) -> list[int]:
+    if not user.is_authenticated:  # e.g. the login page after a wrong password asks for the app list
+        return []
     return list(Membership.objects.filter(user=user, role=Role.ADMIN).values_list("client_id", flat=True))
 
 
@@ -83,10 +87,51 @@ class TagAdmin(ClientScopedAdmin):
     search_fields = ("name",)
 
 
+class ReadOnlyForClientAdmins(ClientScopedAdmin):
+    """Records the app makes (models, runs, imports; every field read-only): client admins may
+    look, nobody adds one here (an empty one would not even save), only superusers change."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+class MembershipForm(forms.ModelForm):
+    class Meta:
+        model = Membership
+        fields = ("user", "client", "role")
+
+    def clean(self):
+        cleaned = super().clean()
+        # The members page's rule (labeling.services.members): a client keeps one admin.
+        # self.instance still holds the saved role here; save_model checks again under a lock.
+        old = self.instance
+        if (old.pk and old.role == Role.ADMIN and cleaned.get("role") != Role.ADMIN
+                and not Membership.objects.filter(client_id=old.client_id, role=Role.ADMIN).exclude(pk=old.pk).exists()):
+            raise forms.ValidationError(f"{old.user.username} is the only admin of {old.client.name}; "
+                                        "make someone else admin first.")
+        return cleaned
+
+
 @admin.register(Membership)
 class MembershipAdmin(ClientScopedAdmin):
+    """Same rules as the client's Members page: role changes go through
+    labeling.services.members (one admin per client, under a row lock; admins get staff status).
+    Who and which client are fixed once added; removing is the Members page's (it ends leases)."""
+
+    form = MembershipForm
     list_display = ("user", "client", "role")
     list_filter = ("role",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("user", "client") if obj is not None else ()
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.save()
+        members.change_role(obj, obj.role)  # also grants an admin staff status
 
 
 @admin.register(Client)
@@ -96,14 +141,14 @@ class ClientAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(ClientScopedAdmin):
+class ModelVersionAdmin(ReadOnlyForClientAdmins):
     client_path = "taxonomy__client"
     list_display = ("taxonomy", "version", "backbone", "n_labels", "created")
     readonly_fields = [f.name for f in ModelVersion._meta.fields]
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(ClientScopedAdmin):
+class TrainingRunAdmin(ReadOnlyForClientAdmins):
     client_path = "taxonomy__client"
     list_display = ("id", "taxonomy", "state", "trigger", "progress", "created", "finished")
     list_filter = ("state",)
@@ -111,7 +156,7 @@ class TrainingRunAdmin(ClientScopedAdmin):
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(ClientScopedAdmin):
+class ImportJobAdmin(ReadOnlyForClientAdmins):
     list_display = ("id", "client", "source", "state", "n_created", "n_duplicates", "n_failed", "created")
     list_filter = ("state",)
     readonly_fields = [f.name for f in ImportJob._meta.fields]

@@ -3,7 +3,9 @@
 Embedded default (nothing to install or run): SQLite file, kombu's filesystem broker,
 private media folder, all under ``TAGLOOP_VAR`` (default ``./var``).
 Production: set DATABASE_URL (postgres://...), CELERY_BROKER_URL (redis:// or amqp://),
-SECRET_KEY, DEBUG=0, ALLOWED_HOSTS. Same code.
+SECRET_KEY, DEBUG=0, ALLOWED_HOSTS, and behind nginx with TLS TAGLOOP_HTTPS=1,
+TAGLOOP_PROXY_SSL_HEADER=X-Forwarded-Proto, TAGLOOP_NUM_PROXIES=1, CACHE_URL (README,
+"Production"). Same code.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -27,15 +30,77 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
 VAR_DIR = Path(os.environ.get("TAGLOOP_VAR", BASE_DIR / "var")).resolve()
 
+# --- security (README, "Production") --------------------------------------------------
 DEBUG = env_bool("DEBUG", False)
+# Production is any run whose environment says so: DEBUG given and off, or a public host named.
+# Only a local run (nothing set: answers to localhost names only) or DEBUG=1 (./tagloop.sh
+# demo) may fall back to the fixed development key; production without SECRET_KEY stops here.
+DEV_SECRET_KEY = "insecure-local-only-set-SECRET_KEY-in-production"
+PRODUCTION = not DEBUG and any(os.environ.get(n) for n in ("DEBUG", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS"))
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
-if not SECRET_KEY:
-    # A fixed key is only acceptable for a local, embedded run; production must set SECRET_KEY.
-    SECRET_KEY = "insecure-local-only-set-SECRET_KEY-in-production"
-ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+if PRODUCTION and SECRET_KEY in ("", DEV_SECRET_KEY):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: a production run (DEBUG=0 or ALLOWED_HOSTS given) needs its own key, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'. DEBUG=1 allows the local development key."
+    )
+SECRET_KEY = SECRET_KEY or DEV_SECRET_KEY
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")  # old keys, while rotating
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# HTTPS: off unless the deployment says the whole site is served over TLS, since secure-only
+# cookies break a plain-HTTP site and an SSL redirect loops behind a TLS-terminating proxy that
+# Django cannot see through. TAGLOOP_PROXY_SSL_HEADER names the header the proxy sets (nginx:
+# X-Forwarded-Proto); only set it when the proxy overwrites that header on every request.
+TAGLOOP_HTTPS = env_bool("TAGLOOP_HTTPS", False)
+if os.environ.get("TAGLOOP_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + os.environ["TAGLOOP_PROXY_SSL_HEADER"].strip().upper().replace("-", "_"), "https")
+else:
+    SECURE_PROXY_SSL_HEADER = None
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = TAGLOOP_HTTPS
+# Redirect http -> https only where Django can tell them apart behind the proxy (else: a loop).
+# gunicorn serving TLS itself: set SECURE_SSL_REDIRECT=1.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", TAGLOOP_HTTPS and SECURE_PROXY_SSL_HEADER is not None)
+# Sent only on requests Django sees as HTTPS (so never over plain HTTP).
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if TAGLOOP_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Django's defaults, stated: nosniff, same-origin referrers and opener, no framing.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# A login lasts a working day, not Django's two weeks. (The CSRF cookie stays readable: the
+# pages' JavaScript sends it back as X-CSRFToken.)
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 3600)
+
+# Brute force: after TAGLOOP_LOGIN_FAILURE_LIMIT failed passwords for one username from one
+# address, /login/, /admin/login/ and POST /api/v1/auth/token/ refuse that pair until the window
+# (seconds from the first failure) ends; 0 switches it off. The token endpoint is also rate
+# limited per address (TAGLOOP_TOKEN_RATE, DRF syntax; empty: off). Addresses come from
+# REMOTE_ADDR, or behind TAGLOOP_NUM_PROXIES proxies from X-Forwarded-For.
+TAGLOOP_LOGIN_FAILURE_LIMIT = env_int("TAGLOOP_LOGIN_FAILURE_LIMIT", 5)
+TAGLOOP_LOGIN_FAILURE_WINDOW = env_int("TAGLOOP_LOGIN_FAILURE_WINDOW", 15 * 60)
+TAGLOOP_TOKEN_RATE = os.environ.get("TAGLOOP_TOKEN_RATE", "10/minute") or None
+TAGLOOP_NUM_PROXIES = env_int("TAGLOOP_NUM_PROXIES", 0)
+
+# The counters live in the cache. Django's default is per process (gunicorn -w 4: four counters,
+# reset on restart): production sets CACHE_URL to a shared one, redis://... or db://TABLE (then
+# run manage.py createcachetable).
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+elif CACHE_URL.startswith("db://") and CACHE_URL[5:]:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_URL[5:]}}
+elif CACHE_URL:
+    raise ImproperlyConfigured(f"CACHE_URL must be redis://..., rediss://..., unix://... or db://TABLE, not {CACHE_URL!r}")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -139,6 +204,9 @@ TAGLOOP_SENDFILE_PREFIX = os.environ.get("TAGLOOP_SENDFILE_PREFIX", "/protected/
 
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("TAGLOOP_MAX_UPLOAD_FILES", 1000)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+# Larger uploads wait in a 0600 temporary file (deleted after the request) until they are
+# staged under VAR_DIR/uploads; by default in the system's temp folder.
+FILE_UPLOAD_TEMP_DIR = os.environ.get("FILE_UPLOAD_TEMP_DIR") or None
 
 # --- ML -------------------------------------------------------------------------------
 TAGLOOP_BACKBONE = os.environ.get("TAGLOOP_BACKBONE", "efficientnet-lite0")
@@ -201,6 +269,9 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
+    # No default throttles: only the token endpoint (tagloop.security.ObtainToken) is rate limited.
+    "DEFAULT_THROTTLE_RATES": {"auth_token": TAGLOOP_TOKEN_RATE},
+    "NUM_PROXIES": TAGLOOP_NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "tagloop API",

@@ -3,6 +3,10 @@ from django.contrib.auth import views as auth_views
 from django.contrib.messages.views import SuccessMessageMixin
 from django.urls import include, path, reverse_lazy
 
+from .security import AdminLoginForm, LoginForm
+
+admin.site.login_form = AdminLoginForm  # the same lockout as /login/ and the API token
+
 
 class PasswordChange(SuccessMessageMixin, auth_views.PasswordChangeView):
     template_name = "password_change.html"
@@ -12,7 +16,8 @@ class PasswordChange(SuccessMessageMixin, auth_views.PasswordChangeView):
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("login/", auth_views.LoginView.as_view(template_name="login.html", authentication_form=LoginForm),
+         name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # New members get a one-time password from their admin; this is where they replace it.
     path("account/password/", PasswordChange.as_view(), name="password_change"),

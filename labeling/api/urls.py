@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+
+from tagloop.security import ObtainToken
 
 from . import assets, exports, labels, members, models, taxonomies
 
@@ -29,7 +30,7 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
-    path("auth/token/", obtain_auth_token, name="api_token"),
+    path("auth/token/", ObtainToken.as_view(), name="api_token"),  # rate limited, shared lockout
     path("clients/", taxonomies.ClientListAPI.as_view(), name="api_clients"),
     path(C + "members/", members.MemberListAPI.as_view(), name="api_members"),
     path(C + "members/<id:membership_id>/", members.MemberDetailAPI.as_view(), name="api_member"),
