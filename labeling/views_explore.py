@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_safe, require_http_methods, require_POST
 
-from .models import Asset, BulkAction, Cluster, Label, Role
+from .models import Asset, BulkAction, Cluster, JobState, Label, Role
 from .permissions import taxonomy_view
 from .services import bulk, clusters, duplicates, labels, similarity
 from .views import BadInput, _error, _is_id, _json_body, api_view, can_label, tag_list
@@ -59,7 +59,11 @@ def cluster_list(request: HttpRequest) -> HttpResponse:
     names = {t["id"]: t["name"] for t in tag_list(request.taxonomy)}
     for r in rows:
         r["majority_name"] = names.get(r["stats"].get("majority_suggested"), "")
-    return render(request, "labeling/explore/clusters.html", _context(request, clustering=clustering, rows=rows))
+    # A first build after the demo's or a big import takes a while: say so instead of "none".
+    building = request.client.clusterings.filter(
+        is_current=False, state__in=[JobState.QUEUED, JobState.RUNNING]).exists()
+    return render(request, "labeling/explore/clusters.html",
+                  _context(request, clustering=clustering, rows=rows, building=building))
 
 
 @require_POST
@@ -130,7 +134,7 @@ def similar_json(request: HttpRequest) -> JsonResponse:
 @require_http_methods(["GET", "POST"])
 @taxonomy_view()
 def search(request: HttpRequest) -> HttpResponse:
-    tiles, error = None, None
+    tiles, error, upload = None, None, None
     if request.method == "POST":
         upload = request.FILES.get("image")
         if upload is None:
@@ -143,7 +147,8 @@ def search(request: HttpRequest) -> HttpResponse:
                 tiles = _tiles(request, [h["asset"] for h in hits], {h["asset"]: {"similarity": h["similarity"]} for h in hits})
             except Exception:  # PIL raises many types for a file that is not an image
                 error = "That file could not be read as an image."
-    return render(request, "labeling/explore/search.html", _context(request, tiles=tiles, error=error))
+    query_name = upload.name if tiles is not None else ""
+    return render(request, "labeling/explore/search.html", _context(request, tiles=tiles, error=error, query_name=query_name))
 
 
 # --- map --------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the
     page.keyboard.press("Shift+ArrowRight")
     page.keyboard.press("Shift+ArrowRight")
     assert page.inner_text("#sel-count") == "3"  # a keyboard range
+
+    # Enter on a focused link follows it: it must not accept the selection's suggestions.
+    page.focus("a:has-text('All clusters')")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{live_server.url}/c/acme/t/{world.brand.pk}/clusters/")
+    assert _labels(members) == before
     page.close()
     assert errors == [], errors
 

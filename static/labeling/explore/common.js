@@ -16,7 +16,13 @@ export async function postJSON(url, body) {
   return data;
 }
 
+/** Text made safe to put into innerHTML: tag names and server messages are user data. */
+export function escapeHTML(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
 let toastTimer = null;
+/** Show `html` for a few seconds; callers escape any user data in it with escapeHTML. */
 export function toast(html, kind = "") {
   const el = document.getElementById("toast");
   el.innerHTML = html;
@@ -37,7 +43,7 @@ export async function bulkApply(assets, tagId) {
   const body = tagId == null ? { assets, accept: true } : { assets, tags: [tagId] };
   const data = await postJSON(config.bulkUrl, body);
   done.push(data.action);
-  const what = tagId == null ? "their suggestions" : tagName(tagId);
+  const what = tagId == null ? "their suggestions" : escapeHTML(tagName(tagId));
   const skipped = assets.length - data.n_labels;
   toast(`Labeled ${data.n_labels} as ${what}${skipped ? ` · ${skipped} without a suggestion left open` : ""} · <kbd>u</kbd> undo`, "ok");
   return data;

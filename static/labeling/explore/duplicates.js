@@ -1,6 +1,6 @@
 // Duplicates page: "Label the other N as X" applies the group's agreed label to the rest,
 // through the same bulk action (undoable with u).
-import { bulkApply, bulkUndo, toast } from "./common.js";
+import { bulkApply, bulkUndo, escapeHTML, toast } from "./common.js";
 
 document.querySelectorAll(".x-dup-apply").forEach((btn) => btn.addEventListener("click", async () => {
   const assets = btn.dataset.assets.split(",").map(Number);
@@ -11,7 +11,7 @@ document.querySelectorAll(".x-dup-apply").forEach((btn) => btn.addEventListener(
     btn.textContent = "Labeled";
   } catch (err) {
     btn.disabled = false;
-    toast(String(err.message || err), "error");
+    toast(escapeHTML(err.message || err), "error");
   }
 }));
 document.addEventListener("keydown", (e) => {

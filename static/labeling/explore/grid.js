@@ -2,7 +2,7 @@
 // selection feeding the bulk action. Keys: arrows move, Space toggles, Shift+arrows extend a
 // range, a selects all (again: none), Esc clears, 1-9 apply that tag, Enter accepts each
 // image's suggestion, u undoes the last bulk action. Click toggles, Shift+click a range.
-import { bulkApply, bulkUndo, canUndo, config, isTyping, tagName, toast } from "./common.js";
+import { bulkApply, bulkUndo, canUndo, config, isTyping, tagName, escapeHTML, toast } from "./common.js";
 
 const grid = document.getElementById("grid");
 if (grid) init(grid);
@@ -69,7 +69,7 @@ function init(grid) {
       selected.clear();
       render();
     } catch (err) {
-      toast(String(err.message || err), "error");
+      toast(escapeHTML(err.message || err), "error");
     }
   }
 
@@ -81,7 +81,7 @@ function init(grid) {
       tiles.filter((t) => undone.has(t.dataset.asset)).forEach(unmark);
       render();
     } catch (err) {
-      toast(String(err.message || err), "error");
+      toast(escapeHTML(err.message || err), "error");
     }
   }
 
@@ -92,6 +92,9 @@ function init(grid) {
 
   document.addEventListener("keydown", (e) => {
     if (isTyping(e) || e.ctrlKey || e.metaKey || e.altKey || !tiles.length) return;
+    // Tabbed onto a link or button (All clusters, a tag button, ≈): Enter/Space activate it,
+    // they must not accept or toggle tiles behind the user's back.
+    if ((e.key === "Enter" || e.key === " ") && e.target.closest?.("a, button")) return;
     const cols = columns();
     const moves = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -cols, ArrowDown: cols };
     if (e.key in moves) {

@@ -1,7 +1,7 @@
 // The 2-D map (plotly.js): colour by label / suggestion / cluster / uncertainty, thumbnail on
 // hover, click opens the image's neighbours, lasso or box selection feeds the bulk action
 // (1-9 apply a tag, Enter accepts each suggestion, u undoes, Esc clears).
-import { bulkApply, bulkUndo, canUndo, config, isTyping, tagName, toast } from "./common.js";
+import { bulkApply, bulkUndo, canUndo, config, isTyping, tagName, escapeHTML, toast } from "./common.js";
 
 const el = document.getElementById("map");
 const hover = document.getElementById("map-hover");
@@ -103,7 +103,7 @@ async function apply(tagId) {
     setSelection([]);
     await load();
   } catch (err) {
-    toast(String(err.message || err), "error");
+    toast(escapeHTML(err.message || err), "error");
   }
 }
 
@@ -112,7 +112,7 @@ async function undo() {
     if (await bulkUndo()) await load();
     setSelection(selection);
   } catch (err) {
-    toast(String(err.message || err), "error");
+    toast(escapeHTML(err.message || err), "error");
   }
 }
 
@@ -135,4 +135,4 @@ document.addEventListener("keydown", (e) => {
   }
 });
 
-load().catch((err) => toast(String(err.message || err), "error"));
+load().catch((err) => toast(escapeHTML(err.message || err), "error"));

@@ -1,6 +1,6 @@
 // Second look: one key per decision. k keeps the label (confirmed, leaves the list), f fixes
 // it to the model's tag, 1-9 to that tag; arrows move.
-import { config, isTyping, postJSON, tagName, toast } from "./common.js";
+import { config, isTyping, postJSON, tagName, escapeHTML, toast } from "./common.js";
 
 const list = document.getElementById("second");
 if (list) {
@@ -23,7 +23,7 @@ if (list) {
       row.classList.add("is-done");
       next();
     } catch (err) {
-      toast(String(err.message || err), "error");
+      toast(escapeHTML(err.message || err), "error");
     }
   }
 
