@@ -102,3 +102,18 @@ class ObtainToken(ObtainAuthToken):
         FailedLogins.succeeded(request, username)
         token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
         return Response({"token": token.key})
+
+
+class ContentSecurityPolicy:
+    """Sends settings.TAGLOOP_CSP on every response that has none of its own. Pages load their
+    scripts from /static/ only (no inline script or handler), so an injected <script> or
+    onerror= does not run; inline styles stay allowed (plotly draws with them)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if settings.TAGLOOP_CSP and "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = settings.TAGLOOP_CSP
+        return response

@@ -80,6 +80,14 @@ X_FRAME_OPTIONS = "DENY"
 # A login lasts a working day, not Django's two weeks. (The CSRF cookie stays readable: the
 # pages' JavaScript sends it back as X-CSRFToken.)
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 3600)
+# Content-Security-Policy (tagloop.security): scripts only from this site, no inline script or
+# event handler; inline styles allowed (plotly); images may be blob:/data: (map thumbnails,
+# previews). TAGLOOP_CSP="" switches it off, or replaces it.
+TAGLOOP_CSP = os.environ.get("TAGLOOP_CSP", "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data: blob:", "font-src 'self' data:", "connect-src 'self'", "worker-src 'self' blob:",
+    "object-src 'none'", "base-uri 'self'", "form-action 'self'", "frame-ancestors 'none'",
+]))
 
 # Brute force: after TAGLOOP_LOGIN_FAILURE_LIMIT failed passwords for one username from one
 # address, /login/, /admin/login/ and POST /api/v1/auth/token/ refuse that pair until the window
@@ -119,6 +127,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "tagloop.security.ContentSecurityPolicy",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -239,3 +239,13 @@ def test_a_client_admin_cannot_add_read_only_records_in_the_django_admin(world, 
         assert client_admin.get(f"/admin/labeling/{model}/add/").status_code == 403
         assert client_admin.post(f"/admin/labeling/{model}/add/", {}).status_code == 403
     assert TrainingRun.objects.count() == 0 and ModelVersion.objects.count() == 0
+
+
+def test_pages_and_api_docs_forbid_inline_scripts_by_content_security_policy(world):
+    # tests/test_pages_browser.py fails on any CSP violation in Chromium; here: the header itself.
+    c = HttpClient()
+    c.force_login(world.alice)
+    for url in ("/login/", "/c/acme/", "/api/v1/docs/"):
+        csp = c.get(url)["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
