@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.messages.views import SuccessMessageMixin
+from django.templatetags.static import static
 from django.urls import include, path, reverse_lazy
+from django.views.generic import RedirectView
 
 from .security import AdminLoginForm, LoginForm
 
@@ -15,6 +17,8 @@ class PasswordChange(SuccessMessageMixin, auth_views.PasswordChangeView):
 
 
 urlpatterns = [
+    # Pages outside base.html (Django admin, API docs) make browsers ask for /favicon.ico.
+    path("favicon.ico", RedirectView.as_view(url=static("labeling/favicon.svg"), permanent=True), name="favicon"),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(template_name="login.html", authentication_form=LoginForm),
          name="login"),

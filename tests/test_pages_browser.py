@@ -18,7 +18,7 @@ os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # the ORM between browser step
 pytestmark = pytest.mark.browser
 
 ROLES = {"alice": "admin", "olga": "operator", "vic": "viewer"}
-ADMIN_ONLY = {"duplicates", "import", "import job", "members"}
+ADMIN_ONLY = {"duplicates", "import", "import job", "members", "Django admin"}
 PHONE = {"width": 390, "height": 844}
 # Elements whose right edge lies past the viewport and that no scrolling or clipping parent
 # contains: what makes a phone page scroll sideways.
@@ -109,6 +109,7 @@ def pages_of(library) -> dict[str, str]:
         "members": "/c/acme/members/",
         "password change": "/account/password/",
         "API docs": "/api/v1/docs/",
+        "Django admin": "/admin/",
     }
 
 

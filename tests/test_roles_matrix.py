@@ -31,7 +31,7 @@ from tests._helpers import make_asset
 pytestmark = pytest.mark.django_db
 
 SECRET = {"acme": "ACME-SECRET-7f3a", "globex": "GLOBEX-SECRET-9c1e"}
-PUBLIC = {"login", "logout", "api_token", "admin:login", "admin:logout", "admin:password_reset", "admin:jsi18n"}
+PUBLIC = {"favicon", "login", "logout", "api_token", "admin:login", "admin:logout", "admin:password_reset", "admin:jsi18n"}
 # POSTs that only read: search-by-image uploads a query picture that is never stored.
 READ_ONLY_POSTS = {"search"}
 WRITES = ("post", "patch", "delete")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from django.urls import path, register_converter
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from tagloop.security import ObtainToken
 
@@ -30,7 +30,6 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     # the split view serves its start-up script as a file: the CSP allows no inline script
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
     path("auth/token/", ObtainToken.as_view(), name="api_token"),  # rate limited, shared lockout
     path("clients/", taxonomies.ClientListAPI.as_view(), name="api_clients"),
     path(C + "members/", members.MemberListAPI.as_view(), name="api_members"),
