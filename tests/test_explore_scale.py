@@ -111,8 +111,8 @@ def test_a_second_look_reload_reuses_its_scores_until_a_label_is_added_or_undone
     from labeling.services import labels, similarity
 
     calls = []
-    real = ml.noise.suspicion_scores
-    monkeypatch.setattr(ml.noise, "suspicion_scores", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = ml.noise.suspicion_components
+    monkeypatch.setattr(ml.noise, "suspicion_components", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     tax, tags = explored.world.brand, explored.tags
     unseeded = [a for a in explored.truth if a not in explored.seeded]
     flipped = next(a for a in unseeded if explored.truth[a] == "nike")

@@ -158,11 +158,16 @@ def test_second_look_ranks_a_flipped_label_in_the_upper_half_and_keep_takes_it_o
         if asset_id not in explored.seeded:  # seeded ones are labeled already
             wrong = "adidas" if asset_id == flipped else brand
             labels.save_label(tax, explored.assets[asset_id], [tags[wrong]], notify=False)
-    ranked = [row["asset"] for row in similarity.second_look(tax)]
+    rows = similarity.second_look(tax)
+    ranked = [row["asset"] for row in rows]
     # 24 shoes carry a weak brand signal (ml/noise.py measures detection on the full set).
     assert len(ranked) == 24 and ranked.index(flipped) < 12, ranked.index(flipped)
+    # each row says why: the check model's most likely *other* tag, and the neighbours' verdict
+    assert all(r["alt"] in tags.values() and r["alt"] != r["given"] and 0 <= r["alt_prob"] <= 1 for r in rows)
+    assert all(r["knn"] is None or 0 <= r["knn"] <= 1 for r in rows)
     login(client, explored.world.olga)
-    assert client.get(f"/c/acme/t/{tax.pk}/second-look/").status_code == 200
+    page = client.get(f"/c/acme/t/{tax.pk}/second-look/")
+    assert page.status_code == 200 and "check model: " in page.content.decode()
     assert client.post(f"/c/acme/t/{tax.pk}/keep.json", {"asset": flipped}, content_type="application/json").status_code == 200
     assert flipped not in [row["asset"] for row in similarity.second_look(tax)]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +22,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from ml import clustering as ml_clustering
+from ml.atomic import atomic_write
 
 from ..models import Client, Cluster, ClusterMember, Clustering, JobState, Label, LabelEvent, Suggestion, Tag, Taxonomy
 from . import vectors
@@ -277,9 +277,8 @@ def compute_map(client_id: int) -> tuple[np.ndarray, np.ndarray]:
     xy = ml_clustering.embed_2d(X) if len(ids) else np.zeros((0, 2), np.float32)
     path = map_path(client_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".map.{os.getpid()}.tmp.npz")
-    np.savez(tmp, ids=ids, xy=xy, version=np.array(version))
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as f:  # recomputable; readers see old or new, never half
+        np.savez(f, ids=ids, xy=xy, version=np.array(version))
     return ids, xy
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from django.conf import settings
 
+from ml.atomic import atomic_write
 from ml.index import VectorIndex
 
 from ..models import Asset, Label, Suggestion, Taxonomy
@@ -194,35 +194,45 @@ def _given_labels(taxonomy: Taxonomy, col: dict[int, int], asset_ids: list[int] 
     return given
 
 
-def _suspicion(taxonomy: Taxonomy, tag_ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(asset ids, given tag ids, scores), most suspicious first, cached in a file: training
-    the cross-validated heads and the exact kNN costs seconds at a few thousand labels and
-    grows quadratically, so only the first page load after the labels change pays it."""
-    from ml.noise import suspicion_scores
+SUSPICION_FIELDS = ("ids", "given", "scores", "alt", "alt_prob", "knn")
+
+
+def _suspicion(taxonomy: Taxonomy, tag_ids: list[int]) -> dict[str, np.ndarray]:
+    """Per labeled asset, most suspicious first: ids, given tag ids, scores, and why -- the
+    check model's most likely other tag (``alt``, out-of-fold) with its probability, and the
+    share of near neighbours labeled otherwise (``knn``; NaN: unknown). Cached in a file:
+    the cross-validated heads and the exact kNN cost seconds at a few thousand labels and grow
+    quadratically, so only the first page load after the labels change pays it."""
+    from ml.noise import suspicion_components
 
     key = _second_look_key(taxonomy, tag_ids)
     path = _second_look_path(taxonomy)
     try:
         with np.load(path) as f:
             if str(f["key"]) == key:
-                return f["ids"], f["given"], f["scores"]
+                return {name: f[name] for name in SUSPICION_FIELDS}
     except (OSError, ValueError, KeyError):
-        pass  # none yet, or unreadable: compute it again
+        pass  # none yet, unreadable, or written before a field existed: compute it again
     col = {t: i for i, t in enumerate(tag_ids)}
     given = _given_labels(taxonomy, col)
     found, X = vectors.vectors_for(taxonomy.client_id, list(given))
-    ids, tags, scores = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+    out = {name: np.zeros(0, np.float64) for name in SUSPICION_FIELDS}
     if len(found) >= 4 and len({given[int(a)] for a in found}) >= 2:  # else nothing to compare a label with
         y = np.array([col[given[int(a)]] for a in found], dtype=np.int64)
-        raw = suspicion_scores(X, y, len(tag_ids), k_folds=min(5, len(found)), n_neighbors=min(10, len(found) - 1))
-        order = np.argsort(-raw, kind="stable")
-        ids, scores = np.asarray(found, np.int64)[order], raw[order]
-        tags = np.array([given[int(a)] for a in ids], dtype=np.int64)
+        parts = suspicion_components(X, y, len(tag_ids), k_folds=min(5, len(found)),
+                                     n_neighbors=min(10, len(found) - 1))
+        others = np.where(np.eye(len(tag_ids), dtype=bool)[y], -1.0, np.nan_to_num(parts["oof_proba"], nan=-1.0))
+        alt = others.argmax(axis=1)
+        order = np.argsort(-parts["score"], kind="stable")
+        out = {
+            "ids": np.asarray(found, np.int64)[order], "given": np.asarray(tag_ids, np.int64)[y[order]],
+            "scores": parts["score"][order], "alt": np.asarray(tag_ids, np.int64)[alt[order]],
+            "alt_prob": others[np.arange(len(y)), alt][order], "knn": parts["knn_disagreement"][order],
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, key=np.array(key), ids=ids, given=tags, scores=scores)
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    return ids, tags, scores
+    with atomic_write(path, fsync=False) as f:  # recomputable; readers see old or new, never half
+        np.savez(f, key=np.array(key), **out)
+    return out
 
 
 def second_look(taxonomy: Taxonomy, limit: int = 50) -> list[dict]:
@@ -234,7 +244,8 @@ def second_look(taxonomy: Taxonomy, limit: int = 50) -> list[dict]:
     from ..models import LabelEvent
 
     tag_ids = list(taxonomy.active_tags().values_list("id", flat=True))
-    ids, given, scores = _suspicion(taxonomy, tag_ids)
+    why = _suspicion(taxonomy, tag_ids)
+    ids, given = why["ids"], why["given"]
     col = {t: i for i, t in enumerate(tag_ids)}
     picked: list[int] = []
     step = max(limit * SECOND_LOOK_CHUNK, 1)
@@ -254,6 +265,12 @@ def second_look(taxonomy: Taxonomy, limit: int = 50) -> list[dict]:
     picked = picked[:limit]
     rows = describe(taxonomy, [int(ids[i]) for i in picked])
     return [
-        {**rows[int(ids[i])], "given": int(given[i]), "score": round(float(scores[i]), 4)}
+        {**rows[int(ids[i])], "given": int(given[i]), "score": round(float(why["scores"][i]), 4),
+         "alt": int(why["alt"][i]), "alt_prob": _share(why["alt_prob"][i]), "knn": _share(why["knn"][i])}
         for i in picked if int(ids[i]) in rows
     ]
+
+
+def _share(value: float) -> float | None:
+    """A probability or share as the page shows it; None where there was no evidence."""
+    return None if not np.isfinite(value) or value < 0 else round(float(value), 3)
