@@ -344,7 +344,11 @@ class LabelEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["taxonomy", "created"])]
+        indexes = [
+            models.Index(fields=["taxonomy", "created"]),
+            # undo_last: this user's newest SET event in the taxonomy, without sorting their history
+            models.Index(fields=["taxonomy", "user", "action", "-id"], name="labelevent_undo"),
+        ]
 
 
 class Lease(models.Model):
