@@ -16,7 +16,7 @@ from django.views.decorators.http import require_safe, require_http_methods
 
 from .models import ImportJob, Role, Taxonomy
 from .permissions import client_view
-from .services import importing
+from .services import images, importing
 
 
 class UploadError(ValueError):
@@ -31,17 +31,13 @@ def max_upload_files() -> int:
     return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_FILES", settings.DATA_UPLOAD_MAX_NUMBER_FILES))
 
 
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:,.0f} MiB"
-
-
 def _uploaded_files(request: HttpRequest) -> list[tuple]:
     """(UploadedFile, relative path) pairs. Folder picks send their paths in a hidden field that
     the page fills from webkitRelativePath (Django keeps only the base name of uploads)."""
     # Checked before the body is parsed: a too-big upload is refused without storing it.
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > max_upload_bytes():
-        raise UploadError(f"upload too large ({_mib(length)}); at most {_mib(max_upload_bytes())} at once — "
+        raise UploadError(f"upload too large ({images.size_text(length)}); at most {images.size_text(max_upload_bytes())} at once — "
                           "split it, or ask an operator to run the import_assets command")
     try:
         loose, folder = request.FILES.getlist("files"), request.FILES.getlist("folder")
@@ -91,7 +87,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         "client": client,
         "taxonomies": Taxonomy.objects.filter(client=client).order_by("name"),
         "error": error,
-        "max_bytes": _mib(max_upload_bytes()),
+        "max_bytes": images.size_text(max_upload_bytes()),
         "max_files": max_upload_files(),
         "recent": ImportJob.objects.filter(client=client).order_by("-id")[:10],
     }

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from ..models import Asset, ClusterMember, ImportJob, Label, LabelEvent, Role, Suggestion, Tag, Taxonomy
 from ..services import importing, images
 from ..views_import import max_upload_bytes, max_upload_files
-from .parsers import PayloadTooLarge, size_text
+from .parsers import PayloadTooLarge
 from .base import MAX_ID, ScopedAPIView, decode_cursor, float_param, get_or_404, int_param, page_limit, page_serializer, paged
 from .serializers import (
     AssetSerializer, ImportJobSerializer, LabelEventSerializer, SuggestionSerializer, UploadSerializer,
@@ -41,7 +41,7 @@ def refuse_large_body(request: Request, limit: int, field: str) -> None:
     except ValueError:
         length = 0
     if length > limit:
-        raise PayloadTooLarge({field: [f"request body over {size_text(limit)}"]})
+        raise PayloadTooLarge({field: [f"request body over {images.size_text(limit)}"]})
 
 
 # --- suggestions as the API shows them -------------------------------------------------------
@@ -55,13 +55,13 @@ def ranked_tags(tag_ids: list[int], probs, tags: dict[int, Tag], top: int) -> li
 
 
 def suggestion_data(taxonomy: Taxonomy, s: Suggestion, tags: dict[int, Tag], top: int) -> dict:
-    from ..services.labels import suggested_tag_ids
+    from ..services.labels import retired_among, suggested_tag_ids
 
     return {
         "model_version": s.model_version_id,
         "version": s.model_version.version,
         "uncertainty": round(float(s.uncertainty), 4),
-        "suggested": sorted(suggested_tag_ids(taxonomy, s, retired={t for t, tag in tags.items() if tag.retired})),
+        "suggested": sorted(suggested_tag_ids(taxonomy, s, retired_among(tags))),
         "top": ranked_tags(s.model_version.tag_ids, s.probs, tags, top),
     }
 
@@ -221,7 +221,7 @@ class AssetListAPI(ScopedAPIView):
         for i, f in enumerate(files):
             # A ZIP may be as large as the whole upload: its members are checked one by one on import.
             if f.size > images.max_file_bytes() and not (f.name or "").lower().endswith(".zip"):
-                raise ValidationError({"files": {i: [f"{f.name}: image over {size_text(images.max_file_bytes())}"]}})
+                raise ValidationError({"files": {i: [f"{f.name}: image over {images.size_text(images.max_file_bytes())}"]}})
         taxonomy = None
         if serializer.validated_data.get("labels_taxonomy"):
             taxonomy = Taxonomy.objects.filter(client=self.client, pk=serializer.validated_data["labels_taxonomy"]).first()

@@ -22,10 +22,7 @@ MAX_EXCLUDE = 1000
 
 def suggested_tags(taxonomy: Taxonomy, asset: Asset) -> list[int] | None:
     """What the live model proposes for the asset; None when there is nothing to accept."""
-    suggestion = labels.live_suggestion(taxonomy, asset)
-    if suggestion is None:
-        return None
-    return sorted(labels.suggested_tag_ids(taxonomy, suggestion)) or None
+    return bulk.suggested_tags(taxonomy, [asset.pk]).get(asset.pk) or None
 
 
 class LabelListAPI(ScopedAPIView):

@@ -13,7 +13,6 @@ from ml.preprocess import load_rgb
 from ..models import ModelVersion, Role, TrainingRun
 from ..services import images, suggesting, training, vectors
 from .assets import ranked_tags, refuse_large_body
-from .parsers import size_text
 from .base import ScopedAPIView, get_or_404
 from .serializers import (
     ModelVersionDetailSerializer, ModelVersionSerializer, PredictRequestSerializer, PredictResultSerializer,
@@ -48,7 +47,7 @@ class PredictAPI(ScopedAPIView):
         errors = {}
         for i, f in enumerate(files):
             if f.size > MAX_PREDICT_BYTES:
-                errors[i] = [f"over {size_text(MAX_PREDICT_BYTES)}"]
+                errors[i] = [f"over {images.size_text(MAX_PREDICT_BYTES)}"]
                 continue
             try:
                 images.decode(f)  # the import's checks: format, pixel bomb, aspect ratio

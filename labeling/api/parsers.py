@@ -13,19 +13,12 @@ from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.parsers import JSONParser
 
+from ..services.images import size_text
+
 
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "request body too large"
-
-
-def size_text(n: int) -> str:
-    """2 MiB, 512 KiB, 300 bytes: a limit as a person reads it, never rounded down to 0."""
-    for unit, scale in (("MiB", 1024**2), ("KiB", 1024)):
-        if n >= scale:
-            value = n / scale
-            return f"{value:,.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
-    return f"{n} bytes"
 
 
 class BoundedJSONParser(JSONParser):

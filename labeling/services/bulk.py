@@ -14,7 +14,7 @@ from typing import Sequence
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import Asset, BulkAction, Label, ModelVersion, Role, Suggestion, Taxonomy
+from ..models import Asset, BulkAction, Label, Role, Taxonomy
 from ..permissions import RANK, real_user, role_in
 from . import labels
 
@@ -57,14 +57,10 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
 
 
 def suggested_tags(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
-    if taxonomy.live_model_id is None:
-        return {}
-    mv = ModelVersion.objects.get(pk=taxonomy.live_model_id)
-    rows = list(Suggestion.objects.filter(model_version=mv, asset_id__in=ids))
-    for s in rows:
-        s.model_version = mv  # read once, not joined into each of up to MAX_ASSETS rows
-    retired = labels.retired_tag_ids(taxonomy)
-    return {s.asset_id: sorted(labels.suggested_tag_ids(taxonomy, s, retired)) for s in rows}
+    """Each asset's live suggestion, as the tag ids accepting it would save."""
+    rows = labels.live_suggestions(taxonomy, ids)
+    retired = labels.retired_tag_ids(taxonomy) if rows else set()
+    return {a: sorted(labels.suggested_tag_ids(taxonomy, s, retired)) for a, s in rows.items()}
 
 
 def after_commit(taxonomy: Taxonomy, asset_ids: list[int]) -> None:

@@ -62,6 +62,15 @@ class Decoded:
     phash: int  # ml.phash of the thumbnail (near-duplicate detection)
 
 
+def size_text(n: int) -> str:
+    """2 MiB, 512 KiB, 300 bytes: a limit as a person reads it, never rounded down to 0."""
+    for unit, scale in (("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:,.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def max_file_bytes() -> int:
     return int(getattr(settings, "TAGLOOP_IMPORT_MAX_FILE_BYTES", 256 * 1024 * 1024))
 

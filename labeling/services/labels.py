@@ -53,14 +53,13 @@ def validate_tags(taxonomy: Taxonomy, tag_ids: Sequence[int]) -> list[Tag]:
     return tags
 
 
-def live_suggestion(taxonomy: Taxonomy, asset: Asset) -> Suggestion | None:
-    if taxonomy.live_model_id is None:
-        return None
-    return Suggestion.objects.filter(asset=asset, model_version_id=taxonomy.live_model_id).first()
-
-
 def retired_tag_ids(taxonomy: Taxonomy) -> set[int]:
     return set(taxonomy.tags.filter(retired=True).values_list("pk", flat=True))
+
+
+def retired_among(tags: dict[int, Tag]) -> set[int]:
+    """retired_tag_ids from a taxonomy's tags already read (id -> Tag), without a query."""
+    return {pk for pk, tag in tags.items() if tag.retired}
 
 
 def suggested_tag_ids(taxonomy: Taxonomy, suggestion: Suggestion, retired: Collection[int] | None = None) -> set[int]:
@@ -211,7 +210,7 @@ def _write(
             # visible to a new statement, and that is the one the writer must be shown.
             raise LabelConflict(Label.objects.filter(taxonomy=taxonomy, asset_id=asset_id, is_current=True).first())
     before = _tag_ids_by_label([label.pk for label in previous.values()])
-    suggestions = _live_suggestions(taxonomy, asset_ids)
+    suggestions = live_suggestions(taxonomy, asset_ids)
     if previous:
         Label.objects.filter(pk__in=[label.pk for label in previous.values()]).update(is_current=False)
     new = Label.objects.bulk_create([
@@ -245,7 +244,7 @@ def _tag_ids_by_label(label_ids: list[int]) -> dict[int, list[int]]:
     return out
 
 
-def _live_suggestions(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, Suggestion]:
+def live_suggestions(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, Suggestion]:
     if taxonomy.live_model_id is None:
         return {}
     mv = ModelVersion.objects.get(pk=taxonomy.live_model_id)

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ..models import Asset, Label, Lease, Suggestion, Taxonomy, TrainingRun
-from .labels import suggested_tag_ids
+from .labels import retired_among, suggested_tag_ids
 
 # "uncertain": the planned diverse pages of the live model first (suggesting.plan_queue), then
 # the least sure; "confident" is for fast accept runs and ignores the plan.
@@ -148,7 +148,7 @@ def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict) -> dict:
         [{"tag": tid, "name": tags[tid].path, "prob": round(float(p), 4)}
          for tid, p in ranked if tid in tags and not tags[tid].retired],
         uncertainty=s.uncertainty,
-        suggested=sorted(suggested_tag_ids(taxonomy, s, retired={t for t, tag in tags.items() if tag.retired})),
+        suggested=sorted(suggested_tag_ids(taxonomy, s, retired_among(tags))),
     )
 
 
