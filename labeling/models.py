@@ -183,7 +183,7 @@ class Asset(models.Model):
     # perceptual hash of the thumbnail (ml.phash): finds re-encoded / resized copies
     phash = models.BigIntegerField(null=True, blank=True)
     # Name of the backbone whose vector is in the vector store; blank = not embedded yet.
-    embedded_with = models.CharField(max_length=64, blank=True, db_index=True)
+    embedded_with = models.CharField(max_length=200, blank=True, db_index=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -196,7 +196,7 @@ class Asset(models.Model):
 class ModelVersion(models.Model):
     taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField()
-    backbone = models.CharField(max_length=64)
+    backbone = models.CharField(max_length=200)
     artifact = models.CharField(max_length=500, help_text="Path of the head file under TAGLOOP_MODEL_DIR")
     tag_ids = models.JSONField(help_text="Tag id of each output, in order")
     metrics = models.JSONField(default=dict, blank=True)
@@ -368,7 +368,7 @@ class Clustering(models.Model):
     aside and switched in one transaction, so readers never see half a clustering."""
 
     client = models.ForeignKey(Client, models.CASCADE, related_name="clusterings")
-    backbone = models.CharField(max_length=64)
+    backbone = models.CharField(max_length=200)
     k = models.PositiveIntegerField()
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
     is_current = models.BooleanField(default=False)

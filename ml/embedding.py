@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from ml.backbones import DEFAULT_BACKBONE, Backbone, load_backbone, weights_version
-from ml.preprocess import load_input, normalize, to_uint8
+from ml.preprocess import DRAFT_FACTOR, IMAGE_SIZE, RESIZE, load_input, normalize, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,15 @@ class EmbedResult:
 
 
 def _load_one(path: str | Path, size: int) -> np.ndarray | str:
-    """Worker task: uint8 (size, size, 3) or an error message (never raises: one bad file must
+    """Worker task: uint8 (size, size, 3) or an error message."""
+    return guarded_load(path, lambda p: load_input(p, size))
+
+
+def guarded_load(path: Any, load: Callable[[Any], Any]) -> Any:
+    """``load(path)``, or the error message naming the file (never raises: one bad file must
     not stop a batch of thousands)."""
     try:
-        return load_input(path, size)
+        return load(path)
     except FileNotFoundError:
         return f"file not found: {path}"
     except ValueError as exc:
@@ -162,6 +167,8 @@ class Embedder:
         self._model: Backbone = load_backbone(backbone, weights_path)
         self.dim: int = self._model.dim
         self.input_size: int = self._model.input_size
+        # decode size for load_rgb(draft_size=...): what embed_paths' own decode keeps
+        self.draft_size: int = DRAFT_FACTOR * RESIZE * self.input_size // IMAGE_SIZE
         self.name: str = self._model.name
         self.runtime = self._resolve(runtime)
         self.onnx_path: Path | None = None
@@ -266,7 +273,7 @@ class Embedder:
         bs = self._call_batch()
         chunks = [np.ascontiguousarray(x[i:i + bs]) for i in range(0, len(x), bs)]
         if self.runtime != "cuda" and len(chunks) > 1:
-            out = list(self._cpu_pool().map(self._run, chunks))
+            out = list(self.cpu_pool().map(self._run, chunks))
         else:
             out = [self._run(c) for c in chunks]
         return np.concatenate(out).astype(np.float32, copy=False)
@@ -277,7 +284,15 @@ class Embedder:
         small batches keep the 112x112 activations in cache). CUDA: the configured batch_size."""
         return self.batch_size if self.runtime == "cuda" else min(self.batch_size, CPU_MICRO_BATCH)
 
-    def _cpu_pool(self) -> ThreadPoolExecutor:
+    def embed_arrays_here(self, x: np.ndarray) -> np.ndarray:
+        """``embed_arrays`` on the calling thread, in the runtime's micro-batches: for callers
+        that already run inside ``cpu_pool()`` (waiting there on the pool would deadlock)."""
+        bs = self._call_batch()
+        out = [self._run(np.ascontiguousarray(x[i:i + bs])) for i in range(0, len(x), bs)]
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, self.dim), np.float32)
+
+    def cpu_pool(self) -> ThreadPoolExecutor:
+        """The worker threads (one single-threaded model call each); created on first use."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloop-embed",
@@ -319,7 +334,7 @@ class Embedder:
         errors: dict[int, str] = {}
         bs = self._call_batch()
         items = list(enumerate(paths))
-        pool = self._cpu_pool()
+        pool = self.cpu_pool()
         window: deque[Future] = deque()
         for i in range(0, len(items), bs):  # bounded window keeps memory flat on huge imports
             window.append(pool.submit(self._embed_chunk, items[i:i + bs]))

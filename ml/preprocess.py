@@ -46,7 +46,7 @@ def _first_frame(img: Image.Image) -> None:
         img.seek(0)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB; transparency is composited on white."""
     mode = img.mode
     if mode == "RGB":
@@ -146,7 +146,7 @@ def _load(src: str | Path | BinaryIO, draft_size: int | None) -> tuple[Image.Ima
                 img = ImageOps.exif_transpose(img) or img
         except Exception:  # noqa: BLE001 - broken EXIF is common in the wild: keep pixels as stored
             pass
-        out = _to_rgb(img)
+        out = to_rgb(img)
         if out is not opened and owns_file:
             opened.close()  # animated files keep their handle open until closed
         return out, extent
@@ -210,7 +210,7 @@ def to_uint8(img: Image.Image, size: int = IMAGE_SIZE, extent: tuple[float, floa
     """RGB image -> uint8 (size, size, 3) after resize + center crop (what workers ship around:
     4x smaller than float32, normalisation happens once per batch)."""
     if img.mode != "RGB":
-        img = _to_rgb(img)
+        img = to_rgb(img)
     ew, eh = extent or (img.width, img.height)
     # np.array (writable copy, ~0.05 ms): torch warns on wrapping Pillow's read-only buffer
     out = _resize_crop_torch(np.array(img), _crop_box(ew, eh, size), size)

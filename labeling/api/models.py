@@ -65,7 +65,7 @@ class PredictAPI(ScopedAPIView):
         for i, f in enumerate(files):
             f.seek(0)
             try:
-                pictures.append(load_rgb(f, draft_size=embedder.input_size))
+                pictures.append(load_rgb(f, draft_size=embedder.draft_size))
             except (ValueError, OSError) as exc:
                 errors[i] = [str(exc)]
         if errors:

@@ -17,20 +17,27 @@ log = logging.getLogger(__name__)
 BATCH = 256  # assets per embed call: bounds memory, gives progress
 
 
-@functools.lru_cache(maxsize=4)
 def get_embedder(backbone: str | None = None, runtime: str | None = None):
-    """One embedder per process: loading weights / the ONNX session costs a second or two."""
-    from ml.embedding import Embedder
+    """One embedder per process and setting: loading weights / the ONNX session costs a second
+    or two."""
+    return _embedder(backbone or settings.TAGLOOP_BACKBONE, settings.TAGLOOP_VIEWS,
+                     runtime or settings.TAGLOOP_EMBED_RUNTIME, settings.TAGLOOP_CACHE_DIR / "onnx")
 
-    return Embedder(
-        backbone=backbone or settings.TAGLOOP_BACKBONE,
-        runtime=runtime or settings.TAGLOOP_EMBED_RUNTIME,
-        cache_dir=settings.TAGLOOP_CACHE_DIR / "onnx",
-    )
+
+@functools.lru_cache(maxsize=4)
+def _embedder(backbone: str, views: str, runtime: str, onnx_dir):
+    from ml.multiview import make_embedder
+
+    return make_embedder(backbone, views, runtime=runtime, cache_dir=onnx_dir)
 
 
 def backbone_name() -> str:
-    return settings.TAGLOOP_BACKBONE
+    """Name of the current vectors: the backbone, plus the views when they are not the default
+    centre crop ("efficientnet-lite0@center,flip+tiles2,tiles3.max"). Stores, caches and model
+    rows are keyed by it, so a change of either re-embeds and never mixes vectors."""
+    from ml.multiview import vector_key
+
+    return vector_key(settings.TAGLOOP_BACKBONE, settings.TAGLOOP_VIEWS)
 
 
 def store_for(client_id: int, backbone: str | None = None, dim: int | None = None) -> VectorStore:
