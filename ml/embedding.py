@@ -268,14 +268,11 @@ class Embedder:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
             raise ValueError(f"expected (N, 3, {self.input_size}, {self.input_size}), got {x.shape}")
-        if len(x) == 0:
-            return np.zeros((0, self.dim), np.float32)
         bs = self._call_batch()
+        if self.runtime == "cuda" or len(x) <= bs:
+            return self.embed_arrays_here(x)
         chunks = [np.ascontiguousarray(x[i:i + bs]) for i in range(0, len(x), bs)]
-        if self.runtime != "cuda" and len(chunks) > 1:
-            out = list(self.cpu_pool().map(self._run, chunks))
-        else:
-            out = [self._run(c) for c in chunks]
+        out = list(self.cpu_pool().map(self._run, chunks))
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def _call_batch(self) -> int:
