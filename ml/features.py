@@ -36,6 +36,7 @@ from ml.preprocess import IMAGE_SIZE, load_rgb, normalize, resize_crop
 
 VIEWS = ("center", "flip", "full", "tiles2", "tiles3", "tiles4", "boxes")
 POOLS = ("mean", "max", "meanmax")
+POOL_WIDTH = {"mean": 1, "max": 1, "meanmax": 2}  # feature blocks per pooling
 CACHE_VERSION = "v1"  # bump when a view's pixels change, so stale caches are not reused
 BOX_CONTEXT = 0.15  # grow boxes by 15 % per side: the backbone needs some surround
 MIN_BOX_SIDE = 24  # tinier annotations are mostly noise at 224 input
@@ -271,6 +272,5 @@ def box_features(store: FeatureStore | ConcatStore, shas: Sequence[str],
     if not len(owner):
         return np.zeros((0, 0), np.float32), owner
     feats = np.concatenate([c for c in crops if len(c)])
-    width = {"mean": 1, "max": 1, "meanmax": 2}
-    X = np.concatenate([np.tile(feats, width[how]) for _, how in parse_spec(spec)], axis=1)
+    X = np.concatenate([np.tile(feats, POOL_WIDTH[how]) for _, how in parse_spec(spec)], axis=1)
     return X.astype(np.float32), owner

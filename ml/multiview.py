@@ -27,14 +27,13 @@ import numpy as np
 from PIL import Image
 
 from ml.embedding import EmbedResult, Embedder, guarded_load
-from ml.features import DECODE_SIDE, parse_spec, pool_crops, view_crops
-from ml.preprocess import DRAFT_FACTOR, IMAGE_SIZE, RESIZE, load_rgb, normalize, to_rgb
+from ml.features import DECODE_SIDE, POOL_WIDTH, POOLS, parse_spec, pool_crops, view_crops
+from ml.preprocess import IMAGE_SIZE, load_rgb, normalize, to_rgb
 
 DEFAULT_VIEWS = "center"
 # what the benchmarks measured best on logos in photos (docs/ml-results.md), 15 crops per image
 RECOMMENDED_VIEWS = "center,flip:mean+tiles2,tiles3:max"
 PRODUCT_VIEWS = ("center", "flip", "full", "tiles2", "tiles3", "tiles4")  # boxes need annotations
-_WIDTH = {"mean": 1, "max": 1, "meanmax": 2}
 _CROPS = {"center": 1, "flip": 1, "full": 1, "tiles2": 4, "tiles3": 9, "tiles4": 16}
 
 
@@ -48,8 +47,8 @@ def canonical_spec(spec: str) -> str:
     for views, how in blocks:
         if "boxes" in views:
             raise ValueError(f"view 'boxes' in {spec!r} needs annotated boxes; the product can use {PRODUCT_VIEWS}")
-        if how not in _WIDTH:
-            raise ValueError(f"unknown pooling {how!r} in {spec!r}; choose from {tuple(_WIDTH)}")
+        if how not in POOLS:
+            raise ValueError(f"unknown pooling {how!r} in {spec!r}; choose from {POOLS}")
         out.append(",".join(views) + ("" if how == "mean" else f":{how}"))
     return "+".join(out)
 
@@ -79,13 +78,13 @@ class MultiViewEmbedder:
         self.views = sorted({v for views, _ in self.blocks for v in views})
         backbone = "+".join(b.name for b in self.bases)
         self.name = vector_key(backbone, self.spec)
-        self.dim = sum(b.dim for b in self.bases) * sum(_WIDTH[how] for _, how in self.blocks)
+        self.dim = sum(b.dim for b in self.bases) * sum(POOL_WIDTH[how] for _, how in self.blocks)
         self.input_size = max(b.input_size for b in self.bases)
         self.runtime = self.bases[0].runtime
-        # decode side: tiles need ~3x the input in pixels, a centre crop the usual 2x draft margin
+        # decode side: tiles need ~3x the input in pixels, else what the plain embedders decode
         tiles = any(v.startswith("tiles") for v in self.views)
         self.draft_size = (DECODE_SIDE * self.input_size // IMAGE_SIZE if tiles
-                           else DRAFT_FACTOR * RESIZE * self.input_size // IMAGE_SIZE)
+                           else max(b.draft_size for b in self.bases))
 
     # ---- one image ----------------------------------------------------------------------
     def _crops(self, img: Image.Image) -> list[dict[str, np.ndarray]]:
@@ -106,22 +105,16 @@ class MultiViewEmbedder:
             start += len(crops[v])
         return feats
 
-    def _embed_here(self, img: Image.Image) -> np.ndarray:
-        """Crops + every backbone on the calling thread (CPU runtimes run this in the pool)."""
-        crops = self._crops(img)
-        feats = []
-        for base, c in zip(self.bases, crops):
-            x = normalize(np.concatenate([c[v] for v in self.views]))
-            feats.append(self._split(c, base.embed_arrays_here(x)))
-        return self._pool(feats)
-
-    def _embed_batched(self, imgs: list[Image.Image]) -> np.ndarray:
-        """CUDA: one large model call per backbone for a batch of images."""
+    def _embed(self, imgs: list[Image.Image], here: bool) -> np.ndarray:
+        """Crops of the images, then one model call per backbone for all of them. ``here``: on
+        the calling thread (CPU runtimes run one image per task in the pool); else through
+        ``embed_arrays`` (CUDA: one large batch)."""
         crops = [self._crops(im) for im in imgs]
         per_image: list[list[dict[str, np.ndarray]]] = [[] for _ in imgs]
         for k, base in enumerate(self.bases):
             stacked = [np.concatenate([c[k][v] for v in self.views]) for c in crops]
-            out = base.embed_arrays(normalize(np.concatenate(stacked)))
+            run = base.embed_arrays_here if here else base.embed_arrays
+            out = run(normalize(np.concatenate(stacked)))
             start = 0
             for i, s in enumerate(stacked):
                 per_image[i].append(self._split(crops[i][k], out[start:start + len(s)]))
@@ -151,12 +144,12 @@ class MultiViewEmbedder:
                     good = [(s + j, im) for j, im in enumerate(loaded) if not isinstance(im, str)]
                     errors.update({s + j: im for j, im in enumerate(loaded) if isinstance(im, str)})
                     if good:
-                        vectors.append(self._embed_batched([im for _, im in good]))
+                        vectors.append(self._embed([im for _, im in good], here=False))
                         ok.extend(i for i, _ in good)
         else:
             def task(i: int) -> tuple[int, np.ndarray | str]:
                 img = load(items[i])
-                return i, img if isinstance(img, str) else self._embed_here(img)
+                return i, img if isinstance(img, str) else self._embed([img], here=True)[0]
 
             pool = self.bases[0].cpu_pool()
             window: deque[Future] = deque()
