@@ -17,6 +17,10 @@ Methods
 out-of-fold run (``--save-proba`` of ``--method finetune``, here or on a GPU): a fine-tuned
 network and a linear head on frozen features make different mistakes.
 
+``--local yes`` (head methods): add RootSIFT matches that one similarity transform verifies
+(ml.localmatch) to the training photos as per-class evidence; its weight comes from the
+training part (leave-one-out scores + inner out-of-fold head probabilities).
+
 fl27 tasks: 5-fold CV over deduplicated samples; metrics on the concatenated out-of-fold
 predictions. shoes-3: the given train/test split.
 """
@@ -34,11 +38,13 @@ from sklearn.model_selection import StratifiedKFold
 
 from ml.datasets import TASKS, Task, load_task
 from ml.decision import SCORE_FNS, SCORES, apply_bias, fit_class_bias
-from ml.features import (ConcatStore, FeatureStore, box_features, make_store, parse_spec, spec_features,
-                         spec_views)
+from ml.features import (ConcatStore, FeatureStore, box_features, default_cache_dir, make_store, parse_spec,
+                         spec_features, spec_views)
 
 Store = FeatureStore | ConcatStore
 from ml.heads import train_head
+from ml.local_evidence import fuse_fold
+from ml.localmatch import cached_keypoints
 from ml.saved_runs import COLLAPSE, collapse_proba, load_blend, load_proba, save_proba  # noqa: F401 - API
 from ml.metrics import classification_metrics
 
@@ -127,12 +133,15 @@ def search_config(task: Task, stores: dict[str, Store], train_idx: np.ndarray, s
 def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | None,
                  use_boxes: bool, seed: int, fine: str | None = None,
                  decision: str | None = None,
-                 blend: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                 blend: tuple[np.ndarray, float] | None = None,
+                 local: list | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Head-based methods. Returns (test indices, probabilities, per-fold info).
     stores: backbone name -> feature store; several only for "search" (candidates).
     decision: None = argmax of the head; a score name (ml.decision.SCORES) = per-class bias
     tuned for that score by inner CV on each training part, applied to the test fold (after
-    any blend; the inner CV sees the head alone, saved runs have no inner folds)."""
+    any blend; the inner CV sees the head alone, saved runs have no inner folds).
+    local: keypoints per sample (ml.localmatch) = fuse inlier evidence into the probabilities
+    (ml.local_evidence), weighted by inner data; a decision bias is then tuned on the fused."""
     specs = [s for s, _ in SEARCH_SPACE] if method == "search" else [spec]
     views = sorted({v for s in specs for v in spec_views(s)} |
                    ({"boxes"} if use_boxes or method == "search" else set()))
@@ -149,19 +158,23 @@ def run_features(task: Task, stores: dict[str, Store], method: str, spec: str | 
             saved = blend[0][te]
             have = ~np.isnan(saved[:, 0])
             p[have] = (1 - blend[1]) * p[have] + blend[1] * saved[have]
-        bias = None
-        if decision:
-            # a per-class bias fitted on inner out-of-fold probabilities of the training part
-            # (ml.decision), so the test fold never influences the rule; the search has them
-            if oof is None:
-                oof = _inner_oof(task, store, chosen[1], chosen[2], tr, _inner_splits(task, tr, seed), seed, fine)
+        bias, local_info = None, None
+        if (decision or local is not None) and oof is None:
+            # inner out-of-fold probabilities of the training part: what a decision rule and
+            # the local evidence's weight are fitted on, so the test fold never influences them
+            oof = _inner_oof(task, store, chosen[1], chosen[2], tr, _inner_splits(task, tr, seed), seed, fine)
+        if local is not None:
+            score = SCORE_FNS[decision or "accuracy"]
+            p, oof, local_info = fuse_fold(task, local, tr, te, p, oof,
+                                           lambda y, pred: score(y, pred, task.n_classes))
+        if decision:  # a per-class bias (ml.decision), the search's inner data has them
             bias = fit_class_bias(oof, task.y[tr], decision)
             p = apply_bias(p, bias)
         idx.append(te)
         probas.append(p)
         info.append({"fold": k, "backbone": chosen[0], "spec": chosen[1], "boxes": chosen[2],
                      "n_train": len(tr), "accuracy": float((p.argmax(1) == task.y[te]).mean()),
-                     "search": trials,
+                     "search": trials, "local": local_info,
                      "decision_bias": None if bias is None else [round(float(b), 2) for b in bias]})
         print(f"  fold {k}: {chosen} acc={info[-1]['accuracy']:.4f}", file=sys.stderr)
     return np.concatenate(idx), np.concatenate(probas), info
@@ -202,7 +215,7 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
              max_folds: int | None = None, save_to: str | None = None,
              load_from: str | None = None, fine_labels: str | None = None,
              decision: str | None = None, blend_from: str | None = None,
-             blend_weight: float = 0.5) -> dict:
+             blend_weight: float = 0.5, local: bool = False) -> dict:
     t0 = time.time()
     blend_missing = 0
     task = load_task(task_name, data_dir)
@@ -233,14 +246,17 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
                 print(f"  --blend: {blend_missing} test images have no saved probabilities; "
                       "the head's own are used for them", file=sys.stderr)
         stores = {b: make_store(b, cache_dir=cache_dir) for b in candidates}
+        kps = cached_keypoints(task.paths, task.shas, cache_dir or default_cache_dir()) if local else None
         idx, proba, folds = run_features(task, stores, method, spec, use_boxes, seed, fine_labels,
-                                         decision, blend)
+                                         decision, blend, kps)
     m = classification_metrics(task.y[idx], proba, task.labels)
     return {
         "task": task_name, "backbone": backbone, "method": method,
         "spec": None if method == "search" else spec, "boxes": use_boxes,
         "train_labels": f"fine (27 brands + none), collapsed by {fine_labels}"
         if fine_labels and task.fine_y is not None else "task",
+        "local_evidence": "SIFT inliers to labelled training images (ml.localmatch), weight by inner data"
+        if local and method != "finetune" else None,
         "decision": f"per-class bias tuned for {decision} by inner CV" if decision else "argmax",
         "blend": {"file": blend_from, "weight": blend_weight, "missing": blend_missing}
         if blend_from and method != "finetune" else None,
@@ -286,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", required=True, choices=[*TASKS, "all"],
                     help="'all': every task with its best measured recipe (ml.report), printed "
                          "next to the issue's baselines and targets; method options are ignored, but "
-                         "--blend FILE switches fl27-28way and fl27-4way to their blend recipes")
+                         "--blend FILE averages a saved run into fl27-28way and fl27-4way")
     ap.add_argument("--backbone", default="efficientnet-lite0",
                     help="feature backbone; heads also take a '+'-joined list whose features "
                          "are concatenated, e.g. efficientnet-lite0+efficientnet-lite2; with "
@@ -313,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                          "averaged first")
     ap.add_argument("--blend-weight", type=float, default=0.5,
                     help="the saved run's weight in --blend (default 0.5)")
+    ap.add_argument("--local", choices=["yes", "no"], default="no",
+                    help="heads: add spatially verified SIFT matches to the labelled training images "
+                         "as evidence (ml.localmatch; small logos), weighted by inner data")
     ap.add_argument("--folds", type=int, help="only the first N CV folds (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", help="folder with shoes/ and flickrlogos27/")
@@ -330,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             parse_spec(a.features)
         except ValueError as e:
             ap.error(f"--features: {e}")
+    if a.local == "yes" and method == "finetune":
+        ap.error("--local: for head methods (the fine-tune has no inner folds to weigh it on)")
     if a.blend and method == "finetune":
         ap.error("--blend: for head methods; a fine-tune run is what gets blended (--save-proba)")
     if not 0 <= a.blend_weight <= 1:
@@ -347,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                  data_dir=a.data, cache_dir=a.cache, seed=a.seed,
                  finetune_cfg=_ft_overrides(a.ft), max_folds=a.folds,
                  save_to=a.save_proba, load_from=a.load_proba, fine_labels=a.fine_labels,
-                 decision=a.decision, blend_from=a.blend, blend_weight=a.blend_weight)
+                 decision=a.decision, blend_from=a.blend, blend_weight=a.blend_weight,
+                 local=a.local == "yes")
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=1))

@@ -1,0 +1,60 @@
+"""``ml.evaluate --local yes``: local-feature evidence (ml.localmatch) fused into a head's
+class probabilities, fold by fold, with nothing chosen on the test fold.
+
+Per outer fold: the training part's images are the labelled set (one index); the test fold's
+images are scored against it; the training images themselves are scored leave-one-out (each
+against all the others), and the fusion weight is the one that scores best on those with the
+head's inner out-of-fold probabilities -- the same data a decision rule is tuned on.
+
+Classes: on fl27 the templates carry the fine label (27 brands; "none" has no pattern to match,
+so it is no template) and a task class gets the best score of its fine classes (4-way "other"
+= the best of 24 other brands; logo = the best brand). Elsewhere the task's own labels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ml.datasets import FL27_NONE, Task
+from ml.localmatch import Keypoints, MatchIndex, fuse, pick_weight
+
+
+def template_labels(task: Task) -> tuple[np.ndarray, int]:
+    """(label per sample, -1 = no template; number of template classes)."""
+    if task.fine_y is None:
+        return task.y.copy(), task.n_classes
+    lab = task.fine_y.copy()
+    if FL27_NONE in task.fine_labels:
+        lab[lab == task.fine_labels.index(FL27_NONE)] = -1
+    return lab, len(task.fine_labels)
+
+
+def to_task_classes(task: Task, scores: np.ndarray) -> np.ndarray:
+    """Template-class scores (n, m) -> the task's classes (n, k): the best of each class's."""
+    if task.fine_y is None:
+        return scores
+    out = np.zeros((len(scores), task.n_classes))
+    for f, c in enumerate(task.fine_to_task):
+        out[:, c] = np.maximum(out[:, c], scores[:, f])
+    return out
+
+
+def fold_scores(task: Task, kps: list[Keypoints], train_idx: np.ndarray,
+                test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Task-class inlier scores of the test fold and (leave-one-out) of the training part."""
+    lab, m = template_labels(task)
+    labels = np.full(len(task.y), -1)
+    labels[train_idx] = lab[train_idx]  # test-fold labels never enter the index
+    index = MatchIndex(kps, labels, m)
+    s_test = np.array([index.scores(kps[i]) for i in test_idx]).reshape(len(test_idx), m)
+    s_train = np.array([index.scores(kps[i], exclude=i) for i in train_idx]).reshape(len(train_idx), m)
+    return to_task_classes(task, s_test), to_task_classes(task, s_train)
+
+
+def fuse_fold(task: Task, kps: list[Keypoints], train_idx: np.ndarray, test_idx: np.ndarray,
+              p_test: np.ndarray, oof_train: np.ndarray, score_fn) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(fused test probabilities, fused training out-of-fold probabilities, info)."""
+    s_test, s_train = fold_scores(task, kps, train_idx, test_idx)
+    w, grid = pick_weight(oof_train, s_train, task.y[train_idx], score_fn)
+    info = {"weight": w, "inner_scores": [round(g, 4) for g in grid],
+            "test_with_inliers": int((s_test.max(1) >= 8).sum())}
+    return fuse(p_test, s_test, w), fuse(oof_train, s_train, w), info
