@@ -20,6 +20,7 @@ Pipeline (all arrays, no Django):
 """
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import faiss
 import numpy as np
 
 from ml.atomic import atomic_write
+from ml.preprocess import load_rgb
 
 MAX_SIDE = 1024  # SIFT on longer sides costs time and finds the same logos
 N_FEATURES = 1000  # per image, strongest first
@@ -72,11 +74,16 @@ def extract(gray: np.ndarray, max_side: int = MAX_SIDE, n_features: int = N_FEAT
 
 
 def read_gray(path: str | Path) -> np.ndarray:
-    """Grey pixels of an image file; ValueError naming the file when it cannot be decoded."""
+    """Grey pixels of an image file; ValueError naming the file when it cannot be decoded.
+    OpenCV first (fast JPEG/PNG/WebP/GIF, EXIF-rotated); what it cannot read (Targa, ICO,
+    PCX, ...) goes through Pillow like the CNN's input does."""
     gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if gray is None:
-        raise ValueError(f"{path}: not an image OpenCV can decode")
-    return gray
+    if gray is not None:
+        return gray
+    try:
+        return np.asarray(load_rgb(path).convert("L"))
+    except (OSError, ValueError) as exc:  # load_rgb: ValueError for empty/truncated/bomb
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
 
 
 def extract_paths(paths: Sequence[str | Path], workers: int = 2,
@@ -116,7 +123,7 @@ def cached_keypoints(paths: Sequence[str], shas: Sequence[str], cache_dir: str |
         with tqdm(total=len(todo), desc="SIFT keypoints", unit="img") as bar:
             kps, problems = extract_paths([paths[i] for i in todo], workers, bar.update)
         for msg in problems:
-            print(f"  skipped: {msg}")
+            print(f"  skipped: {msg}", file=sys.stderr)
         for i, kp in zip(todo, kps):
             files[i].parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(files[i], fsync=False) as f:
@@ -135,7 +142,8 @@ def _ann_index(desc: np.ndarray) -> faiss.Index:
     if len(desc) < EXACT_BELOW:
         index = faiss.IndexFlatL2(128)
     else:
-        nlist = int(4 * np.sqrt(len(desc)))
+        # ~4 sqrt(n) lists, with the >= 39 training points per centroid faiss asks for
+        nlist = max(1, min(int(4 * np.sqrt(len(desc))), len(desc) // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(128), 128, nlist)
         sample = np.random.default_rng(0).choice(len(desc), min(len(desc), 40 * nlist), replace=False)
         index.train(desc[np.sort(sample)])

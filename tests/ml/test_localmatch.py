@@ -73,6 +73,16 @@ def test_a_broken_file_is_named_and_the_others_are_extracted(tmp_path: Path):
     assert len(problems) == 1 and "broken.jpg" in problems[0]
 
 
+def test_a_format_opencv_cannot_read_is_read_through_pillow(tmp_path: Path):
+    from PIL import Image
+
+    src = _photos(1)[0]
+    Image.open(src).save(tmp_path / "logo.tga")  # Targa: Pillow reads it, OpenCV does not
+    assert cv2.imread(str(tmp_path / "logo.tga"), cv2.IMREAD_GRAYSCALE) is None
+    gray = lm.read_gray(tmp_path / "logo.tga")
+    assert gray.shape == lm.read_gray(src).shape and len(lm.extract(gray)) > 50
+
+
 def test_fusion_adds_evidence_in_log_space_and_weight_zero_changes_nothing():
     p = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
     s = np.array([[0.0, 0.0, 12.0], [0.0, 0.0, 0.0]])
