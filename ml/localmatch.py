@@ -159,7 +159,6 @@ class MatchIndex:
 
     def __init__(self, images: Sequence[Keypoints], labels: np.ndarray, n_classes: int) -> None:
         self.n_classes = n_classes
-        self.images = list(images)
         keep = [i for i, c in enumerate(labels) if c >= 0 and len(images[i])]
         self.owner = np.concatenate([np.full(len(images[i]), i) for i in keep] or [np.zeros(0, int)])
         self.cls = np.asarray(labels)[self.owner] if len(self.owner) else np.zeros(0, int)
@@ -198,21 +197,20 @@ class MatchIndex:
         if not len(qi):
             return out
         owners = self.owner[nn[qi, kk]]
+        # the tolerance is in pixels of the image as extracted: scale it back to original pixels
+        tol = REPROJ_PX * max(1.0, float(np.ptp(query.pts, axis=0).max()) / MAX_SIDE)
         for img in np.unique(owners):
             sel = owners == img
             if sel.sum() < MIN_MATCHES:
                 continue
-            n = self._inliers(query.pts[qi[sel]], self.pts[nn[qi[sel], kk[sel]]], query)
+            n = self._inliers(query.pts[qi[sel]], self.pts[nn[qi[sel], kk[sel]]], tol)
             c = self.cls[nn[qi[sel], kk[sel]][0]]
             out[c] = max(out[c], n)
         return out
 
     @staticmethod
-    def _inliers(src: np.ndarray, dst: np.ndarray, query: Keypoints) -> int:
+    def _inliers(src: np.ndarray, dst: np.ndarray, tol: float) -> int:
         """Distinct query keypoints consistent with one similarity transform."""
-        # the tolerance is in pixels of the image as extracted: scale it back to original pixels
-        span = float(np.ptp(query.pts, axis=0).max()) if len(query) else 0.0
-        tol = REPROJ_PX * max(1.0, span / MAX_SIDE)
         m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tol,
                                              maxIters=500, confidence=0.99)
         if m is None or inl is None:
