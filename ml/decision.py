@@ -38,7 +38,8 @@ SCORE_FNS: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
 
 
 def apply_bias(proba: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Probabilities (n, k) reweighted by exp(bias) per class and renormalised."""
+    """Probabilities (n, k) reweighted by exp(bias) and renormalised; bias (k,) per class or
+    (n, k) per row (ml.localmatch.fuse: inlier evidence)."""
     logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, None)) + np.asarray(bias, np.float64)
     logp -= logp.max(axis=1, keepdims=True)
     p = np.exp(logp)

@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from ml.atomic import atomic_write
+from ml.decision import apply_bias
 from ml.preprocess import load_rgb
 
 MAX_SIDE = 1024  # SIFT on longer sides costs time and finds the same logos
@@ -219,11 +220,9 @@ class MatchIndex:
 
 
 def fuse(proba: np.ndarray, scores: np.ndarray, weight: float, cap: float = CAP) -> np.ndarray:
-    """Class probabilities (n, k) with inlier evidence (n, k) added in log space."""
-    logit = np.log(np.clip(proba, 1e-12, None)) + weight * np.minimum(scores, cap)
-    logit -= logit.max(axis=1, keepdims=True)
-    p = np.exp(logit)
-    return p / p.sum(axis=1, keepdims=True)
+    """Class probabilities (n, k) with inlier evidence (n, k) added in log space: a per-photo
+    log-bias, so ml.decision.apply_bias does the arithmetic."""
+    return apply_bias(proba, weight * np.minimum(scores, cap))
 
 
 def pick_weight(proba: np.ndarray, scores: np.ndarray, y: np.ndarray,
