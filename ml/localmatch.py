@@ -182,18 +182,17 @@ class MatchIndex:
         order = np.argsort(dist, axis=1, kind="stable")  # excluded/empty slots go last
         dist = np.take_along_axis(dist, order, 1)
         nn = np.take_along_axis(nn, order, 1).clip(0)
-        cls = np.where(np.isfinite(dist), self.cls[nn], -1)
-        same = cls == cls[:, :1]
-        other = ~same & (cls >= 0)
-        first_other = np.where(other.any(1), other.argmax(1), k - 1)
-        d_other = dist[np.arange(len(dist)), first_other]
-        # no other class among the neighbours: compare with the farthest one found instead
-        farthest = np.where(np.isfinite(dist), dist, -np.inf).max(axis=1)
-        d_other = np.where(np.isfinite(d_other), d_other, farthest)
-        # a neighbour counts if it is of the nearest class, before any other class, and
-        # clearly closer than that other class (squared L2 -> compare squared ratio)
-        before = np.arange(k)[None] < np.where(other.any(1), first_other, k)[:, None]
-        ok = same & before & np.isfinite(dist) & (dist < (RATIO ** 2) * d_other[:, None])
+        found = np.isfinite(dist)
+        cls = np.where(found, self.cls[nn], -1)
+        other = found & (cls != cls[:, :1])
+        has_other, first_other = other.any(1), other.argmax(1)
+        # the nearest descriptor of another class; none among the neighbours: the farthest found
+        farthest = np.where(found, dist, -np.inf).max(axis=1)
+        d_other = np.where(has_other, dist[np.arange(len(dist)), first_other], farthest)
+        # a neighbour counts if it comes before any other class (so it is of the nearest one)
+        # and is clearly closer than that other class (squared L2 -> compare squared ratio)
+        before = np.arange(k)[None] < np.where(has_other, first_other, k)[:, None]
+        ok = before & found & (dist < (RATIO ** 2) * d_other[:, None])
         qi, kk = np.nonzero(ok)
         if not len(qi):
             return out
