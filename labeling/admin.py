@@ -71,7 +71,7 @@ class TagInline(admin.TabularInline):
 class TaxonomyAdmin(ClientScopedAdmin):
     list_display = ("name", "client", "kind", "retrain_threshold", "labels_since_train", "live_model")
     list_filter = ("kind",)
-    fields = ("client", "name", "kind", "retrain_threshold")
+    fields = ("client", "name", "kind", "retrain_threshold", "local_matching")
     inlines = [TagInline]
 
     def get_readonly_fields(self, request, obj=None):

@@ -48,6 +48,12 @@ class Taxonomy(models.Model):
     retrain_threshold = models.PositiveIntegerField(
         default=20, help_text="Retrain once this many new labels have arrived since the last run."
     )
+    local_matching = models.BooleanField(
+        default=False,
+        help_text="Also match keypoints (SIFT) of each asset against labeled assets and add the matches "
+                  "that agree on one geometric transform as evidence: helps tags that are small rigid "
+                  "patterns (logos, printed labels). Single-label only; about 3x the CPU time per image.",
+    )
     # Incremented in the same transaction as each label; a run subtracts what it consumed,
     # so labels that arrive during a run count toward the next one.
     labels_since_train = models.PositiveIntegerField(default=0)

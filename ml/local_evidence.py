@@ -12,6 +12,8 @@ so it is no template) and a task class gets the best score of its fine classes (
 """
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
 import numpy as np
 
 from ml.datasets import FL27_NONE, Task
@@ -45,8 +47,8 @@ def fold_scores(task: Task, kps: list[Keypoints], train_idx: np.ndarray,
     labels = np.full(len(task.y), -1)
     labels[train_idx] = lab[train_idx]  # test-fold labels never enter the index
     index = MatchIndex(kps, labels, m)
-    s_test = np.array([index.scores(kps[i]) for i in test_idx]).reshape(len(test_idx), m)
-    s_train = np.array([index.scores(kps[i], exclude=i) for i in train_idx]).reshape(len(train_idx), m)
+    s_test = scores_of(index, (kps[i] for i in test_idx), [None] * len(test_idx))
+    s_train = scores_of(index, (kps[i] for i in train_idx), train_idx.tolist())
     return to_task_classes(task, s_test), to_task_classes(task, s_train)
 
 
@@ -58,3 +60,36 @@ def fuse_fold(task: Task, kps: list[Keypoints], train_idx: np.ndarray, test_idx:
     info = {"weight": w, "inner_scores": [round(g, 4) for g in grid],
             "test_with_inliers": int((s_test.max(1) >= 8).sum())}
     return fuse(p_test, s_test, w), fuse(oof_train, s_train, w), info
+
+
+# -- the product's use (labeling/services/localmatch.py): one labelled set, no outer folds ----------
+def choose_templates(y: np.ndarray, newness: np.ndarray, per_class: int, total: int) -> np.ndarray:
+    """Indices of the labelled items whose keypoints go into the index: the newest ``per_class``
+    of each class (``newness``: larger = newer), fewer per class when the classes together
+    would pass ``total``. Bounds index memory and build time for large label sets; the newest
+    labels are the operators' current reading of each tag. Sorted."""
+    y = np.asarray(y)
+    classes = np.unique(y)
+    if not len(classes):
+        return np.zeros(0, dtype=np.int64)
+    cap = max(1, min(per_class, total // len(classes)))
+    keep = [idx[np.argsort(-np.asarray(newness)[idx], kind="stable")[:cap]]
+            for idx in (np.flatnonzero(y == c) for c in classes)]
+    return np.sort(np.concatenate(keep))
+
+
+def scores_of(index: MatchIndex, queries: Iterable[Keypoints], exclude: Iterable[int | None]) -> np.ndarray:
+    """(n, n_classes) inlier scores of a stream of query images (a loader can hand them over
+    one at a time: keypoints of a large library never sit in memory together)."""
+    rows = [index.scores(q, exclude=e) for q, e in zip(queries, exclude)]
+    return np.array(rows).reshape(len(rows), index.n_classes)
+
+
+def fit_weight(index: MatchIndex, train_kps: Iterable[Keypoints], template_pos: Sequence[int | None],
+               y: np.ndarray, oof: np.ndarray, score_fn) -> tuple[float, dict]:
+    """The fusion weight for ``index``: training items scored leave-one-out (``template_pos``:
+    each item's image in the index, None when it is not a template), fused with the head's
+    out-of-fold probabilities ``oof``, the weight that scores best on them (ml.localmatch)."""
+    s = scores_of(index, train_kps, template_pos)
+    w, grid = pick_weight(oof, s, y, score_fn)
+    return w, {"weight": w, "inner_scores": [round(g, 4) for g in grid], "with_inliers": int((s.max(1) >= 8).sum())}

@@ -24,13 +24,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import cv2
 import faiss
 import numpy as np
 
-from ml.atomic import atomic_write
+from ml.atomic import atomic_write, temp_path_for
 from ml.decision import apply_bias
 from ml.preprocess import load_rgb
 
@@ -74,17 +74,24 @@ def extract(gray: np.ndarray, max_side: int = MAX_SIDE, n_features: int = N_FEAT
     return Keypoints(pts, desc.astype(np.float16))
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """Grey pixels of an image file; ValueError naming the file when it cannot be decoded.
-    OpenCV first (fast JPEG/PNG/WebP/GIF, EXIF-rotated); what it cannot read (Targa, ICO,
-    PCX, ...) goes through Pillow like the CNN's input does."""
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+def read_gray(src: str | Path | BinaryIO) -> np.ndarray:
+    """Grey pixels of an image file (a path, or an open binary file such as an upload);
+    ValueError naming the file when it cannot be decoded. OpenCV first (fast JPEG/PNG/WebP/GIF,
+    EXIF-rotated); what it cannot read (Targa, ICO, PCX, ...) goes through Pillow like the
+    CNN's input does."""
+    if isinstance(src, (str, Path)):
+        gray, name = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE), str(src)
+    else:
+        data = np.frombuffer(src.read(), np.uint8)
+        gray = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if len(data) else None
+        name = getattr(src, "name", None) or "upload"
+        src.seek(0)
     if gray is not None:
         return gray
     try:
-        return np.asarray(load_rgb(path).convert("L"))
+        return np.asarray(load_rgb(src).convert("L"))
     except (OSError, ValueError) as exc:  # load_rgb: ValueError for empty/truncated/bomb
-        raise ValueError(f"{path}: not a readable image ({exc})") from None
+        raise ValueError(f"{name}: not a readable image ({exc})") from None
 
 
 def extract_paths(paths: Sequence[str | Path], workers: int = 2,
@@ -113,18 +120,19 @@ def extract_paths(paths: Sequence[str | Path], workers: int = 2,
 CACHE_VERSION = "sift-v1"  # bump when extract() changes
 
 
-def cached_keypoints(paths: Sequence[str], shas: Sequence[str], cache_dir: str | Path,
-                     workers: int = 2) -> list[Keypoints]:
-    """Keypoints per file, cached as ``<cache_dir>/sift-v1/<sha>.npz`` (extracted once)."""
+def load_or_extract(paths: Sequence[str | Path], shas: Sequence[str], cache_dir: str | Path, workers: int = 2,
+                    on_done: Callable[[int], None] | None = None) -> tuple[list[Keypoints], list[str]]:
+    """Keypoints per file, cached by content as ``<cache_dir>/sift-v1/<sha[:2]>/<sha>.npz``:
+    each file is extracted once. A file that cannot be read gets empty keypoints (cached too:
+    the same bytes fail the same way) and one message in the returned problems."""
     root = Path(cache_dir) / CACHE_VERSION
     files = [root / s[:2] / f"{s}.npz" for s in shas]
     todo = [i for i, f in enumerate(files) if not f.is_file()]
+    problems: list[str] = []
+    if on_done and len(files) > len(todo):
+        on_done(len(files) - len(todo))  # found in the cache
     if todo:
-        from tqdm import tqdm
-        with tqdm(total=len(todo), desc="SIFT keypoints", unit="img") as bar:
-            kps, problems = extract_paths([paths[i] for i in todo], workers, bar.update)
-        for msg in problems:
-            print(f"  skipped: {msg}", file=sys.stderr)
+        kps, problems = extract_paths([paths[i] for i in todo], workers, on_done)
         for i, kp in zip(todo, kps):
             files[i].parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(files[i], fsync=False) as f:
@@ -133,24 +141,45 @@ def cached_keypoints(paths: Sequence[str], shas: Sequence[str], cache_dir: str |
     for f in files:
         with np.load(f) as z:
             out.append(Keypoints(z["pts"], z["desc"]))
+    return out, problems
+
+
+def cached_keypoints(paths: Sequence[str], shas: Sequence[str], cache_dir: str | Path,
+                     workers: int = 2) -> list[Keypoints]:
+    """load_or_extract with a progress bar, problems printed (the CLIs)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(paths), desc="SIFT keypoints", unit="img") as bar:
+        out, problems = load_or_extract(paths, shas, cache_dir, workers, bar.update)
+    for msg in problems:
+        print(f"  skipped: {msg}", file=sys.stderr)
     return out
 
 
-def _ann_index(desc: np.ndarray) -> faiss.Index:
-    """Approximate nearest neighbours over (n, 128) descriptors. IVF: on fl27 folds (~230k
-    descriptors) it builds in ~10 s and answers a query image in ~27 ms, where HNSW took 33 s /
-    63 ms and gave the same accuracy; exact search for small sets (tests, tiny libraries)."""
-    if len(desc) < EXACT_BELOW:
+ADD_ROWS = 100_000  # descriptors converted to float32 at a time while adding
+
+
+def _ann_index(parts: Sequence[np.ndarray]) -> faiss.Index:
+    """Approximate nearest neighbours over the (n_i, 128) float16 descriptor blocks, added a
+    block at a time (no float32 copy of all of them). IVF: on fl27 folds (~230k descriptors)
+    it builds in ~10 s and answers a query image in ~27 ms, where HNSW took 33 s / 63 ms and
+    gave the same accuracy; exact search for small sets (tests, tiny libraries)."""
+    n = sum(len(p) for p in parts)
+    if n < EXACT_BELOW:
         index = faiss.IndexFlatL2(128)
     else:
         # ~4 sqrt(n) lists, with the >= 39 training points per centroid faiss asks for
-        nlist = max(1, min(int(4 * np.sqrt(len(desc))), len(desc) // 39))
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(128), 128, nlist)
-        sample = np.random.default_rng(0).choice(len(desc), min(len(desc), 40 * nlist), replace=False)
-        index.train(desc[np.sort(sample)])
+        sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False))
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        block = np.searchsorted(starts, sample, side="right") - 1
+        index.train(np.concatenate([parts[b][sample[block == b] - starts[b]] for b in np.unique(block)])
+                    .astype(np.float32))
         index.nprobe = NPROBE
-    if len(desc):
-        index.add(desc)
+    for p in parts:
+        for start in range(0, len(p), ADD_ROWS):
+            index.add(p[start:start + ADD_ROWS].astype(np.float32))
     return index
 
 
@@ -161,11 +190,32 @@ class MatchIndex:
     def __init__(self, images: Sequence[Keypoints], labels: np.ndarray, n_classes: int) -> None:
         self.n_classes = n_classes
         keep = [i for i, c in enumerate(labels) if c >= 0 and len(images[i])]
-        self.owner = np.concatenate([np.full(len(images[i]), i) for i in keep] or [np.zeros(0, int)])
-        self.cls = np.asarray(labels)[self.owner] if len(self.owner) else np.zeros(0, int)
+        self.owner = np.concatenate([np.full(len(images[i]), i, np.int32) for i in keep] or [np.zeros(0, np.int32)])
+        self.cls = np.asarray(labels, np.int32)[self.owner] if len(self.owner) else np.zeros(0, np.int32)
         self.pts = np.concatenate([images[i].pts for i in keep] or [np.zeros((0, 2), np.float32)])
-        desc = np.concatenate([images[i].desc for i in keep] or [np.zeros((0, 128))]).astype(np.float32)
-        self.index = _ann_index(desc)
+        self.index = _ann_index([images[i].desc for i in keep])
+
+    def save(self, path: str | Path) -> None:
+        """The built index in two files, ``path`` (the faiss index) and ``path.npz`` (keypoint
+        owners, classes, positions): loading them costs a file read, not a k-means and a
+        keypoint read per template."""
+        path = Path(path)
+        with atomic_write(path.with_name(path.name + ".npz")) as f:
+            np.savez(f, owner=self.owner, cls=self.cls, pts=self.pts, n_classes=self.n_classes)
+        tmp = temp_path_for(path)
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(path)  # readers see the old index or the new one, never half
+
+    @classmethod
+    def load(cls, path: str | Path) -> MatchIndex:
+        path = Path(path)
+        self = cls.__new__(cls)
+        with np.load(path.with_name(path.name + ".npz")) as z:
+            self.owner, self.cls, self.pts, self.n_classes = z["owner"], z["cls"], z["pts"], int(z["n_classes"])
+        self.index = faiss.read_index(str(path))
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = NPROBE
+        return self
 
     def scores(self, query: Keypoints, exclude: int | None = None) -> np.ndarray:
         """(n_classes,) the most RANSAC inliers of ``query`` to one labelled image per class.

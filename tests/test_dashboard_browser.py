@@ -29,16 +29,20 @@ def dashboard_data(transactional_db, settings, world, trained, monkeypatch):
     return trained
 
 
+def _open_dashboard(page, base_url: str, world) -> None:
+    page.goto(base_url + "/login/")
+    page.fill("input[name=username]", "vic")
+    page.fill("input[name=password]", "vic-pass-123")
+    page.click("button[type=submit]")
+    page.goto(f"{base_url}/c/acme/t/{world.brand.pk}/dashboard/")
+
+
 def test_the_dashboard_draws_every_plot(live_server, browser, shots, world, dashboard_data):
     context = browser.new_context(viewport={"width": 1280, "height": 2700})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(live_server.url + "/login/")
-    page.fill("input[name=username]", "vic")
-    page.fill("input[name=password]", "vic-pass-123")
-    page.click("button[type=submit]")
-    page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/dashboard/")
+    _open_dashboard(page, live_server.url, world)
     for plot in PLOTS:
         page.wait_for_selector(f"#{plot} .main-svg", timeout=15_000)
     path = shots(page, "dashboard")
@@ -56,4 +60,26 @@ def test_the_dashboard_draws_every_plot(live_server, browser, shots, world, dash
         assert text.startswith("Shown once a model is evaluated")
     assert path.stat().st_size > 20_000
     assert not errors, errors
+    context.close()
+
+
+@pytest.fixture
+def matching_on(world, trained):
+    """The second model of dashboard_data is trained with local matching (the first without)."""
+    world.brand.local_matching = True
+    world.brand.save(update_fields=["local_matching"])
+
+
+def test_the_version_plot_shows_the_accuracy_without_matching(live_server, browser, shots, world, matching_on,
+                                                              dashboard_data):
+    world.brand.refresh_from_db()
+    second = world.brand.versions.get(version=2)
+    assert "score_without" in second.metrics["local"]
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    page = context.new_page()
+    _open_dashboard(page, live_server.url, world)
+    page.wait_for_selector("#plot-versions .main-svg", timeout=15_000)
+    shots(page, "dashboard-matching")
+    assert page.locator("#plot-versions .scatterlayer .trace").count() == 4
+    assert "accuracy without matching" in page.locator("#plot-versions .legend").text_content()
     context.close()

@@ -30,8 +30,8 @@ class NoLiveModel(APIException):
 
 
 class PredictAPI(ScopedAPIView):
-    """Top-n tags for up to 64 uploaded images (multipart field ``images``) from the live model.
-    Nothing is stored."""
+    """Top-n tags for up to 64 uploaded images (multipart field ``images``) from the live model,
+    with its keypoint matches when it was trained with local matching. Nothing is stored."""
 
     read_role = write_role = Role.OPERATOR
     upload_field = "images"
@@ -70,7 +70,7 @@ class PredictAPI(ScopedAPIView):
                 errors[i] = [str(exc)]
         if errors:
             raise ValidationError({"images": errors})
-        P = suggesting.predict(live, embedder.embed_images(pictures))
+        P = suggesting.predict(live, embedder.embed_images(pictures), files)
         tags = {t.pk: t for t in self.taxonomy.tags.select_related("parent")}
         predictions = [
             {"index": i, "name": f.name or "", "tags": ranked_tags(live.tag_ids, P[i], tags, top)}

@@ -49,8 +49,8 @@ class TaxonomySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Taxonomy
-        fields = ["id", "name", "kind", "retrain_threshold", "labels_since_train", "live_model", "live_version",
-                  "created"]
+        fields = ["id", "name", "kind", "retrain_threshold", "local_matching", "labels_since_train", "live_model",
+                  "live_version", "created"]
         read_only_fields = ["labels_since_train", "created"]
         extra_kwargs = {"retrain_threshold": {"min_value": 1, "max_value": 1_000_000}, "name": {"max_length": 200}}
         # The (client, name) constraint is checked by validate_name: the client is not a field.
@@ -289,7 +289,9 @@ class PredictResultSerializer(serializers.Serializer):
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     is_live = serializers.SerializerMethodField()
-    summary = serializers.SerializerMethodField(help_text="headline metrics on held-out labels")
+    summary = serializers.SerializerMethodField(
+        help_text="headline metrics on held-out labels; ``local`` (taxonomies with local matching): the weight of "
+                  "the keypoint matches, the number of template images, and ``score_without`` them")
 
     class Meta:
         model = ModelVersion
@@ -301,7 +303,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     def get_summary(self, obj: ModelVersion) -> dict:
         m = obj.metrics or {}
         keys = ("n", "n_train", "n_holdout", "accuracy", "accuracy_ci95", "top3_accuracy", "top3_ci95",
-                "balanced_accuracy", "macro_f1", "micro_f1", "decision")
+                "balanced_accuracy", "macro_f1", "micro_f1", "decision", "local")
         return {k: m[k] for k in keys if k in m}
 
 

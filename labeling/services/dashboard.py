@@ -143,6 +143,8 @@ def versions(taxonomy: Taxonomy) -> list[dict]:
             "macro_f1": m.get("macro_f1"),
             "macro_f1_ci95": macro_f1_ci(m["confusion"]) if m.get("confusion") else None,
             "decision": m.get("decision", ""),
+            "accuracy_without_matching": (m.get("local") or {}).get("score_without"),
+            "matching_weight": (m.get("local") or {}).get("weight"),
         })
     return out
 

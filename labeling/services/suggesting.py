@@ -15,7 +15,7 @@ from ml.selection import POOL_FACTOR, diverse_pick
 from ml.uncertainty import entropy, margin, uncertainty_score
 
 from ..models import UNPLANNED, Asset, Label, ModelVersion, Suggestion, Taxonomy
-from . import vectors
+from . import localmatch, vectors
 
 WRITE_BATCH = 2000
 SCORE_CHUNK = 20_000  # assets per predict + write round
@@ -39,8 +39,12 @@ def load_head(mv: ModelVersion) -> LinearHead:
     return _load_head(str(path), path.stat().st_mtime)
 
 
-def predict(mv: ModelVersion, X: np.ndarray) -> np.ndarray:
-    return load_head(mv).predict_proba(X)
+def predict(mv: ModelVersion, X: np.ndarray, files: Sequence | None = None) -> np.ndarray:
+    """Probabilities of images that are not assets (the predict API); ``files``: the open image
+    files, for the version's local evidence when it has some."""
+    P = load_head(mv).predict_proba(X)
+    local = localmatch.for_version(mv) if files is not None else None
+    return local.fuse_files(P, files) if local else P
 
 
 def score(
@@ -55,14 +59,16 @@ def score(
     """
     store = vectors.store_for(taxonomy.client_id, mv.backbone)
     wanted = store.ids() if asset_ids is None else np.asarray(list(asset_ids), dtype=np.int64)
-    head = load_head(mv)
+    head, local = load_head(mv), localmatch.for_version(mv)
+    chunk = localmatch.SCORE_CHUNK if local else SCORE_CHUNK  # matching is ~100x slower per asset
     n = 0
-    for start in range(0, len(wanted), SCORE_CHUNK):
-        ids, X = store.get(_existing(taxonomy.client_id, wanted[start : start + SCORE_CHUNK]))
+    for start in range(0, len(wanted), chunk):
+        ids, X = store.get(_existing(taxonomy.client_id, wanted[start : start + chunk]))
         if len(ids):
-            n += _write(taxonomy, mv, head, ids, X)
+            P = head.predict_proba(X)
+            n += _write(taxonomy, mv, head, ids, local.fuse_assets(P, ids) if local else P)
         if progress:
-            progress(min(start + SCORE_CHUNK, len(wanted)), len(wanted))
+            progress(min(start + chunk, len(wanted)), len(wanted))
     return n
 
 
@@ -74,8 +80,7 @@ def _existing(client_id: int, ids: np.ndarray) -> np.ndarray:
     return np.fromiter(alive, dtype=np.int64)
 
 
-def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarray, X: np.ndarray) -> int:
-    P = head.predict_proba(X)
+def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarray, P: np.ndarray) -> int:
     unc = uncertainty_score(P, multilabel=head.multilabel, thresholds=head.thresholds)
     ent, mar = entropy(P), margin(P)
     top = P.argmax(axis=1)
@@ -186,7 +191,9 @@ def delete_suggestions(rows: QuerySet[Suggestion]) -> int:
 def prune_old_suggestions(taxonomy: Taxonomy, keep: int = 2) -> int:
     """Keep suggestions of the live model and the newest versions only; the rest is history
     already summarised in each ModelVersion's metrics."""
-    keep_ids = set(ModelVersion.objects.filter(taxonomy=taxonomy).values_list("id", flat=True)[:keep])
-    if taxonomy.live_model_id:
-        keep_ids.add(taxonomy.live_model_id)
+    versions = list(ModelVersion.objects.filter(taxonomy=taxonomy).only("id", "artifact"))  # newest first
+    keep_ids = {mv.pk for mv in versions[:keep]} | ({taxonomy.live_model_id} if taxonomy.live_model_id else set())
+    for mv in versions:
+        if mv.pk not in keep_ids:
+            localmatch.delete(mv, keep_record=True)  # up to 1 GB each; such a version never serves again
     return delete_suggestions(Suggestion.objects.filter(taxonomy=taxonomy).exclude(model_version_id__in=keep_ids))

@@ -22,11 +22,9 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from ml.heads import LinearHead, train_head
-from ml.metrics import classification_metrics
-from ml.savings import replay_curve
 
 from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Suggestion, Taxonomy, TrainingRun
-from . import suggesting, vectors
+from . import evaluation, localmatch, suggesting, vectors
 
 log = logging.getLogger(__name__)
 
@@ -201,60 +199,6 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
                    np.array(holdout, dtype=bool), y, tag_ids)
 
 
-def _score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, names: list[str], thresholds=None) -> dict:
-    """Held-out metrics; multi-label decisions use each model's own tuned thresholds."""
-    if taxonomy.multilabel:
-        from ml.metrics import multilabel_metrics
-
-        m = multilabel_metrics(y, P, thresholds, names)
-        m["score"] = m.get("micro_f1", 0.0)
-        return m
-    m = classification_metrics(y, P, names)
-    m["score"] = m["accuracy"]
-    return m
-
-
-def _replay_score(taxonomy: Taxonomy, names: list[str]):
-    """The savings replay scores heads like the promotion check does (accuracy, or micro-F1
-    at each head's own thresholds for multi-label)."""
-    def score(head, X: np.ndarray, y: np.ndarray) -> float:
-        return float(_score(taxonomy, head.predict_proba(X), y, names, head.thresholds)["score"])
-    return score
-
-
-def _live_on(taxonomy: Taxonomy, X: np.ndarray, tag_ids: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The live model's probabilities and thresholds re-ordered into ``tag_ids`` (tags may
-    have been added since: the live model never predicts those)."""
-    head = suggesting.load_head(taxonomy.live_model)
-    P_live = head.predict_proba(X)
-    col = {t: i for i, t in enumerate(taxonomy.live_model.tag_ids)}
-    P = np.zeros((len(X), len(tag_ids)), dtype=np.float32)
-    thresholds = np.full(len(tag_ids), 0.5)
-    for j, t in enumerate(tag_ids):
-        if t in col:
-            P[:, j] = P_live[:, col[t]]
-            if head.thresholds is not None:
-                thresholds[j] = head.thresholds[col[t]]
-    return P, (thresholds if head.thresholds is not None else None)
-
-
-def _comparable(live: ModelVersion | None) -> bool:
-    """Compare with the live model only on its own terms: it was evaluated without the held-out
-    assets, and its head reads the current backbone's features (after a TAGLOOP_BACKBONE change
-    its input has another meaning, or another size)."""
-    return live is not None and live.backbone == vectors.backbone_name() and \
-        (live.metrics or {}).get("n_holdout", 0) > 0
-
-
-def _promotion_reason(live: ModelVersion | None) -> str:
-    """Why a model is promoted without beating the live one."""
-    if live is None:
-        return "first model"
-    if live.backbone != vectors.backbone_name():
-        return f"the live model reads {live.backbone} features, not {vectors.backbone_name()}: not comparable"
-    return "holdout too small to compare"
-
-
 def _check_learnable(y: np.ndarray, multilabel: bool) -> None:
     """Refuse labels that cannot make a useful model. With one class a head is certain of it on
     every asset (uncertainty 0): the queue would show nothing useful first and bulk accept would
@@ -283,35 +227,14 @@ def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset) -> tuple[Data
     return Dataset(data.asset_ids[keep], data.label_ids[keep], data.holdout[keep], data.y[keep], data.tag_ids), X
 
 
-def _evaluate(
-    run: TrainingRun, taxonomy: Taxonomy, head: LinearHead, data: Dataset, X: np.ndarray, train_mask: np.ndarray,
-    names: list[str],
-) -> tuple[bool, dict]:  # fmt: skip
-    """(promote?, metrics): held-out metrics, the comparison with the live model when it is
-    fair, and the savings replay."""
-    hold, y, live = data.holdout, data.y, taxonomy.live_model
-    enough_holdout = bool(hold.sum() >= MIN_HOLDOUT)
-    metrics: dict = {"n_train": int(train_mask.sum()), "n_holdout": int(hold.sum()) if enough_holdout else 0}
-    promote, reason = True, _promotion_reason(live)
-    if enough_holdout:
-        _progress(run, 0.6, f"evaluating on {int(hold.sum())} held-out labels")
-        new = _score(taxonomy, head.predict_proba(X[hold]), y[hold], names, head.thresholds)
-        metrics.update(new)
-        if _comparable(live):
-            P_live, live_thresholds = _live_on(taxonomy, X[hold], data.tag_ids)
-            old = _score(taxonomy, P_live, y[hold], names, live_thresholds)
-            metrics["live_score_same_holdout"] = old["score"]
-            promote = new["score"] >= old["score"]
-            reason = f"holdout score {new['score']:.4f} vs live {old['score']:.4f}"
-        _progress(run, 0.65, "replaying the labelling order against random orders")
-        tr = np.flatnonzero(train_mask)
-        metrics["savings"] = replay_curve(
-            X[tr], y[tr], np.argsort(data.label_ids[tr], kind="stable"), X[hold], y[hold], len(data.tag_ids),
-            multilabel=taxonomy.multilabel, score=_replay_score(taxonomy, names))
-    if head.thresholds is not None:
-        metrics["thresholds"] = [float(t) for t in head.thresholds]
-    metrics["decision"] = reason
-    return promote, metrics
+def _fit_local(run: TrainingRun, taxonomy: Taxonomy, data: Dataset, X: np.ndarray,
+               train_mask: np.ndarray) -> localmatch.Fitted | None:
+    """The taxonomy's local evidence (opt-in): index and weight from the training labels only."""
+    if not localmatch.enabled(taxonomy):
+        return None
+    _progress(run, 0.4, "matching keypoints of labeled assets")
+    return localmatch.fit(data.asset_ids[train_mask], data.y[train_mask], data.label_ids[train_mask], X[train_mask],
+                          len(data.tag_ids), progress=lambda what, d, t: _progress(run, 0.4, f"{what} {d}/{t}"))
 
 
 def _save_version(run: TrainingRun, taxonomy: Taxonomy, head: LinearHead, data: Dataset, metrics: dict,
@@ -365,6 +288,7 @@ def _discard(mv: ModelVersion) -> None:
     """The version of an abandoned run is nobody's: its rows, file and record go."""
     suggesting.delete_suggestions(Suggestion.objects.filter(model_version=mv))
     suggesting.artifact_path(mv).unlink(missing_ok=True)
+    localmatch.delete(mv)
     mv.delete()
 
 
@@ -398,9 +322,12 @@ def _execute(run: TrainingRun) -> None:
     _check_learnable(data.y[train_mask], taxonomy.multilabel)
     _progress(run, 0.3, f"training on {int(train_mask.sum())} labels")
     head = train_head(X[train_mask], data.y[train_mask], len(data.tag_ids), multilabel=taxonomy.multilabel, seed=0)
-    promote, metrics = _evaluate(run, taxonomy, head, data, X, train_mask, names)
-
+    local = _fit_local(run, taxonomy, data, X, train_mask)
+    promote, metrics = evaluation.evaluate(taxonomy, head, local, data, X, train_mask, names,
+                                           progress=lambda f, m: _progress(run, f, m))
     mv = _save_version(run, taxonomy, head, data, metrics, watermark)
+    if local is not None:
+        localmatch.save(mv, local)
     try:
         _publish(run, taxonomy, mv, promote, consumed)
     except RunAbandoned:

@@ -63,7 +63,11 @@
     metric("accuracy", "accuracy_ci95", "accuracy", ACCENT),
     metric("top3_accuracy", "top3_ci95", "top-3 accuracy", OK),
     metric("macro_f1", "macro_f1_ci95", "macro-F1", WARN),
-  ], { yaxis: { range: [0, 1.05], tickformat: ".0%" } });
+  ].concat(vs.some((v) => v.accuracy_without_matching != null) ? [{
+    // local matching on: what the CNN head alone scored on the same held-out labels
+    type: "scatter", mode: "lines+markers", name: "accuracy without matching", x: vx,
+    y: vs.map((v) => v.accuracy_without_matching), line: { dash: "dot" }, marker: { color: MUTED },
+  }] : []), { yaxis: { range: [0, 1.05], tickformat: ".0%" } });
 
   const learn = vs.filter((v) => v.accuracy != null);
   const ly = learn.map((v) => v.accuracy);

@@ -54,6 +54,31 @@ def test_leave_one_out_ignores_the_query_itself():
     assert index.scores(kps[0], exclude=0)[0] == 0  # nothing else in class 0
 
 
+def test_a_saved_index_loads_with_the_same_scores_including_the_approximate_one(tmp_path: Path, monkeypatch):
+    kps = [lm.extract(lm.read_gray(p)) for p in _photos(8)]
+    labels = np.array([0, 0, 1, 1, 2, 2, -1, 1])
+    queries = [lm.extract(_warped(lm.read_gray(p))) for p in _photos(3)]
+    for exact_below in (lm.EXACT_BELOW, 1000):  # flat, then IVF (its lists and nprobe must survive)
+        monkeypatch.setattr(lm, "EXACT_BELOW", exact_below)
+        index = lm.MatchIndex(kps, labels, 3)
+        index.save(tmp_path / f"i{exact_below}.faiss")
+        back = lm.MatchIndex.load(tmp_path / f"i{exact_below}.faiss")
+        assert type(back.index) is type(index.index)
+        for q in queries:
+            assert (back.scores(q) == index.scores(q)).all() and (back.scores(q, 0) == index.scores(q, 0)).all()
+        assert index.scores(queries[0])[0] >= 20
+
+
+def test_templates_are_the_newest_labels_of_each_class_within_the_budget():
+    from ml.local_evidence import choose_templates
+
+    y = np.array([0, 0, 0, 1, 1, 2, 0])
+    newness = np.array([1, 5, 3, 2, 9, 4, 7])
+    assert choose_templates(y, newness, per_class=2, total=100).tolist() == [1, 3, 4, 5, 6]
+    assert choose_templates(y, newness, per_class=5, total=3).tolist() == [4, 5, 6]  # 1 per class
+    assert choose_templates(y[:0], newness[:0], 2, 10).tolist() == []
+
+
 def test_background_samples_are_no_templates_and_empty_queries_score_nothing():
     kps = [lm.extract(lm.read_gray(p)) for p in _photos(1) + _photos(2, skip=10)]
     as_template = lm.MatchIndex(kps, np.array([0, 1, 1]), 2)
