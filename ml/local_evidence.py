@@ -86,10 +86,12 @@ def scores_of(index: MatchIndex, queries: Iterable[Keypoints], exclude: Iterable
 
 
 def fit_weight(index: MatchIndex, train_kps: Iterable[Keypoints], template_pos: Sequence[int | None],
-               y: np.ndarray, oof: np.ndarray, score_fn) -> tuple[float, dict]:
+               y: np.ndarray, oof: np.ndarray, score_fn) -> tuple[float, dict, np.ndarray]:
     """The fusion weight for ``index``: training items scored leave-one-out (``template_pos``:
     each item's image in the index, None when it is not a template), fused with the head's
-    out-of-fold probabilities ``oof``, the weight that scores best on them (ml.localmatch)."""
+    out-of-fold probabilities ``oof``, the weight that scores best on them (ml.localmatch).
+    Returns (weight, info, the items' scores)."""
     s = scores_of(index, train_kps, template_pos)
     w, grid = pick_weight(oof, s, y, score_fn)
-    return w, {"weight": w, "inner_scores": [round(g, 4) for g in grid], "with_inliers": int((s.max(1) >= 8).sum())}
+    info = {"weight": w, "inner_scores": [round(g, 4) for g in grid], "with_inliers": int((s.max(1) >= 8).sum())}
+    return w, info, s

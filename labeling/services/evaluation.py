@@ -94,6 +94,7 @@ def evaluate(
         P_new = head.predict_proba(X[hold])
         evidence = local.scores(data.asset_ids[hold]) if local is not None else None
         if evidence is not None:
+            local.remember(data.asset_ids[hold], evidence)
             metrics["local"]["score_without"] = score(taxonomy, P_new, y[hold], names)["score"]
             P_new = fuse(P_new, evidence, local.weight)
         new = score(taxonomy, P_new, y[hold], names, head.thresholds)

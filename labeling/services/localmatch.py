@@ -79,14 +79,22 @@ class Fitted:
     asset_ids: np.ndarray  # template assets, in the index's image order
     classes: np.ndarray  # their class (column of the model's tag_ids)
     info: dict = field(default_factory=dict)
+    # scores already computed by this retrain (its labeled assets): the rescore reuses them
+    known: dict[int, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.position = {int(a): i for i, a in enumerate(self.asset_ids)}
 
     def scores(self, asset_ids: Sequence[int], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """(n, n_classes) inlier scores; a template is matched leave-one-out."""
-        return scores_of(self.index, iter_keypoints(asset_ids, progress),
-                         [self.position.get(int(a)) for a in asset_ids])
+        ids = [int(a) for a in asset_ids]
+        todo = [a for a in ids if a not in self.known]
+        new = dict(zip(todo, scores_of(self.index, iter_keypoints(todo, progress),
+                                       [self.position.get(a) for a in todo])))
+        return np.array([self.known.get(a, new.get(a)) for a in ids]).reshape(len(ids), self.index.n_classes)
+
+    def remember(self, asset_ids: Sequence[int], scores: np.ndarray) -> None:
+        self.known.update(zip((int(a) for a in asset_ids), scores))
 
     def fuse_assets(self, P: np.ndarray, asset_ids: Sequence[int]) -> np.ndarray:
         return fuse(P, self.scores(asset_ids), self.weight) if self.weight > 0 else P
@@ -117,8 +125,9 @@ def fit(asset_ids: np.ndarray, y: np.ndarray, newness: np.ndarray, X: np.ndarray
     index = MatchIndex(list(iter_keypoints(asset_ids[tpl], beat("keypoints of templates"))), y[tpl], n_classes)
     fitted = Fitted(index, 0.0, asset_ids[tpl], y[tpl])
     oof = out_of_fold_proba(X, y, n_classes, seed=0)
-    fitted.weight, fitted.info = fit_weight(index, iter_keypoints(asset_ids, beat("matching labeled assets")),
-                                            [fitted.position.get(int(a)) for a in asset_ids], y, oof, _accuracy)
+    fitted.weight, fitted.info, s = fit_weight(index, iter_keypoints(asset_ids, beat("matching labeled assets")),
+                                               [fitted.position.get(int(a)) for a in asset_ids], y, oof, _accuracy)
+    fitted.remember(asset_ids, s)
     fitted.info["templates"] = len(tpl)
     return fitted
 
