@@ -39,7 +39,8 @@ def logos(world, tmp_path: Path) -> SimpleNamespace:
                 name = f"{n}-{Path(task.paths[i]).name}"
                 shutil.copy(task.paths[i], (tmp_path / name))
                 truth[name] = n
-                labeled |= {name} if part is train else set()
+                if part is train:
+                    labeled.add(name)
     job = importing.import_paths(world.acme, tmp_path)
     assert job.n_failed == 0, job.errors
     assets = {a.original_name: a for a in world.acme.assets.all()}

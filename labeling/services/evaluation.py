@@ -17,6 +17,7 @@ from . import localmatch, suggesting, vectors
 if TYPE_CHECKING:
     from .training import Dataset
 
+
 def score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, names: list[str], thresholds=None) -> dict:
     """Held-out metrics; multi-label decisions use each model's own tuned thresholds."""
     if taxonomy.multilabel:

@@ -26,6 +26,7 @@ import numpy as np
 from django.conf import settings
 
 from ml.atomic import atomic_write
+from ml.decision import SCORE_FNS
 from ml.heads import out_of_fold_proba
 from ml.local_evidence import choose_templates, fit_weight, scores_of
 from ml.localmatch import Keypoints, MatchIndex, empty, extract, fuse, load_or_extract, read_gray
@@ -96,13 +97,12 @@ class Fitted:
     def remember(self, asset_ids: Sequence[int], scores: np.ndarray) -> None:
         self.known.update(zip((int(a) for a in asset_ids), scores))
 
+    # for_version serves only a Fitted whose weight is > 0: the two below always fuse
     def fuse_assets(self, P: np.ndarray, asset_ids: Sequence[int]) -> np.ndarray:
-        return fuse(P, self.scores(asset_ids), self.weight) if self.weight > 0 else P
+        return fuse(P, self.scores(asset_ids), self.weight)
 
     def fuse_files(self, P: np.ndarray, files: Sequence[BinaryIO]) -> np.ndarray:
         """Uploaded images (the predict API): extracted here, never cached or stored."""
-        if self.weight <= 0:
-            return P
         kps = []
         for f in files:
             f.seek(0)
@@ -111,10 +111,6 @@ class Fitted:
             except ValueError:  # decoded once for the CNN already: only SIFT's reader refused it
                 kps.append(empty())
         return fuse(P, scores_of(self.index, kps, [None] * len(kps)), self.weight)
-
-
-def _accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    return float((y == pred).mean()) if len(y) else 0.0
 
 
 def fit(asset_ids: np.ndarray, y: np.ndarray, newness: np.ndarray, X: np.ndarray, n_classes: int,
@@ -126,7 +122,8 @@ def fit(asset_ids: np.ndarray, y: np.ndarray, newness: np.ndarray, X: np.ndarray
     fitted = Fitted(index, 0.0, asset_ids[tpl], y[tpl])
     oof = out_of_fold_proba(X, y, n_classes, seed=0)
     fitted.weight, fitted.info, s = fit_weight(index, iter_keypoints(asset_ids, beat("matching labeled assets")),
-                                               [fitted.position.get(int(a)) for a in asset_ids], y, oof, _accuracy)
+                                               [fitted.position.get(int(a)) for a in asset_ids], y, oof,
+                                               lambda yt, pred: SCORE_FNS["accuracy"](yt, pred, n_classes))
     fitted.remember(asset_ids, s)
     fitted.info["templates"] = len(tpl)
     return fitted
