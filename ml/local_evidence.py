@@ -63,6 +63,10 @@ def fuse_fold(task: Task, kps: list[Keypoints], train_idx: np.ndarray, test_idx:
 
 
 # -- the product's use (labeling/services/localmatch.py): one labelled set, no outer folds ----------
+TEMPLATES_PER_TAG = 100  # newest labels of each tag in the index
+MAX_TEMPLATES = 2000  # ~1,000 keypoints each: ~1 GB of float32 descriptors at most
+
+
 def choose_templates(y: np.ndarray, newness: np.ndarray, per_class: int, total: int) -> np.ndarray:
     """Indices of the labelled items whose keypoints go into the index: the newest ``per_class``
     of each class (``newness``: larger = newer), fewer per class when the classes together

@@ -217,55 +217,86 @@ class MatchIndex:
             self.index.nprobe = NPROBE
         return self
 
+    def _without(self, image: int | None) -> faiss.SearchParameters | None:
+        """Search parameters that skip ``image``'s descriptors (ids are contiguous per image).
+        Filtering the neighbours after the search is not enough: a photo's nearest descriptors
+        are mostly its own, so a leave-one-out query would often find nothing else."""
+        if image is None:
+            return None
+        lo, hi = np.searchsorted(self.owner, [image, image + 1])
+        if lo == hi:
+            return None  # not a template (or no keypoints): nothing to skip
+        return skip_ids(self.index, int(lo), int(hi))
+
     def scores(self, query: Keypoints, exclude: int | None = None) -> np.ndarray:
         """(n_classes,) the most RANSAC inliers of ``query`` to one labelled image per class.
         ``exclude``: a labelled image to ignore (leave-one-out scores of the labelled set)."""
         out = np.zeros(self.n_classes)
         if not len(query) or self.index.ntotal == 0:
             return out
-        k = min(NEIGHBOURS + (exclude is not None), self.index.ntotal)
-        dist, nn = self.index.search(query.desc.astype(np.float32), k)
-        valid = nn >= 0
-        if exclude is not None:
-            valid &= self.owner[nn.clip(0)] != exclude
-        dist = np.where(valid, dist, np.inf)
+        k = min(NEIGHBOURS, self.index.ntotal)
+        dist, nn = self.index.search(query.desc.astype(np.float32), k, params=self._without(exclude))
+        dist = np.where(nn >= 0, dist, np.inf)
         order = np.argsort(dist, axis=1, kind="stable")  # excluded/empty slots go last
         dist = np.take_along_axis(dist, order, 1)
         nn = np.take_along_axis(nn, order, 1).clip(0)
-        found = np.isfinite(dist)
-        cls = np.where(found, self.cls[nn], -1)
-        other = found & (cls != cls[:, :1])
-        has_other, first_other = other.any(1), other.argmax(1)
-        # the nearest descriptor of another class; none among the neighbours: the farthest found
-        farthest = np.where(found, dist, -np.inf).max(axis=1)
-        d_other = np.where(has_other, dist[np.arange(len(dist)), first_other], farthest)
-        # a neighbour counts if it comes before any other class (so it is of the nearest one)
-        # and is clearly closer than that other class (squared L2 -> compare squared ratio)
-        before = np.arange(k)[None] < np.where(has_other, first_other, k)[:, None]
-        ok = before & found & (dist < (RATIO ** 2) * d_other[:, None])
+        ok = ratio_matches(dist, self.cls[nn])
         qi, kk = np.nonzero(ok)
-        if not len(qi):
-            return out
         owners = self.owner[nn[qi, kk]]
         # the tolerance is in pixels of the image as extracted: scale it back to original pixels
-        tol = REPROJ_PX * max(1.0, float(np.ptp(query.pts, axis=0).max()) / MAX_SIDE)
+        tol = tolerance(query.pts)
         for img in np.unique(owners):
             sel = owners == img
             if sel.sum() < MIN_MATCHES:
                 continue
-            n = self._inliers(query.pts[qi[sel]], self.pts[nn[qi[sel], kk[sel]]], tol)
+            n = inliers(query.pts[qi[sel]], self.pts[nn[qi[sel], kk[sel]]], tol)
             c = self.cls[nn[qi[sel], kk[sel]][0]]
             out[c] = max(out[c], n)
         return out
 
-    @staticmethod
-    def _inliers(src: np.ndarray, dst: np.ndarray, tol: float) -> int:
-        """Distinct query keypoints consistent with one similarity transform."""
-        m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tol,
-                                             maxIters=500, confidence=0.99)
-        if m is None or inl is None:
-            return 0
-        return len(np.unique(src[inl.ravel().astype(bool)], axis=0))
+
+def skip_ids(index: faiss.Index, lo: int, hi: int) -> faiss.SearchParameters:
+    """Search parameters for ``index`` that leave out the ids lo..hi-1."""
+    inner = faiss.IDSelectorRange(lo, hi)
+    sel = faiss.IDSelectorNot(inner)
+    params = (faiss.SearchParametersIVF(sel=sel, nprobe=index.nprobe) if hasattr(index, "nprobe")
+              else faiss.SearchParameters(sel=sel))
+    params.referenced_objects = [inner, sel]  # the C++ side holds raw pointers: keep them alive
+    return params
+
+
+def ratio_matches(dist: np.ndarray, cls: np.ndarray, floor: np.ndarray | None = None) -> np.ndarray:
+    """(rows, k) bool: which listed neighbours pass the class-aware ratio test. Per row (one
+    query descriptor) ``dist`` is ascending with missing slots = inf, ``cls`` the neighbours'
+    classes. A neighbour counts if it comes before any other class (so it is of the nearest
+    one) and is clearly closer than that other class (squared L2: compare the squared ratio).
+    No other class listed: its distance is at least the farthest listed one, or ``floor`` (rows,)
+    where the caller knows a larger lower bound (ml.match_table: its search depth)."""
+    found = np.isfinite(dist)
+    cls = np.where(found, cls, -1)
+    other = found & (cls != cls[:, :1])
+    has_other, first_other = other.any(1), other.argmax(1)
+    farthest = np.where(found, dist, -np.inf).max(axis=1)
+    if floor is not None:
+        farthest = np.maximum(farthest, floor)
+    d_other = np.where(has_other, dist[np.arange(len(dist)), first_other], farthest)
+    k = dist.shape[1]
+    before = np.arange(k)[None] < np.where(has_other, first_other, k)[:, None]
+    return before & found & (dist < (RATIO ** 2) * d_other[:, None])
+
+
+def tolerance(pts: np.ndarray) -> float:
+    """RANSAC tolerance in original pixels of a query image (REPROJ_PX at extraction size)."""
+    return REPROJ_PX * max(1.0, float(np.ptp(pts, axis=0).max()) / MAX_SIDE) if len(pts) else REPROJ_PX
+
+
+def inliers(src: np.ndarray, dst: np.ndarray, tol: float) -> int:
+    """Distinct query keypoints consistent with one similarity transform."""
+    m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tol,
+                                         maxIters=500, confidence=0.99)
+    if m is None or inl is None:
+        return 0
+    return len(np.unique(src[inl.ravel().astype(bool)], axis=0))
 
 
 def fuse(proba: np.ndarray, scores: np.ndarray, weight: float, cap: float = CAP) -> np.ndarray:

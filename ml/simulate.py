@@ -15,6 +15,9 @@ gets the same seed sets (a paired comparison).
 of a head trained on the whole pool (every label given) -- the product's "how much labelling
 is enough" figure; `labels_to_95pct_stays`: from where it never drops below again.
 `labels_vs_random`: that count divided by random's (lower is better; None = not reached).
+
+`--local yes`: the model in the loop is what a taxonomy with local matching on serves, the head
+fused with SIFT matches to the labels so far (LocalLoop; ml.match_table keeps that affordable).
 """
 from __future__ import annotations
 
@@ -28,16 +31,25 @@ import numpy as np
 from tqdm import tqdm
 
 from ml.datasets import TASKS, load_task
-from ml.features import make_store, spec_features, spec_views
-from ml.heads import train_head
+from ml.decision import SCORE_FNS
+from ml.features import default_cache_dir, make_store, spec_features, spec_views
+from ml.heads import out_of_fold_proba, train_head
+from ml.local_evidence import MAX_TEMPLATES, TEMPLATES_PER_TAG, choose_templates
+from ml.localmatch import cached_keypoints, fuse, pick_weight
+from ml.match_table import MatchTable
 from ml.savings import labels_to_reach
 from ml.selection import select_batch
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin", "diverse")
 
 
-def _acc(head, X: np.ndarray, y: np.ndarray) -> float:
-    return float((head.predict_proba(X).argmax(1) == y).mean())
+def _full_accuracy(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, n_classes: int,
+                   local: LocalLoop | None) -> float:
+    """Test accuracy of the head trained on the whole pool (with the matches, when on)."""
+    P = train_head(X[tr], y[tr], n_classes, seed=0).predict_proba(X[te])
+    if local is not None:
+        [P] = local.fuse(X[tr], y[tr], tr, [(P, te)])
+    return float((P.argmax(1) == y[te]).mean())
 
 
 def seed_set(y: np.ndarray, n_classes: int, per_class: int, rng: np.random.Generator) -> list[int]:
@@ -50,23 +62,52 @@ def seed_set(y: np.ndarray, n_classes: int, per_class: int, rng: np.random.Gener
     return out
 
 
+class LocalLoop:
+    """The product's local matching (labeling.services.localmatch.fit) inside the loop. Each
+    round: the templates are the newest TEMPLATES_PER_TAG labels of each class, the weight is
+    the one whose fusion of the head's 5-fold out-of-fold probabilities with the labels'
+    leave-one-out inlier scores is most accurate, and the test and pool probabilities are fused
+    with it -- so the strategies pick from, and are scored on, what the product would show."""
+
+    def __init__(self, table: MatchTable, n_classes: int) -> None:
+        self.table, self.n_classes = table, n_classes
+        self.weights: list[float] = []
+
+    def fuse(self, X_lab: np.ndarray, y_lab: np.ndarray, ids_lab: np.ndarray,
+             parts: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """``ids_*``: rows of the table; ``parts``: (head probabilities, their ids) to fuse."""
+        tpl = choose_templates(y_lab, np.arange(len(y_lab)), TEMPLATES_PER_TAG, MAX_TEMPLATES)
+        labels = np.full(self.table.n_images, -1)
+        labels[ids_lab[tpl]] = y_lab[tpl]
+        S = self.table.scores(labels, self.n_classes)
+        oof = out_of_fold_proba(X_lab, y_lab, self.n_classes, seed=0)
+        w, _ = pick_weight(oof, S[ids_lab], y_lab, lambda yt, pred: SCORE_FNS["accuracy"](yt, pred, self.n_classes))
+        self.weights.append(w)
+        return [fuse(P, S[ids], w) for P, ids in parts]
+
+
 def run_loop(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
              n_classes: int, strategy: str, *, seed_per_class: int, batch: int,
-             max_labels: int | None, seed: int) -> list[dict]:
+             max_labels: int | None, seed: int, local: LocalLoop | None = None,
+             ids: np.ndarray | None = None, test_ids: np.ndarray | None = None) -> list[dict]:
     """One simulated labelling session, until the pool (or max_labels) is used up;
-    returns the curve [{labels, accuracy}]."""
+    returns the curve [{labels, accuracy}]. ``local``: fuse its evidence each round (``ids`` /
+    ``test_ids``: the table rows of the pool and test items)."""
     rng = np.random.default_rng(seed)
     labelled = seed_set(y, n_classes, seed_per_class, rng)
     limit = len(y) if max_labels is None else min(max_labels, len(y))
     curve = []
     while True:
         head = train_head(X[labelled], y[labelled], n_classes, seed=seed)
-        curve.append({"labels": len(labelled), "accuracy": _acc(head, X_test, y_test)})
         pool = np.setdiff1d(np.arange(len(y)), labelled)
+        P_test, P = head.predict_proba(X_test), head.predict_proba(X[pool])
+        if local is not None:
+            lab = np.asarray(labelled)
+            P_test, P = local.fuse(X[lab], y[lab], ids[lab], [(P_test, test_ids), (P, ids[pool])])
+        curve.append({"labels": len(labelled), "accuracy": float((P_test.argmax(1) == y_test).mean())})
         if len(labelled) >= limit or not len(pool):
             break
         k = min(batch, len(pool), limit - len(labelled))
-        P = head.predict_proba(X[pool])
         picked = select_batch(P, X[pool], k, strategy, seed * 100_003 + len(labelled))
         labelled += [int(i) for i in pool[np.asarray(picked, dtype=np.int64)]]
     return curve
@@ -90,7 +131,7 @@ def _summary(curve: list[dict], target: float) -> dict:
 def simulate(task_name: str, strategies: list[str], *, seed_per_class: int = 1, batch: int = 10,
              max_labels: int | None = None, repeats: int = 3, spec: str = "center:mean",
              data_dir: str | None = None, cache_dir: str | None = None,
-             backbone: str = "efficientnet-lite0") -> dict:
+             backbone: str = "efficientnet-lite0", local: bool = False) -> dict:
     """Repeat r starts from seed set r and is evaluated on split r (fl27: CV fold r's test
     part, trained from the other folds' pool; shoes: the given test split every time)."""
     t0 = time.time()
@@ -99,15 +140,19 @@ def simulate(task_name: str, strategies: list[str], *, seed_per_class: int = 1, 
     store.ensure(task.paths, task.shas, spec_views(spec), task.boxes)
     X = spec_features(store, task.shas, spec)
     splits = [task.splits[r % len(task.splits)] for r in range(repeats)]
+    matcher = None
+    if local:
+        kps = cached_keypoints(task.paths, task.shas, cache_dir or default_cache_dir())
+        print("matching every photo's keypoints against the others once ...", file=sys.stderr)
+        matcher = LocalLoop(MatchTable(kps), task.n_classes)
     # the reference: a head trained on the whole pool of the same split
-    full = [_acc(train_head(X[tr], task.y[tr], task.n_classes, seed=0), X[te], task.y[te])
-            for tr, te in splits]
+    full = [_full_accuracy(X, task.y, tr, te, task.n_classes, matcher) for tr, te in splits]
     target = 0.95 * float(np.mean(full))
     out: dict = {"task": task_name, "backbone": backbone, "features": spec,
                  "pool": int(np.mean([len(tr) for tr, _ in splits])),
                  "n_test": int(np.mean([len(te) for _, te in splits])),
                  "seed_per_class": seed_per_class, "batch": batch, "max_labels": max_labels,
-                 "repeats": repeats, "all_labels_accuracy": float(np.mean(full)),
+                 "repeats": repeats, "local_matching": local, "all_labels_accuracy": float(np.mean(full)),
                  "all_labels_accuracy_per_repeat": full, "target_95pct": target,
                  "strategies": {}}
     jobs = [(s, k) for s in strategies for k in range(repeats)]
@@ -117,7 +162,7 @@ def simulate(task_name: str, strategies: list[str], *, seed_per_class: int = 1, 
         # the same seed set per repeat for every strategy: a paired comparison
         runs[s].append(run_loop(X[tr], task.y[tr], X[te], task.y[te], task.n_classes, s,
                                 seed_per_class=seed_per_class, batch=batch,
-                                max_labels=max_labels, seed=k))
+                                max_labels=max_labels, seed=k, local=matcher, ids=tr, test_ids=te))
     for s in strategies:
         n_points = min(len(c) for c in runs[s])  # fl27 folds' pools differ by a few items
         curve = [{"labels": runs[s][0][i]["labels"],
@@ -135,6 +180,9 @@ def simulate(task_name: str, strategies: list[str], *, seed_per_class: int = 1, 
     out["winner"] = min(ranked, key=lambda s: (out["strategies"][s]["labels_to_95pct"] or 10**9,
                                                -out["strategies"][s]["mean_accuracy"]),
                         default=None)
+    if matcher is not None:
+        out["local_weights"] = {"median": float(np.median(matcher.weights)),
+                                "zero_share": float(np.mean(np.asarray(matcher.weights) == 0))}
     out["seconds"] = round(time.time() - t0, 1)
     return out
 
@@ -169,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--features", default="center:mean", help="feature spec (ml.features)")
     ap.add_argument("--backbone", default="efficientnet-lite0")
+    ap.add_argument("--local", choices=["yes", "no"], default="no",
+                    help="fuse SIFT matches to the labelled photos each round, as the product does "
+                         "for a taxonomy with local matching on (ml.localmatch)")
     ap.add_argument("--data")
     ap.add_argument("--cache")
     ap.add_argument("--json", required=True)
@@ -177,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     r = simulate(a.task, [s.strip() for s in a.strategies.split(",") if s.strip()],
                  seed_per_class=a.seed_per_class, batch=a.batch, max_labels=a.max_labels,
                  repeats=a.repeats,
-                 spec=a.features, data_dir=a.data, cache_dir=a.cache, backbone=a.backbone)
+                 spec=a.features, data_dir=a.data, cache_dir=a.cache, backbone=a.backbone,
+                 local=a.local == "yes")
     r["command"] = "python -m ml.simulate " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.plot:
         r["plot"] = a.plot if plot(r, a.plot) else None

@@ -28,15 +28,13 @@ from django.conf import settings
 from ml.atomic import atomic_write
 from ml.decision import SCORE_FNS
 from ml.heads import out_of_fold_proba
-from ml.local_evidence import choose_templates, fit_weight, scores_of
+from ml.local_evidence import MAX_TEMPLATES, TEMPLATES_PER_TAG, choose_templates, fit_weight, scores_of
 from ml.localmatch import Keypoints, MatchIndex, empty, extract, fuse, load_or_extract, read_gray
 
 from ..models import Asset, ModelVersion, Taxonomy
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_PER_TAG = 100  # newest labels of each tag in the index
-MAX_TEMPLATES = 2000  # ~1,000 keypoints each: ~1 GB of float32 descriptors at most
 LOAD_BATCH = 32  # assets per keypoint load / extraction round
 SCORE_CHUNK = 2000  # assets per scoring round while matching (~20 ms each): the run's heartbeat
 CACHED_VERSIONS = 2  # indexes kept per process (the live model and the one being scored)

@@ -145,3 +145,22 @@ def test_simulate_cli_default_strategy_beats_random(tmp_path: Path):
     assert div["labels_to_95pct"] is not None
     assert rnd["labels_to_95pct"] is None or rnd["labels_to_95pct"] > div["labels_to_95pct"]
     assert div["mean_accuracy"] > rnd["mean_accuracy"]
+
+
+def test_simulate_cli_with_local_matching_scores_the_loop_as_the_app_would(tmp_path: Path):
+    """``--local yes``: every round fuses SIFT matches to the labels so far (ml.simulate.LocalLoop)
+    into the head's probabilities, for the pick and for the score. On FlickrLogos the reference
+    (all labels) gains ~9 points, as in ml.evaluate --local (docs/ml-results.md, round 10)."""
+    if not (datasets_dir() / "flickrlogos27").is_dir():
+        pytest.skip("FlickrLogos-27 not available")
+    runs = {}
+    for local in ("no", "yes"):
+        out = tmp_path / f"sim_{local}.json"
+        _run("ml.simulate", "--task", "fl27-28way", "--strategies", "diverse", "--batch", "20",
+             "--max-labels", "68", "--repeats", "1", "--local", local, "--json", str(out))
+        runs[local] = json.loads(out.read_text())
+    on, off = runs["yes"], runs["no"]
+    assert on["local_matching"] is True and off["local_matching"] is False
+    assert on["all_labels_accuracy"] > off["all_labels_accuracy"] + 0.05
+    assert 0 < on["local_weights"]["median"] and "local_weights" not in off
+    assert [c["labels"] for c in on["strategies"]["diverse"]["curve"]] == [28, 48, 68]

@@ -54,6 +54,19 @@ def test_leave_one_out_ignores_the_query_itself():
     assert index.scores(kps[0], exclude=0)[0] == 0  # nothing else in class 0
 
 
+def test_leave_one_out_finds_the_other_shots_of_its_logo_as_an_index_without_it_would():
+    # a photo's nearest descriptors are mostly its own: dropping them after a 10-neighbour
+    # search left almost nothing to match (a labelled photo's score was 0), so the search
+    # itself skips them
+    photo = lm.read_gray(_photos(1)[0])
+    kps = [lm.extract(photo), lm.extract(_warped(photo)), *[lm.extract(lm.read_gray(p)) for p in _photos(3, skip=10)]]
+    labels = np.array([0, 0, 1, 1, 1])
+    without = lm.MatchIndex(kps[1:], labels[1:], 2).scores(kps[0])
+    loo = lm.MatchIndex(kps, labels, 2).scores(kps[0], exclude=0)
+    assert loo[0] >= 20
+    np.testing.assert_array_equal(loo, without)
+
+
 def test_a_saved_index_loads_with_the_same_scores_including_the_approximate_one(tmp_path: Path, monkeypatch):
     kps = [lm.extract(lm.read_gray(p)) for p in _photos(8)]
     labels = np.array([0, 0, 1, 1, 2, 2, -1, 1])
