@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ml.datasets import FL27_NONE, Task
+from ml.decision import SCORE_FNS
+from ml.heads import out_of_fold_proba
 from ml.localmatch import Keypoints, MatchIndex, fuse, pick_weight
 
 
@@ -67,7 +69,8 @@ TEMPLATES_PER_TAG = 100  # newest labels of each tag in the index
 MAX_TEMPLATES = 2000  # ~1,000 keypoints each: ~1 GB of float32 descriptors at most
 
 
-def choose_templates(y: np.ndarray, newness: np.ndarray, per_class: int, total: int) -> np.ndarray:
+def choose_templates(y: np.ndarray, newness: np.ndarray, per_class: int = TEMPLATES_PER_TAG,
+                     total: int = MAX_TEMPLATES) -> np.ndarray:
     """Indices of the labelled items whose keypoints go into the index: the newest ``per_class``
     of each class (``newness``: larger = newer), fewer per class when the classes together
     would pass ``total``. Bounds index memory and build time for large label sets; the newest
@@ -89,13 +92,20 @@ def scores_of(index: MatchIndex, queries: Iterable[Keypoints], exclude: Iterable
     return np.array(rows).reshape(len(rows), index.n_classes)
 
 
+def weight_for(X: np.ndarray, y: np.ndarray, n_classes: int, scores: np.ndarray) -> tuple[float, list[float]]:
+    """The app's fusion weight for training labels (features ``X``, classes ``y``) with their
+    leave-one-out inlier ``scores``: the weight whose fusion with the head's 5-fold out-of-fold
+    probabilities is most accurate. Returns (weight, accuracy per weight)."""
+    oof = out_of_fold_proba(X, y, n_classes, seed=0)
+    return pick_weight(oof, scores, y, lambda yt, pred: SCORE_FNS["accuracy"](yt, pred, n_classes))
+
+
 def fit_weight(index: MatchIndex, train_kps: Iterable[Keypoints], template_pos: Sequence[int | None],
-               y: np.ndarray, oof: np.ndarray, score_fn) -> tuple[float, dict, np.ndarray]:
-    """The fusion weight for ``index``: training items scored leave-one-out (``template_pos``:
-    each item's image in the index, None when it is not a template), fused with the head's
-    out-of-fold probabilities ``oof``, the weight that scores best on them (ml.localmatch).
+               y: np.ndarray, X: np.ndarray) -> tuple[float, dict, np.ndarray]:
+    """``weight_for`` the training items scored against ``index`` leave-one-out
+    (``template_pos``: each item's image in the index, None when it is not a template).
     Returns (weight, info, the items' scores)."""
     s = scores_of(index, train_kps, template_pos)
-    w, grid = pick_weight(oof, s, y, score_fn)
+    w, grid = weight_for(X, y, index.n_classes, s)
     info = {"weight": w, "inner_scores": [round(g, 4) for g in grid], "with_inliers": int((s.max(1) >= 8).sum())}
     return w, info, s

@@ -190,9 +190,8 @@ class MatchIndex:
     def __init__(self, images: Sequence[Keypoints], labels: np.ndarray, n_classes: int) -> None:
         self.n_classes = n_classes
         keep = [i for i, c in enumerate(labels) if c >= 0 and len(images[i])]
-        self.owner = np.concatenate([np.full(len(images[i]), i, np.int32) for i in keep] or [np.zeros(0, np.int32)])
+        self.owner, self.pts = stack(images, keep)
         self.cls = np.asarray(labels, np.int32)[self.owner] if len(self.owner) else np.zeros(0, np.int32)
-        self.pts = np.concatenate([images[i].pts for i in keep] or [np.zeros((0, 2), np.float32)])
         self.index = _ann_index([images[i].desc for i in keep])
 
     def save(self, path: str | Path) -> None:
@@ -231,28 +230,40 @@ class MatchIndex:
     def scores(self, query: Keypoints, exclude: int | None = None) -> np.ndarray:
         """(n_classes,) the most RANSAC inliers of ``query`` to one labelled image per class.
         ``exclude``: a labelled image to ignore (leave-one-out scores of the labelled set)."""
-        out = np.zeros(self.n_classes)
         if not len(query) or self.index.ntotal == 0:
-            return out
+            return np.zeros(self.n_classes)
         k = min(NEIGHBOURS, self.index.ntotal)
+        # faiss lists neighbours nearest first; empty slots (-1) come last
         dist, nn = self.index.search(query.desc.astype(np.float32), k, params=self._without(exclude))
-        dist = np.where(nn >= 0, dist, np.inf)
-        order = np.argsort(dist, axis=1, kind="stable")  # excluded/empty slots go last
-        dist = np.take_along_axis(dist, order, 1)
-        nn = np.take_along_axis(nn, order, 1).clip(0)
-        ok = ratio_matches(dist, self.cls[nn])
-        qi, kk = np.nonzero(ok)
-        owners = self.owner[nn[qi, kk]]
-        # the tolerance is in pixels of the image as extracted: scale it back to original pixels
-        tol = tolerance(query.pts)
-        for img in np.unique(owners):
-            sel = owners == img
-            if sel.sum() < MIN_MATCHES:
-                continue
-            n = inliers(query.pts[qi[sel]], self.pts[nn[qi[sel], kk[sel]]], tol)
-            c = self.cls[nn[qi[sel], kk[sel]][0]]
-            out[c] = max(out[c], n)
-        return out
+        dist, nn = np.where(nn >= 0, dist, np.inf), nn.clip(0)
+        qi, kk = np.nonzero(ratio_matches(dist, self.cls[nn]))
+        m = nn[qi, kk]
+        return best_per_class(query.pts[qi], self.pts[m], self.owner[m], self.cls[m], tolerance(query.pts),
+                              self.n_classes)
+
+
+def stack(images: Sequence[Keypoints], keep: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(owner image, position) of every keypoint of ``images[keep]``, in the order an index
+    built from their descriptors numbers them."""
+    owner = np.concatenate([np.full(len(images[i]), i, np.int32) for i in keep] or [np.zeros(0, np.int32)])
+    pts = np.concatenate([images[i].pts for i in keep] or [np.zeros((0, 2), np.float32)])
+    return owner, pts
+
+
+def best_per_class(src: np.ndarray, dst: np.ndarray, owner: np.ndarray, cls: np.ndarray, tol: float,
+                   n_classes: int, ransac: Callable[[np.ndarray, np.ndarray, float], int] | None = None) -> np.ndarray:
+    """(n_classes,) the most inliers of one query image to one labelled image per class, from
+    its tentative matches: query points ``src``, matched points ``dst``, and the image
+    (``owner``) and class (``cls``) each match points to. An image needs MIN_MATCHES before
+    RANSAC (``ransac``, default ``inliers``) is tried."""
+    ransac = ransac or inliers
+    out = np.zeros(n_classes)
+    for img in np.unique(owner):
+        sel = owner == img
+        if sel.sum() >= MIN_MATCHES:
+            c = cls[sel][0]
+            out[c] = max(out[c], ransac(src[sel], dst[sel], tol))
+    return out
 
 
 def skip_ids(index: faiss.Index, lo: int, hi: int) -> faiss.SearchParameters:

@@ -6,8 +6,8 @@ photo's descriptors again each round would cost minutes per round. Instead every
 searched once against the whole collection (``depth`` nearest neighbours each), and a round
 keeps, per descriptor, the first ``NEIGHBOURS`` of those that belong to a current template
 -- the list an index of the templates alone would have returned -- and applies the same
-class-aware ratio test and RANSAC (ml.localmatch). RANSAC results are memoised per (photo,
-template, tentative matches): most pairs look the same from one round to the next.
+class-aware ratio test and RANSAC (ml.localmatch). RANSAC results are memoised per set of
+tentative matches: most pairs of a photo and a template look the same from one round to the next.
 
 Where fewer than ``NEIGHBOURS`` template descriptors are among a descriptor's ``depth``
 nearest, the missing ones are farther than the ``depth``-th, which is a lower bound for the
@@ -21,8 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ml.localmatch import (MIN_MATCHES, NEIGHBOURS, Keypoints, _ann_index, inliers, ratio_matches, skip_ids,
-                           tolerance)
+from ml.localmatch import (NEIGHBOURS, Keypoints, _ann_index, best_per_class, inliers, ratio_matches, skip_ids,
+                           stack, tolerance)
 
 
 class MatchTable:
@@ -31,8 +31,7 @@ class MatchTable:
     def __init__(self, images: Sequence[Keypoints], depth: int = 64) -> None:
         self.n_images = len(images)
         keep = [i for i, kp in enumerate(images) if len(kp)]
-        self.owner = np.concatenate([np.full(len(images[i]), i, np.int32) for i in keep] or [np.zeros(0, np.int32)])
-        self.pts = np.concatenate([images[i].pts for i in keep] or [np.zeros((0, 2), np.float32)])
+        self.owner, self.pts = stack(images, keep)
         self.tol = np.array([tolerance(kp.pts) for kp in images])
         rows = len(self.owner)
         depth = min(depth, rows)
@@ -50,7 +49,7 @@ class MatchTable:
                 self.nn[start:end] = n.clip(0)
                 start = end
         self.nn_owner = self.owner[self.nn] if rows else np.zeros((0, depth), np.int32)
-        self._memo: dict[tuple[int, int, bytes], int] = {}
+        self._memo: dict[tuple[float, bytes, bytes], int] = {}
 
     def scores(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """(n_images, n_classes): each image's most inliers to one template per class, the
@@ -77,17 +76,20 @@ class MatchTable:
         ok = ratio_matches(dist, labels[self.owner[nn]], floor)
         qi, kk = np.nonzero(ok)
         src, dst = rows[qi], nn[qi, kk]
-        pair = self.owner[src].astype(np.int64) * self.n_images + self.owner[dst]
-        order = np.argsort(pair, kind="stable")
-        pair, src, dst = pair[order], src[order], dst[order]
-        cuts = np.flatnonzero(np.diff(pair)) + 1
+        # rows ascend, so each query image's matches come together, in the order its own
+        # index search would list them
+        cuts = np.flatnonzero(np.diff(self.owner[src])) + 1
         for s, d in zip(np.split(src, cuts), np.split(dst, cuts)):
-            if len(s) < MIN_MATCHES:
-                continue
-            q, t = int(self.owner[s[0]]), int(self.owner[d[0]])
-            key = (q, t, s.tobytes() + d.tobytes())
-            n = self._memo.get(key)
-            if n is None:
-                n = self._memo[key] = inliers(self.pts[s], self.pts[d], float(self.tol[q]))
-            out[q, labels[t]] = max(out[q, labels[t]], n)
+            if len(s):
+                q, t = self.owner[s[0]], self.owner[d]
+                out[q] = best_per_class(self.pts[s], self.pts[d], t, labels[t], float(self.tol[q]), n_classes,
+                                        self._inliers)
         return out
+
+    def _inliers(self, src: np.ndarray, dst: np.ndarray, tol: float) -> int:
+        """ml.localmatch.inliers, once per distinct set of matches: most pairs of a photo and
+        a template look the same from one round to the next."""
+        key = (tol, src.tobytes(), dst.tobytes())
+        if key not in self._memo:
+            self._memo[key] = inliers(src, dst, tol)
+        return self._memo[key]

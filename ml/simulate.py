@@ -31,11 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ml.datasets import TASKS, load_task
-from ml.decision import SCORE_FNS
 from ml.features import default_cache_dir, make_store, spec_features, spec_views
-from ml.heads import out_of_fold_proba, train_head
-from ml.local_evidence import MAX_TEMPLATES, TEMPLATES_PER_TAG, choose_templates
-from ml.localmatch import cached_keypoints, fuse, pick_weight
+from ml.heads import train_head
+from ml.local_evidence import choose_templates, weight_for
+from ml.localmatch import cached_keypoints, fuse
 from ml.match_table import MatchTable
 from ml.savings import labels_to_reach
 from ml.selection import select_batch
@@ -64,10 +63,9 @@ def seed_set(y: np.ndarray, n_classes: int, per_class: int, rng: np.random.Gener
 
 class LocalLoop:
     """The product's local matching (labeling.services.localmatch.fit) inside the loop. Each
-    round: the templates are the newest TEMPLATES_PER_TAG labels of each class, the weight is
-    the one whose fusion of the head's 5-fold out-of-fold probabilities with the labels'
-    leave-one-out inlier scores is most accurate, and the test and pool probabilities are fused
-    with it -- so the strategies pick from, and are scored on, what the product would show."""
+    round: the app's templates (ml.local_evidence.choose_templates) and weight (``weight_for``,
+    on the labels' leave-one-out scores), and the test and pool probabilities fused with it --
+    so the strategies pick from, and are scored on, what the product would show."""
 
     def __init__(self, table: MatchTable, n_classes: int) -> None:
         self.table, self.n_classes = table, n_classes
@@ -76,12 +74,11 @@ class LocalLoop:
     def fuse(self, X_lab: np.ndarray, y_lab: np.ndarray, ids_lab: np.ndarray,
              parts: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """``ids_*``: rows of the table; ``parts``: (head probabilities, their ids) to fuse."""
-        tpl = choose_templates(y_lab, np.arange(len(y_lab)), TEMPLATES_PER_TAG, MAX_TEMPLATES)
+        tpl = choose_templates(y_lab, np.arange(len(y_lab)))
         labels = np.full(self.table.n_images, -1)
         labels[ids_lab[tpl]] = y_lab[tpl]
         S = self.table.scores(labels, self.n_classes)
-        oof = out_of_fold_proba(X_lab, y_lab, self.n_classes, seed=0)
-        w, _ = pick_weight(oof, S[ids_lab], y_lab, lambda yt, pred: SCORE_FNS["accuracy"](yt, pred, self.n_classes))
+        w, _ = weight_for(X_lab, y_lab, self.n_classes, S[ids_lab])
         self.weights.append(w)
         return [fuse(P, S[ids], w) for P, ids in parts]
 

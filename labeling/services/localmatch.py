@@ -26,9 +26,7 @@ import numpy as np
 from django.conf import settings
 
 from ml.atomic import atomic_write
-from ml.decision import SCORE_FNS
-from ml.heads import out_of_fold_proba
-from ml.local_evidence import MAX_TEMPLATES, TEMPLATES_PER_TAG, choose_templates, fit_weight, scores_of
+from ml.local_evidence import choose_templates, fit_weight, scores_of
 from ml.localmatch import Keypoints, MatchIndex, empty, extract, fuse, load_or_extract, read_gray
 
 from ..models import Asset, ModelVersion, Taxonomy
@@ -115,13 +113,11 @@ def fit(asset_ids: np.ndarray, y: np.ndarray, newness: np.ndarray, X: np.ndarray
         progress: Callable[[str, int, int], None] | None = None) -> Fitted:
     """Index the templates among the training labels and pick the weight on those labels."""
     beat = (lambda what: (lambda d, t: progress(what, d, t))) if progress else (lambda what: None)
-    tpl = choose_templates(y, newness, TEMPLATES_PER_TAG, MAX_TEMPLATES)
+    tpl = choose_templates(y, newness)
     index = MatchIndex(list(iter_keypoints(asset_ids[tpl], beat("keypoints of templates"))), y[tpl], n_classes)
     fitted = Fitted(index, 0.0, asset_ids[tpl], y[tpl])
-    oof = out_of_fold_proba(X, y, n_classes, seed=0)
     fitted.weight, fitted.info, s = fit_weight(index, iter_keypoints(asset_ids, beat("matching labeled assets")),
-                                               [fitted.position.get(int(a)) for a in asset_ids], y, oof,
-                                               lambda yt, pred: SCORE_FNS["accuracy"](yt, pred, n_classes))
+                                               [fitted.position.get(int(a)) for a in asset_ids], y, X)
     fitted.remember(asset_ids, s)
     fitted.info["templates"] = len(tpl)
     return fitted

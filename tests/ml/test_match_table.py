@@ -8,9 +8,8 @@ import pytest
 from ml import localmatch as lm
 from ml.datasets import load_task
 from ml.features import make_store, spec_features
-from ml.decision import SCORE_FNS
-from ml.heads import out_of_fold_proba, train_head
-from ml.local_evidence import MAX_TEMPLATES, TEMPLATES_PER_TAG, choose_templates, fit_weight, scores_of
+from ml.heads import train_head
+from ml.local_evidence import choose_templates, fit_weight, scores_of
 from ml.match_table import MatchTable
 from ml.simulate import LocalLoop
 from tests.ml._embeddings import datasets_dir
@@ -75,11 +74,9 @@ def test_the_loop_weighs_and_fuses_the_matches_as_the_product_does(brands, exact
     loop = LocalLoop(MatchTable(kps), n)
     [fused] = loop.fuse(X[lab], y[lab], lab, [(P, rest)])
     # the product's steps (labeling.services.localmatch.fit), one index of the templates
-    tpl = choose_templates(y[lab], np.arange(len(lab)), TEMPLATES_PER_TAG, MAX_TEMPLATES)
+    tpl = choose_templates(y[lab], np.arange(len(lab)))
     index = lm.MatchIndex([kps[i] for i in lab[tpl]], y[lab][tpl], n)
     where = {int(i): j for j, i in enumerate(lab[tpl])}
-    w, _, _ = fit_weight(index, [kps[i] for i in lab], [where.get(int(i)) for i in lab], y[lab],
-                         out_of_fold_proba(X[lab], y[lab], n, seed=0),
-                         lambda yt, pred: SCORE_FNS["accuracy"](yt, pred, n))
+    w, _, _ = fit_weight(index, [kps[i] for i in lab], [where.get(int(i)) for i in lab], y[lab], X[lab])
     assert loop.weights == [w] and w > 0
     np.testing.assert_allclose(fused, lm.fuse(P, scores_of(index, [kps[i] for i in rest], [None] * len(rest)), w))
