@@ -23,6 +23,12 @@ fp32 Lite0 graph costs 9.3 ms per image per core (vs 5.6 above), so the model al
 spin-waits 8.95 ms, denormals-as-zero 9.3 ms, OpenVINO 2026.4 fp32 9.4 ms (same as ORT); OpenVINO
 bf16 1.8x faster but cosine to fp32 only 0.990 min / 0.9985 mean on 64 real photos (rejected like
 int8: the contract is >= 0.999).
+
+The last lines print that bound for the CPU at hand (`fp32_ceiling`): the model's FLOPs per
+image (torch's FlopCounterMode: 0.768 GFLOP for Lite0 at 224 px) at the single-core fp32 GEMM
+peak measured in the same run, on every core, plus the measured decode cost. On the AMD box:
+102 GFLOP/s per core -> 266 img/s for the model alone, 223 img/s with decode, at 100 % of peak
+and 0 % overhead; ONNX Runtime reached 81 % of it (177 img/s).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ml.embedding import Embedder, _single_threaded_torch, cpu_count  # noqa: E402
+from ml.heads import _torch_threads  # noqa: E402
 from ml.preprocess import load_input  # noqa: E402
 
 
@@ -92,6 +99,48 @@ def bench_decode(paths: list[Path], workers: int) -> dict[str, float]:
     t, _ = timed(lambda: [load_input(p) for p in paths])
     res["serial"] = len(paths) / t
     return res
+
+
+def gemm_gflops_per_core(n: int = 2048, repeat: int = 3) -> float:
+    """Single-thread fp32 matrix-multiply rate, the best of numpy's BLAS and torch: what one
+    core of this CPU can do at most on dense fp32 work (a convnet's 1x1 convolutions are GEMMs,
+    its depthwise ones run below this)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    ta = torch.from_numpy(a)
+    best = 0.0
+    with threadpool_limits(1), _torch_threads(1):
+        for f in (lambda: a @ a, lambda: ta @ ta):
+            f()  # warm-up
+            t, _ = timed(f, repeat=repeat)
+            best = max(best, 2 * n**3 / t / 1e9)
+    return best
+
+
+def fp32_ceiling(decode_serial_img_s: float, onnx_cpu_ms: float | None) -> dict:
+    """The most img/s fp32 inference could reach on this CPU: every core doing nothing but
+    model FLOPs at its measured GEMM peak (model only), plus the measured decode cost per image
+    (with decode). A target above the second number needs another CPU, lower precision, or a
+    GPU -- not a faster runtime."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ml.backbones import load_backbone
+
+    model = load_backbone().eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, 3, model.input_size, model.input_size))
+    gflop = fc.get_total_flops() / 1e9
+    peak = gemm_gflops_per_core()
+    model_s = gflop / peak  # CPU seconds per image at peak
+    out = {"model_gflop_per_img": round(gflop, 3), "gemm_gflops_per_core": round(peak, 1),
+           "model_only_img_per_s": round(cpu_count() / model_s, 1),
+           "with_decode_img_per_s": round(cpu_count() / (model_s + 1 / decode_serial_img_s), 1)}
+    if onnx_cpu_ms:  # ONNX Runtime's measured CPU cost per image (decode + model) against that
+        out["onnx_share_of_ceiling"] = round(1000 * (model_s + 1 / decode_serial_img_s) / onnx_cpu_ms, 2)
+    return out
 
 
 def compile_bench(results: dict, bs: int) -> None:
@@ -207,6 +256,14 @@ def main() -> None:
 
     if args.compile and torch.cuda.is_available():
         compile_bench(results, args.cuda_batch)
+    ceiling = fp32_ceiling(dec["serial"], results.get("onnx", {}).get("cpu_ms_per_img"))
+    results["fp32_ceiling"] = ceiling
+    print(f"fp32 ceiling of this CPU: {ceiling['model_gflop_per_img']} GFLOP/img at "
+          f"{ceiling['gemm_gflops_per_core']} GFLOP/s per core (its GEMM peak) x {cpu_count()} cores = "
+          f"{ceiling['model_only_img_per_s']:.0f} img/s model only, "
+          f"{ceiling['with_decode_img_per_s']:.0f} img/s with decode"
+          + (f"; ONNX Runtime runs at {100 * ceiling['onnx_share_of_ceiling']:.0f} % of that ceiling "
+             "(CPU time per image)" if "onnx_share_of_ceiling" in ceiling else ""))
     base = results.get("torch", {}).get("img_per_s")
     for rt, r in results.items():
         if base and "img_per_s" in r:
