@@ -8,18 +8,23 @@ some crossing the train/query split. Counting them twice inflates the test score
 model has literally seen the test image), so identical files collapse to one sample
 and CV folds are built over the collapsed samples. A group whose names disagree on
 the label is dropped and reported in `Task.flagged` (a labeling tool must surface
-such conflicts instead of silently picking one).
+such conflicts instead of silently picking one). So are files no decoder can read and
+annotation lines that do not parse: named there, left out, the rest of the task loads.
+A data folder without the task's files raises `DatasetError` naming the missing path.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
+
+from ml.preprocess import load_rgb
 
 TASKS = ("shoes-3", "fl27-4way", "fl27-28way", "fl27-logo")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -62,6 +67,17 @@ def _sha256_cached(path: str, size: int, mtime: float) -> str:
     return sha256_file(path)
 
 
+@functools.lru_cache(maxsize=None)
+def _unreadable_cached(path: str, size: int, mtime: float) -> str | None:
+    """Why the image at ``path`` cannot be decoded, or None. A full decode at 1/8 scale
+    (JPEG draft): ~1 ms a photo, and it still reads every byte, so a cut-off file is caught."""
+    try:
+        load_rgb(path, draft_size=32)
+    except (ValueError, OSError) as exc:
+        return str(exc)
+    return None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -70,10 +86,37 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class DatasetError(FileNotFoundError):
+    """A task's files are not where ``--data`` points: the message names what is missing."""
+
+
+# what each task reads under the data folder (folders end with "/")
+REQUIRED = {
+    "shoes": ("shoes/train/", "shoes/test/"),
+    "fl27": ("flickrlogos27/images/", "flickrlogos27/training_set_annotation.txt",
+             "flickrlogos27/query_set_annotation.txt"),
+}
+
+
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     root = Path(data_dir or os.environ.get("TAGLOOP_DATA") or DEFAULT_DATA_DIR)
     if not (root / "shoes").is_dir() and not (root / "flickrlogos27").is_dir():
-        raise FileNotFoundError(f"no shoes/ or flickrlogos27/ under {root}")
+        raise DatasetError(f"no shoes/ or flickrlogos27/ under {root} (--data DIR or TAGLOOP_DATA)")
+    return root
+
+
+def check_data(name: str, data_dir: str | Path | None = None) -> Path:
+    """The data folder for task ``name`` (or "all"), or DatasetError naming the first missing
+    file or folder -- cheap, so a CLI can say it before minutes of work."""
+    root = resolve_data_dir(data_dir)
+    if name not in (*TASKS, "all"):
+        raise ValueError(f"unknown task {name!r}; choose from {TASKS}")
+    sets = list(REQUIRED) if name == "all" else ["shoes" if name == "shoes-3" else "fl27"]
+    for rel in (r for key in sets for r in REQUIRED[key]):
+        path = root / rel
+        if not (path.is_dir() if rel.endswith("/") else path.is_file()):
+            raise DatasetError(f"{name}: missing {path} (--data DIR holds shoes/ and flickrlogos27/, "
+                               "see ../shared/datasets/README.md)")
     return root
 
 
@@ -87,10 +130,14 @@ def _collapse(
     also in the test set must be treated as test, never trained on.
     """
     by_sha: dict[str, list[tuple[Path, str, str]]] = {}
+    kept, flagged = [], []
     for path, label, tag in items:
         st = path.stat()
+        # a file no model can read is reported and left out; the rest of the task goes on
+        if problem := _unreadable_cached(str(path), st.st_size, st.st_mtime):
+            flagged.append({"files": [path.name], "labels": [label], "reason": f"unreadable image: {problem}"})
+            continue
         by_sha.setdefault(_sha256_cached(str(path), st.st_size, st.st_mtime), []).append((path, label, tag))
-    kept, flagged = [], []
     # samples ordered by representative file name: fold assignment must not depend on
     # file bytes (a downscaled copy of the data set on a GPU box gets the same folds)
     for sha, group in sorted(by_sha.items(), key=lambda kv: min(p.name for p, _, _ in kv[1])):
@@ -116,6 +163,9 @@ def _load_shoes(root: Path) -> Task:
     y = np.array([labels.index(lab) for _, lab, _, _, _ in kept], dtype=np.int64)
     tags = np.array([t for _, _, t, _, _ in kept])
     split = (np.flatnonzero(tags == "train"), np.flatnonzero(tags == "test"))
+    for part, idx in zip(("train", "test"), split):
+        if not len(idx):
+            raise DatasetError(f"shoes-3: no readable images in {base / part}/<brand>/")
     return Task(
         name="shoes-3", paths=[str(p) for p, *_ in kept], labels=labels, y=y,
         shas=[s for *_, s in kept], splits=[split],
@@ -124,24 +174,37 @@ def _load_shoes(root: Path) -> Task:
     )
 
 
-def _read_fl27(base: Path) -> tuple[dict[str, set[str]], dict[str, list[list[float]]]]:
-    """File name -> set of brands (or {"none"}), file name -> boxes."""
+def _read_fl27(base: Path) -> tuple[dict[str, set[str]], dict[str, list[list[float]]], list[dict]]:
+    """File name -> set of brands (or {"none"}), file name -> boxes, and the annotation lines
+    that could not be read (file:line and why; the other lines still count)."""
     brands: dict[str, set[str]] = {}
     boxes: dict[str, list[list[float]]] = {}
-    for line in (base / "training_set_annotation.txt").read_text().splitlines():
+    bad: list[dict] = []
+    train = base / "training_set_annotation.txt"
+    for no, line in enumerate(train.read_text(errors="replace").splitlines(), 1):
         parts = line.split()
-        if len(parts) < 7:
+        if not parts:
+            continue
+        try:
+            if len(parts) < 7:
+                raise ValueError(f"{len(parts)} fields")
+            x1, y1, x2, y2 = map(float, parts[3:7])
+        except ValueError as exc:
+            bad.append({"files": [f"{train.name}:{no}"],
+                        "reason": f"not 'file brand subset x1 y1 x2 y2' ({exc})"})
             continue
         name, brand = parts[0], parts[1]
         brands.setdefault(name, set()).add(brand)
-        x1, y1, x2, y2 = map(float, parts[3:7])
         if x2 > x1 and y2 > y1:  # a few annotations are degenerate; they are no crop
             boxes.setdefault(name, []).append([x1, y1, x2, y2])
-    for line in (base / "query_set_annotation.txt").read_text().splitlines():
+    query = base / "query_set_annotation.txt"
+    for no, line in enumerate(query.read_text(errors="replace").splitlines(), 1):
         parts = line.split("\t") if "\t" in line else line.split()
         if len(parts) >= 2:
             brands.setdefault(parts[0].strip(), set()).add(parts[1].strip())
-    return brands, boxes
+        elif line.strip():
+            bad.append({"files": [f"{query.name}:{no}"], "reason": "not 'file<TAB>brand'"})
+    return brands, boxes, bad
 
 
 def _fl27_folds(base: Path, brands: dict[str, set[str]]) -> dict[str, int]:
@@ -169,9 +232,9 @@ def _fl27_mapper(name: str):
 
 def _load_fl27(name: str, root: Path) -> Task:
     base = root / "flickrlogos27"
-    brands, boxes_by_name = _read_fl27(base)
+    brands, boxes_by_name, flagged = _read_fl27(base)
     mapper = _fl27_mapper(name)
-    items, flagged, fine_of = [], [], {}
+    items, fine_of = [], {}
     for fname, bset in sorted(brands.items()):
         path = base / "images" / fname
         if not path.is_file():
@@ -213,9 +276,18 @@ def _load_fl27(name: str, root: Path) -> Task:
     )
 
 
+def say_flagged(task: Task, shown: int = 5) -> None:
+    """On stderr: which files the task left out and why (all of them are in ``task.flagged``)."""
+    for f in task.flagged[:shown]:
+        print(f"  {task.name}: left out {', '.join(f['files'])}: {f['reason']}", file=sys.stderr)
+    if len(task.flagged) > shown:
+        print(f"  {task.name}: ... {len(task.flagged) - shown} more (the JSON's 'flagged' lists them)",
+              file=sys.stderr)
+
+
 def load_task(name: str, data_dir: str | Path | None = None) -> Task:
     """Load a benchmark task. `data_dir` holds shoes/ and flickrlogos27/."""
-    root = resolve_data_dir(data_dir)
+    root = check_data(name, data_dir)
     if name == "shoes-3":
         return _load_shoes(root)
     return _load_fl27(name, root)

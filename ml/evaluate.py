@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from ml.datasets import TASKS, Task, load_task
+from ml.datasets import TASKS, DatasetError, Task, check_data, load_task, say_flagged
 from ml.decision import SCORE_FNS, SCORES, apply_bias, fit_class_bias
 from ml.features import (ConcatStore, FeatureStore, box_features, default_cache_dir, make_store, parse_spec,
                          spec_features, spec_views)
@@ -219,6 +219,7 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
     t0 = time.time()
     blend_missing = 0
     task = load_task(task_name, data_dir)
+    say_flagged(task)
     if max_folds:
         task.splits = task.splits[:max_folds]
     if method == "finetune" and load_from:
@@ -338,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="feature cache folder")
     ap.add_argument("--json", required=True, help="write the result here")
     a = ap.parse_args(argv)
+    try:
+        check_data(a.task, a.data)
+    except DatasetError as e:
+        ap.error(str(e))
     if a.task == "all":
         return _main_all(a, argv)
     method = "finetune" if a.finetune else a.method

@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ml.datasets import TASKS, load_task
+from ml.datasets import TASKS, DatasetError, check_data, load_task, say_flagged
 from ml.features import default_cache_dir, make_store, spec_features, spec_views
 from ml.heads import train_head
 from ml.local_evidence import choose_templates, weight_for
 from ml.localmatch import cached_keypoints, fuse
 from ml.match_table import MatchTable
 from ml.savings import labels_to_reach
-from ml.selection import select_batch
+from ml.selection import STRATEGIES, select_batch
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin", "diverse")
 
@@ -133,6 +133,7 @@ def simulate(task_name: str, strategies: list[str], *, seed_per_class: int = 1, 
     part, trained from the other folds' pool; shoes: the given test split every time)."""
     t0 = time.time()
     task = load_task(task_name, data_dir)
+    say_flagged(task)
     store = make_store(backbone, cache_dir=cache_dir)
     store.ensure(task.paths, task.shas, spec_views(spec), task.boxes)
     X = spec_features(store, task.shas, spec)
@@ -222,7 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--plot", help="PNG path (needs matplotlib; skipped if not installed)")
     a = ap.parse_args(argv)
-    r = simulate(a.task, [s.strip() for s in a.strategies.split(",") if s.strip()],
+    strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
+    # the user's mistakes, said before minutes of embedding and simulating
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        ap.error(f"--strategies: {', '.join(unknown) or 'none given'}; choose from {', '.join(STRATEGIES)}")
+    try:
+        check_data(a.task, a.data)
+    except DatasetError as e:
+        ap.error(str(e))
+    r = simulate(a.task, strategies,
                  seed_per_class=a.seed_per_class, batch=a.batch, max_labels=a.max_labels,
                  repeats=a.repeats,
                  spec=a.features, data_dir=a.data, cache_dir=a.cache, backbone=a.backbone,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,17 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 def datasets_dir() -> Path:
     env = os.environ.get("TAGLOOP_DATASETS")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "datasets"
+
+
+def shoes_copy(root: Path, per_class: int = 4) -> Path:
+    """A small shoes/ folder of real photos (train and test), in the layout --data expects."""
+    src = datasets_dir() / "shoes"
+    for part in ("train", "test"):
+        for brand in ("adidas", "converse", "nike"):
+            (root / "shoes" / part / brand).mkdir(parents=True)
+            for f in sorted((src / part / brand).iterdir())[:per_class]:
+                shutil.copy(f, root / "shoes" / part / brand / f.name)
+    return root
 
 
 def cache_dir() -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.ml._embeddings import REPO_ROOT, datasets_dir
+from tests.ml._embeddings import REPO_ROOT, datasets_dir, shoes_copy
 
 METRIC_KEYS = {"task", "backbone", "method", "n_train", "n_test", "accuracy", "accuracy_ci95",
                "top3_accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion",
@@ -65,6 +65,49 @@ def test_evaluate_cli_names_the_bad_option_instead_of_a_traceback(tmp_path: Path
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def _fails(module: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc
+
+
+def test_both_clis_name_a_data_folder_that_lacks_the_task_before_any_work(tmp_path: Path):
+    if not (datasets_dir() / "shoes").is_dir():
+        pytest.skip("shoes dataset not available")
+    shoes_copy(tmp_path, per_class=1)  # shoes only: every fl27 task must say what is missing
+    for module in ("ml.evaluate", "ml.simulate"):
+        proc = _fails(module, "--task", "fl27-28way", "--data", str(tmp_path), "--json", str(tmp_path / "x.json"))
+        assert f"fl27-28way: missing {tmp_path}/flickrlogos27/images" in proc.stderr
+        proc = _fails(module, "--task", "shoes-3", "--data", str(tmp_path / "nowhere"),
+                      "--json", str(tmp_path / "x.json"))
+        assert "no shoes/ or flickrlogos27/ under" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_simulate_cli_names_an_unknown_strategy_before_any_work(tmp_path: Path):
+    proc = _fails("ml.simulate", "--task", "shoes-3", "--strategies", "random,uncertain",
+                  "--json", str(tmp_path / "x.json"))
+    assert "--strategies: uncertain; choose from diverse, entropy, margin" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_evaluate_cli_leaves_unreadable_photos_out_by_name_and_scores_the_rest(tmp_path: Path):
+    if not (datasets_dir() / "shoes").is_dir():
+        pytest.skip("shoes dataset not available")
+    data = shoes_copy(tmp_path / "data", per_class=6)
+    good = next((data / "shoes" / "train" / "nike").iterdir())
+    (data / "shoes" / "train" / "nike" / "cut.jpg").write_bytes(good.read_bytes()[:1500])
+    (data / "shoes" / "test" / "adidas" / "readme.txt").write_text("shot on 2026-11-20")
+    out = tmp_path / "r.json"
+    proc = _run("ml.evaluate", "--task", "shoes-3", "--method", "head", "--data", str(data), "--json", str(out))
+    assert "shoes-3: left out cut.jpg: unreadable image: corrupt or truncated" in proc.stderr
+    assert "shoes-3: left out readme.txt: unreadable image: not a recognised image format" in proc.stderr
+    r = json.loads(out.read_text())
+    assert (r["n_train"], r["n_test"]) == (18, 18)
+    assert sorted(f["files"][0] for f in r["flagged"]) == ["cut.jpg", "readme.txt"]
 
 
 def test_evaluate_cli_refuses_a_blend_it_cannot_use(tmp_path: Path):

@@ -1,12 +1,15 @@
 """Benchmark task loading: sha256 dedup, label conflicts, leak-free folds (real data)."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from ml.datasets import TASKS, load_task, sha256_file
+from ml.datasets import TASKS, DatasetError, check_data, load_task, sha256_file
 
-from tests.ml._embeddings import datasets_dir
+from tests.ml._embeddings import datasets_dir, shoes_copy
 
 FL27 = [t for t in TASKS if t.startswith("fl27")]
 
@@ -70,3 +73,56 @@ def test_shoes_given_split():
     assert task.labels == ["adidas", "converse", "nike"]
     assert len(tr) == 711 and len(te) == 114
     assert np.bincount(task.y[te]).tolist() == [38, 38, 38]
+
+
+def test_unreadable_files_are_left_out_by_name_and_the_rest_of_the_task_loads(tmp_path):
+    _need("shoes")
+    root = shoes_copy(tmp_path)
+    good = next((root / "shoes" / "train" / "nike").iterdir())
+    (root / "shoes" / "train" / "nike" / "cut.jpg").write_bytes(good.read_bytes()[:2000])
+    (root / "shoes" / "train" / "nike" / "notes.txt").write_text("shot list")
+    (root / "shoes" / "test" / "adidas" / "empty.jpg").write_bytes(b"")
+    task = load_task("shoes-3", root)
+    (tr, te), = task.splits
+    assert (len(tr), len(te)) == (12, 12)
+    reasons = {f["files"][0]: f["reason"] for f in task.flagged}
+    assert set(reasons) == {"cut.jpg", "notes.txt", "empty.jpg"}
+    assert "truncated" in reasons["cut.jpg"] and "not a recognised image" in reasons["notes.txt"]
+    assert "empty file" in reasons["empty.jpg"]
+
+
+def test_a_shoes_split_without_a_readable_image_is_named(tmp_path):
+    _need("shoes")
+    root = shoes_copy(tmp_path, per_class=1)
+    for f in (root / "shoes" / "test").glob("*/*"):
+        f.write_text("not a photo")
+    with pytest.raises(DatasetError, match=r"no readable images in .*shoes/test"):
+        load_task("shoes-3", root)
+
+
+def test_a_missing_data_set_is_named_before_any_work(tmp_path):
+    _need("shoes")
+    shoes_copy(tmp_path, per_class=1)
+    with pytest.raises(DatasetError, match=r"fl27-28way: missing .*flickrlogos27/images"):
+        check_data("fl27-28way", tmp_path)
+    with pytest.raises(DatasetError, match="all: missing"):
+        check_data("all", tmp_path)
+    assert check_data("shoes-3", tmp_path) == tmp_path
+    with pytest.raises(DatasetError, match="no shoes/ or flickrlogos27/"):
+        check_data("shoes-3", tmp_path / "nowhere")
+
+
+def test_a_malformed_annotation_line_is_reported_and_the_other_lines_count(tmp_path):
+    _need("flickrlogos27")
+    src = datasets_dir() / "flickrlogos27"
+    base = tmp_path / "flickrlogos27"
+    base.mkdir()
+    (base / "images").symlink_to(src / "images")
+    shutil.copy(src / "query_set_annotation.txt", base)
+    lines = (src / "training_set_annotation.txt").read_text().splitlines()
+    lines.insert(3, lines[3].split()[0] + " Adidas 1 x1 y1 x2 y2")  # a real file, unreadable box
+    (base / "training_set_annotation.txt").write_text("\n".join(lines) + "\n")
+    task, real = load_task("fl27-28way", tmp_path), load_task("fl27-28way", datasets_dir())
+    assert task.shas == real.shas and (task.y == real.y).all()
+    bad = [f for f in task.flagged if f["files"] == ["training_set_annotation.txt:4"]]
+    assert len(bad) == 1 and "x1 y1 x2 y2" in bad[0]["reason"]
