@@ -7,6 +7,7 @@ evaluation runs sharing a feature cache) never write into one temp file.
 """
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from contextlib import contextmanager
@@ -37,3 +38,28 @@ def atomic_write(path: str | Path, *, fsync: bool = True) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def unwritable(path: str | Path) -> str | None:
+    """Why a file cannot be written at ``path``, or None; creates the missing folders. For a
+    CLI to ask before a long run, not after it."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{p} is a folder"
+    blocker = next((a for a in p.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return f"{blocker} is a file, not a folder"
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the folder {p.parent}: {exc.strerror or exc}"
+    if not os.access(p.parent, os.W_OK):
+        return f"the folder {p.parent} is not writable"
+    return None
+
+
+def write_json(path: str | Path, obj) -> None:
+    """``obj`` as indented JSON at ``path`` (folders created), atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=1).encode())

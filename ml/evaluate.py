@@ -27,15 +27,14 @@ predictions. shoes-3: the given train/test split.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from ml.atomic import unwritable, write_json
 from ml.datasets import TASKS, DatasetError, Task, check_data, load_task, say_flagged
 from ml.decision import SCORE_FNS, SCORES, apply_bias, fit_class_bias
 from ml.features import (ConcatStore, FeatureStore, box_features, default_cache_dir, make_store, parse_spec,
@@ -343,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         check_data(a.task, a.data)
     except DatasetError as e:
         ap.error(str(e))
+    if problem := unwritable(a.json):  # said now, not after the run
+        ap.error(f"--json: {problem}")
     if a.task == "all":
         return _main_all(a, argv)
     method = "finetune" if a.finetune else a.method
@@ -376,8 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                  decision=a.decision, blend_from=a.blend, blend_weight=a.blend_weight,
                  local=a.local == "yes")
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(r, indent=1))
+    write_json(a.json, r)
     print(TABLE_HEADER)
     print(format_row(r))
     return 0
@@ -404,8 +404,7 @@ def _main_all(a: argparse.Namespace, argv: list[str] | None) -> int:
     r = run_all(evaluate, data_dir=a.data, cache_dir=a.cache, seed=a.seed, max_folds=a.folds,
                 blend_from=a.blend)
     r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(r, indent=1))
+    write_json(a.json, r)
     print(TABLE_HEADER)
     for t in r["tasks"].values():
         print(format_row(t))

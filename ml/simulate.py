@@ -22,14 +22,13 @@ fused with SIFT matches to the labels so far (LocalLoop; ml.match_table keeps th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ml.atomic import unwritable, write_json
 from ml.datasets import TASKS, DatasetError, check_data, load_task, say_flagged
 from ml.features import default_cache_dir, make_store, spec_features, spec_views
 from ml.heads import train_head
@@ -232,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         check_data(a.task, a.data)
     except DatasetError as e:
         ap.error(str(e))
+    if problem := unwritable(a.json):
+        ap.error(f"--json: {problem}")
     r = simulate(a.task, strategies,
                  seed_per_class=a.seed_per_class, batch=a.batch, max_labels=a.max_labels,
                  repeats=a.repeats,
@@ -242,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         r["plot"] = a.plot if plot(r, a.plot) else None
         if r["plot"] is None:
             print("matplotlib not installed: no plot written", file=sys.stderr)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(r, indent=1))
+    write_json(a.json, r)
     print(f"{r['task']}: all-labels acc {r['all_labels_accuracy']:.3f}, "
           f"target {r['target_95pct']:.3f}; winner: {r['winner']}")
     print("| strategy | labels to 95 % | vs random | labels to stay >= 95 % | vs random | "

@@ -1,9 +1,11 @@
 """ml.atomic: what a reader of a file being rewritten can see."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ml.atomic import atomic_write
+from ml.atomic import atomic_write, unwritable, write_json
 
 
 def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
@@ -28,3 +30,21 @@ def test_two_overlapping_writers_of_one_file_each_finish_cleanly(tmp_path):
         assert target.read_bytes() == b"B"  # a reader sees whole files only
     assert target.read_bytes() == b"A" * 1000
     assert [p.name for p in tmp_path.iterdir()] == ["features.npy"]
+
+
+def test_unwritable_says_why_before_a_long_run_and_creates_missing_folders(tmp_path):
+    (tmp_path / "notes").write_text("x")
+    assert unwritable(tmp_path) == f"{tmp_path} is a folder"
+    assert unwritable(tmp_path / "notes" / "out" / "r.json") == f"{tmp_path / 'notes'} is a file, not a folder"
+    assert unwritable(tmp_path / "runs" / "today" / "r.json") is None
+    assert (tmp_path / "runs" / "today").is_dir()
+
+
+def test_write_json_writes_the_whole_object_or_leaves_the_old_file(tmp_path):
+    target = tmp_path / "out" / "r.json"
+    write_json(target, {"accuracy": 0.9, "labels": ["a", "b"]})
+    assert json.loads(target.read_text()) == {"accuracy": 0.9, "labels": ["a", "b"]}
+    with pytest.raises(TypeError):
+        write_json(target, {"bad": object()})  # not serialisable: fails before the old file is touched
+    assert json.loads(target.read_text())["accuracy"] == 0.9
+    assert sorted(p.name for p in target.parent.iterdir()) == ["r.json"]

@@ -87,6 +87,15 @@ def test_both_clis_name_a_data_folder_that_lacks_the_task_before_any_work(tmp_pa
     assert not (tmp_path / "x.json").exists()
 
 
+def test_both_clis_refuse_a_json_path_they_could_not_write_before_any_work(tmp_path: Path):
+    if not (datasets_dir() / "shoes").is_dir():
+        pytest.skip("shoes dataset not available")  # the data check comes first
+    (tmp_path / "runs").write_text("a file where a folder was meant")
+    for module in ("ml.evaluate", "ml.simulate"):
+        proc = _fails(module, "--task", "shoes-3", "--json", str(tmp_path / "runs" / "r.json"))
+        assert f"--json: {tmp_path / 'runs'} is a file, not a folder" in proc.stderr
+
+
 def test_simulate_cli_names_an_unknown_strategy_before_any_work(tmp_path: Path):
     proc = _fails("ml.simulate", "--task", "shoes-3", "--strategies", "random,uncertain",
                   "--json", str(tmp_path / "x.json"))
