@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from ml.atomic import unwritable
 from ml.preprocess import load_rgb
 
 TASKS = ("shoes-3", "fl27-4way", "fl27-28way", "fl27-logo")
@@ -274,6 +275,18 @@ def _load_fl27(name: str, root: Path) -> Task:
         aliases={i: k[3] for i, k in enumerate(kept)}, flagged=flagged,
         fine_labels=fine_labels, fine_y=fine_y, fine_to_task=collapse,
     )
+
+
+def run_problem(name: str, data_dir: str | Path | None, json_path: str | Path) -> str | None:
+    """What would stop a CLI run on task ``name`` -- data missing, an unwritable ``--json`` --
+    or None: for the CLIs to say before minutes of work, not after."""
+    try:
+        check_data(name, data_dir)
+    except DatasetError as e:
+        return str(e)
+    if problem := unwritable(json_path):
+        return f"--json: {problem}"
+    return None
 
 
 def say_flagged(task: Task, shown: int = 5) -> None:

@@ -34,8 +34,8 @@ from dataclasses import fields
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from ml.atomic import unwritable, write_json
-from ml.datasets import TASKS, DatasetError, Task, check_data, load_task, say_flagged
+from ml.atomic import write_json
+from ml.datasets import TASKS, Task, load_task, run_problem, say_flagged
 from ml.decision import SCORE_FNS, SCORES, apply_bias, fit_class_bias
 from ml.features import (ConcatStore, FeatureStore, box_features, default_cache_dir, make_store, parse_spec,
                          spec_features, spec_views)
@@ -338,12 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="feature cache folder")
     ap.add_argument("--json", required=True, help="write the result here")
     a = ap.parse_args(argv)
-    try:
-        check_data(a.task, a.data)
-    except DatasetError as e:
-        ap.error(str(e))
-    if problem := unwritable(a.json):  # said now, not after the run
-        ap.error(f"--json: {problem}")
+    if problem := run_problem(a.task, a.data, a.json):
+        ap.error(problem)
     if a.task == "all":
         return _main_all(a, argv)
     method = "finetune" if a.finetune else a.method

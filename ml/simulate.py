@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ml.atomic import unwritable, write_json
-from ml.datasets import TASKS, DatasetError, check_data, load_task, say_flagged
+from ml.datasets import TASKS, load_task, run_problem, say_flagged
 from ml.features import default_cache_dir, make_store, spec_features, spec_views
 from ml.heads import train_head
 from ml.local_evidence import choose_templates, weight_for
@@ -227,12 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
         ap.error(f"--strategies: {', '.join(unknown) or 'none given'}; choose from {', '.join(STRATEGIES)}")
-    try:
-        check_data(a.task, a.data)
-    except DatasetError as e:
-        ap.error(str(e))
-    if problem := unwritable(a.json):
-        ap.error(f"--json: {problem}")
+    if problem := run_problem(a.task, a.data, a.json):
+        ap.error(problem)
+    if a.plot and (problem := unwritable(a.plot)):
+        ap.error(f"--plot: {problem}")
     r = simulate(a.task, strategies,
                  seed_per_class=a.seed_per_class, batch=a.batch, max_labels=a.max_labels,
                  repeats=a.repeats,
