@@ -42,10 +42,11 @@ K = 20
 
 
 def synth(n: int, d: int, n_centers: int, seed: int = 0, sub_per_center: int = 50,
-          sub_spread: float = 0.3, noise: float = 1.0, latent: int = 64) -> np.ndarray:
+          sub_spread: float = 0.3, noise: float = 1.0, latent: int = 64, groups: bool = False):
     """Two-level Gaussian mixture in a ``latent``-dimensional space, mapped linearly into ``d``
     dimensions (real embeddings have a low intrinsic dimension, which is what makes IVF lose
-    neighbours across cell borders), unit rows. See the module docstring."""
+    neighbours across cell borders), unit rows. See the module docstring. ``groups``: also
+    return each row's group (top-level centre) index."""
     rng = np.random.default_rng(0)  # the same centres and map for data and queries
     centers = rng.standard_normal((n_centers, latent), dtype=np.float32) / np.sqrt(latent)
     subs = (np.repeat(centers, sub_per_center, axis=0)
@@ -60,7 +61,7 @@ def synth(n: int, d: int, n_centers: int, seed: int = 0, sub_per_center: int = 5
         e = min(s + 65_536, n)
         z = subs[of[s:e]] + rng.standard_normal((e - s, latent), dtype=np.float32) * (noise / np.sqrt(latent))
         X[s:e] = z @ lift + rng.standard_normal((e - s, d), dtype=np.float32) * (0.05 / np.sqrt(d))
-    return normalise(X)
+    return (normalise(X), top) if groups else normalise(X)
 
 
 def latencies(search, Q: np.ndarray) -> dict:

@@ -94,12 +94,32 @@ def recluster(client_id: int) -> int | None:
     return clustering.pk if clustering else None
 
 
+def _send(task, arg: int, what: str) -> bool:
+    """Publish one message; False when the broker is unreachable (never raises)."""
+    try:
+        task.apply_async((arg,), retry=False)
+        return True
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        log.warning("broker unreachable, %s skipped: %s", what, exc)
+        return False
+
+
 def enqueue_recluster(client_id: int) -> bool:
     """Ask a worker to recluster; False when the broker is unreachable (never raises: the
     caller's import or promotion has already succeeded, and the next one asks again)."""
-    try:
-        recluster.apply_async((client_id,), retry=False)
-        return True
-    except Exception as exc:  # kombu raises several types for an unreachable broker
-        log.warning("broker unreachable, recluster of client %s skipped: %s", client_id, exc)
-        return False
+    return _send(recluster, client_id, f"recluster of client {client_id}")
+
+
+@shared_task(name="labeling.tasks.second_look")
+def second_look(taxonomy_id: int) -> bool:
+    """Fresh second-look scores for a taxonomy with too many labels to score in a page load
+    (labeling.services.second_look); idempotent: current scores are not computed again."""
+    from .services import second_look as service
+
+    taxonomy = Taxonomy.objects.filter(pk=taxonomy_id).first()
+    return service.refresh(taxonomy) if taxonomy else False
+
+
+def enqueue_second_look(taxonomy_id: int) -> bool:
+    """False when the broker is unreachable (the page says so; the next load asks again)."""
+    return _send(second_look, taxonomy_id, f"second look of taxonomy {taxonomy_id}")

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_safe, require_http_methods, req
 
 from .models import Asset, BulkAction, Cluster, JobState, Label, Role
 from .permissions import taxonomy_view
-from .services import bulk, clusters, duplicates, labels, similarity
+from .services import bulk, clusters, duplicates, labels, second_look as second_look_service, similarity
 from .views import BadInput, _error, _is_id, _json_body, api_view, can_label, tag_list
 
 RECLUSTER_INLINE_MAX = 20_000  # assets; larger libraries are clustered by the worker
@@ -186,10 +186,11 @@ def duplicate_list(request: HttpRequest) -> HttpResponse:
 @require_safe
 @taxonomy_view()
 def second_look(request: HttpRequest) -> HttpResponse:
-    items = similarity.second_look(request.taxonomy)
-    tiles = _tiles(request, [i["asset"] for i in items], {i["asset"]: i for i in items})
+    page = second_look_service.second_look(request.taxonomy)
+    tiles = _tiles(request, [i["asset"] for i in page.rows], {i["asset"]: i for i in page.rows})
     return render(request, "labeling/explore/second_look.html", _context(
-        request, tiles=tiles, config={"keepUrl": reverse("keep_json", args=[request.client.slug, request.taxonomy.pk])}))
+        request, tiles=tiles, scores=page, n_new=max(0, page.n_labels - page.n_scored),
+        config={"keepUrl": reverse("keep_json", args=[request.client.slug, request.taxonomy.pk])}))
 
 
 @require_POST

@@ -233,6 +233,10 @@ TAGLOOP_THUMB_SIZE = env_int("TAGLOOP_THUMB_SIZE", 320)
 # A retrain whose worker died is given up after this long without a heartbeat.
 TAGLOOP_RUN_STALE_SECONDS = env_int("TAGLOOP_RUN_STALE_SECONDS", 900)
 TAGLOOP_SWEEP_SECONDS = env_int("TAGLOOP_SWEEP_SECONDS", 60)
+# Second look: up to this many current labels a page load computes fresh scores itself
+# (bench/noise.py, 2 cores: 2.7 s at 3k, 6 s at 10k, 44 s at 40k); above, it shows the last
+# scores and a worker computes new ones.
+TAGLOOP_SECOND_LOOK_INLINE = env_int("TAGLOOP_SECOND_LOOK_INLINE", 3000)
 
 # --- Celery ---------------------------------------------------------------------------
 BROKER_DIR = Path(os.environ.get("TAGLOOP_BROKER_DIR", VAR_DIR / "broker"))

@@ -108,7 +108,7 @@ def test_the_recluster_task_is_acknowledged_on_receipt_so_a_worker_killed_for_me
 
 def test_a_second_look_reload_reuses_its_scores_until_a_label_is_added_or_undone(explored, monkeypatch, client):
     import ml.noise
-    from labeling.services import labels, similarity
+    from labeling.services import labels, second_look
 
     calls = []
     real = ml.noise.suspicion_components
@@ -117,16 +117,16 @@ def test_a_second_look_reload_reuses_its_scores_until_a_label_is_added_or_undone
     unseeded = [a for a in explored.truth if a not in explored.seeded]
     flipped = next(a for a in unseeded if explored.truth[a] == "nike")
     label_the_rest(explored, user=explored.world.olga, wrong={flipped: "adidas"})
-    first = similarity.second_look(tax)
-    assert similarity.second_look(tax) == first and len(calls) == 1
+    first = second_look.second_look(tax).rows
+    assert second_look.second_look(tax).rows == first and len(calls) == 1
     labels.save_label(tax, explored.assets[flipped], [tags["adidas"]], user=explored.world.alice)  # "keep"
-    assert flipped not in [r["asset"] for r in similarity.second_look(tax)] and len(calls) == 1
+    assert flipped not in [r["asset"] for r in second_look.second_look(tax).rows] and len(calls) == 1
     corrected = next(r for r in first if r["asset"] not in (flipped, unseeded[-1]))
     other = next(t for t in tags.values() if t != corrected["given"])
     labels.save_label(tax, explored.assets[corrected["asset"]], [other], user=explored.world.alice, notify=False)
-    assert corrected["asset"] not in [r["asset"] for r in similarity.second_look(tax)] and len(calls) == 1
+    assert corrected["asset"] not in [r["asset"] for r in second_look.second_look(tax).rows] and len(calls) == 1
     labels.undo_last(tax, explored.world.olga)  # her last label goes: one label fewer, computed again
-    assert len(similarity.second_look(tax)) == 22 and len(calls) == 2  # 23 labels, the kept one left out
+    assert len(second_look.second_look(tax).rows) == 22 and len(calls) == 2  # 23 labels, the kept one left out
 
 
 def test_the_cluster_overview_fetches_every_clusters_thumbnails_in_one_query(explored, django_assert_max_num_queries):

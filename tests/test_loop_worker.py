@@ -134,6 +134,21 @@ def test_labels_through_the_page_api_make_the_worker_retrain_and_promote(client,
     assert after != [a for a in before if a in set(after)], "queue order did not change with the new model"
 
 
+def test_a_second_look_too_large_for_a_page_load_is_scored_by_the_worker(client, world, trained, worker, settings):
+    proc, log_path = worker
+    settings.TAGLOOP_SECOND_LOOK_INLINE = 3  # the seed's 6 labels count as a large taxonomy here
+    client.force_login(world.olga)
+    url = reverse("second_look", args=["acme", world.brand.pk])
+    assert "Scoring 6 labels" in client.get(url).content.decode()
+
+    def scored() -> bool:
+        return "check model: " in client.get(url).content.decode()
+
+    wait_for(scored, 60, "second look scores from the worker\n" + log_path.read_text()[-3000:])
+    html = client.get(url).content.decode()
+    assert html.count('class="card x-row"') == 6 and "second-status" not in html
+
+
 def use_broker(app, url: str) -> None:
     """Point this process's publisher at another broker. Celery caches its connection and
     producer pools, built from the URL at first use, so they are dropped too."""

@@ -150,7 +150,7 @@ def test_near_duplicates_are_grouped_and_the_group_offers_its_label_to_the_rest(
 
 
 def test_second_look_ranks_a_flipped_label_in_the_upper_half_and_keep_takes_it_off(explored, client):
-    from labeling.services import labels, similarity
+    from labeling.services import labels, second_look
 
     tax, tags = explored.world.brand, explored.tags
     flipped = next(a for a, b in explored.truth.items() if b == "nike" and a not in explored.seeded)
@@ -158,7 +158,7 @@ def test_second_look_ranks_a_flipped_label_in_the_upper_half_and_keep_takes_it_o
         if asset_id not in explored.seeded:  # seeded ones are labeled already
             wrong = "adidas" if asset_id == flipped else brand
             labels.save_label(tax, explored.assets[asset_id], [tags[wrong]], notify=False)
-    rows = similarity.second_look(tax)
+    rows = second_look.second_look(tax).rows
     ranked = [row["asset"] for row in rows]
     # 24 shoes carry a weak brand signal (ml/noise.py measures detection on the full set).
     assert len(ranked) == 24 and ranked.index(flipped) < 12, ranked.index(flipped)
@@ -169,7 +169,7 @@ def test_second_look_ranks_a_flipped_label_in_the_upper_half_and_keep_takes_it_o
     page = client.get(f"/c/acme/t/{tax.pk}/second-look/")
     assert page.status_code == 200 and "check model: " in page.content.decode()
     assert client.post(f"/c/acme/t/{tax.pk}/keep.json", {"asset": flipped}, content_type="application/json").status_code == 200
-    assert flipped not in [row["asset"] for row in similarity.second_look(tax)]
+    assert flipped not in [row["asset"] for row in second_look.second_look(tax).rows]
 
 
 EXPLORE_URLS = [

@@ -9,7 +9,6 @@ never waits for an index rebuild.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import BinaryIO
 import numpy as np
 from django.conf import settings
 
-from ml.atomic import atomic_write
 from ml.index import VectorIndex
 
 from ..models import Asset, Label, Suggestion, Taxonomy
@@ -162,115 +160,3 @@ def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
             out[asset_id].update(suggested=top, prob=None if prob is None else round(prob, 4),
                                  uncertainty=round(unc, 4))
     return out
-
-
-# -- second look --------------------------------------------------------------------------
-SECOND_LOOK_CHUNK = 4  # candidates checked per row asked for, per round of queries
-
-
-def _second_look_path(taxonomy: Taxonomy) -> Path:
-    # Next to the vectors it is computed from: per client and backbone, gone with them.
-    return vectors.store_for(taxonomy.client_id).root / f"second_look-{taxonomy.pk}.npz"
-
-
-def _second_look_key(taxonomy: Taxonomy, tag_ids: list[int]) -> str:
-    """What the scores depend on: the stored vectors, the active tags and the set of labels.
-    The count of current labels changes with every new label or undo but not with a "keep"
-    or a correction (a re-save); rows whose label changed since are dropped when read."""
-    n_labels = Label.objects.filter(taxonomy=taxonomy, is_current=True).count()
-    store = "\n".join(vectors.store_for(taxonomy.client_id).version())
-    return hashlib.sha1(f"{store}|{tag_ids}|{n_labels}".encode()).hexdigest()
-
-
-def _given_labels(taxonomy: Taxonomy, col: dict[int, int], asset_ids: list[int] | None = None) -> dict[int, int]:
-    """asset id -> the tag its current label is compared by (multi-label: its first active tag)."""
-    rows = Label.objects.filter(taxonomy=taxonomy, is_current=True)
-    if asset_ids is not None:
-        rows = rows.filter(asset_id__in=asset_ids)
-    given: dict[int, int] = {}
-    for asset_id, tag_id in rows.values_list("asset_id", "tags").order_by("asset_id", "tags"):
-        if tag_id in col:
-            given.setdefault(asset_id, tag_id)
-    return given
-
-
-SUSPICION_FIELDS = ("ids", "given", "scores", "alt", "alt_prob", "knn")
-
-
-def _suspicion(taxonomy: Taxonomy, tag_ids: list[int]) -> dict[str, np.ndarray]:
-    """Per labeled asset, most suspicious first: ids, given tag ids, scores, and why -- the
-    check model's most likely other tag (``alt``, out-of-fold) with its probability, and the
-    share of near neighbours labeled otherwise (``knn``; NaN: unknown). Cached in a file:
-    the cross-validated heads and the exact kNN cost seconds at a few thousand labels and grow
-    quadratically, so only the first page load after the labels change pays it."""
-    from ml.noise import suspicion_components
-
-    key = _second_look_key(taxonomy, tag_ids)
-    path = _second_look_path(taxonomy)
-    try:
-        with np.load(path) as f:
-            if str(f["key"]) == key:
-                return {name: f[name] for name in SUSPICION_FIELDS}
-    except (OSError, ValueError, KeyError):
-        pass  # none yet, unreadable, or written before a field existed: compute it again
-    col = {t: i for i, t in enumerate(tag_ids)}
-    given = _given_labels(taxonomy, col)
-    found, X = vectors.vectors_for(taxonomy.client_id, list(given))
-    out = {name: np.zeros(0, np.float64) for name in SUSPICION_FIELDS}
-    if len(found) >= 4 and len({given[int(a)] for a in found}) >= 2:  # else nothing to compare a label with
-        y = np.array([col[given[int(a)]] for a in found], dtype=np.int64)
-        parts = suspicion_components(X, y, len(tag_ids), k_folds=min(5, len(found)),
-                                     n_neighbors=min(10, len(found) - 1))
-        others = np.where(np.eye(len(tag_ids), dtype=bool)[y], -1.0, np.nan_to_num(parts["oof_proba"], nan=-1.0))
-        alt = others.argmax(axis=1)
-        order = np.argsort(-parts["score"], kind="stable")
-        out = {
-            "ids": np.asarray(found, np.int64)[order], "given": np.asarray(tag_ids, np.int64)[y[order]],
-            "scores": parts["score"][order], "alt": np.asarray(tag_ids, np.int64)[alt[order]],
-            "alt_prob": others[np.arange(len(y)), alt][order], "knn": parts["knn_disagreement"][order],
-        }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, fsync=False) as f:  # recomputable; readers see old or new, never half
-        np.savez(f, key=np.array(key), **out)
-    return out
-
-
-def second_look(taxonomy: Taxonomy, limit: int = 50) -> list[dict]:
-    """Current labels that the model (out-of-fold) and the neighbours disagree with, most
-    suspicious first (ml.noise.suspicion_scores). Labels confirmed with "keep" (a re-save of
-    the same tags, whose event has before == after) and labels changed since the scores were
-    computed are left out. Single-label taxonomies use their one tag; multi-label ones their
-    first tag."""
-    from ..models import LabelEvent
-
-    tag_ids = list(taxonomy.active_tags().values_list("id", flat=True))
-    why = _suspicion(taxonomy, tag_ids)
-    ids, given = why["ids"], why["given"]
-    col = {t: i for i, t in enumerate(tag_ids)}
-    picked: list[int] = []
-    step = max(limit * SECOND_LOOK_CHUNK, 1)
-    for start in range(0, len(ids), step):  # usually one round: a few rows were kept or changed
-        chunk = [int(a) for a in ids[start : start + step]]
-        now = _given_labels(taxonomy, col, chunk)
-        kept = {
-            e.asset_id for e in LabelEvent.objects.filter(
-                taxonomy=taxonomy, action=LabelEvent.Action.SET, label__is_current=True, asset_id__in=chunk
-            ).only("asset_id", "before", "after")
-            if e.before is not None and e.before == e.after
-        }
-        picked += [i for i in range(start, start + len(chunk))
-                   if now.get(int(ids[i])) == int(given[i]) and int(ids[i]) not in kept]
-        if len(picked) >= limit:
-            break
-    picked = picked[:limit]
-    rows = describe(taxonomy, [int(ids[i]) for i in picked])
-    return [
-        {**rows[int(ids[i])], "given": int(given[i]), "score": round(float(why["scores"][i]), 4),
-         "alt": int(why["alt"][i]), "alt_prob": _share(why["alt_prob"][i]), "knn": _share(why["knn"][i])}
-        for i in picked if int(ids[i]) in rows
-    ]
-
-
-def _share(value: float) -> float | None:
-    """A probability or share as the page shows it; None where there was no evidence."""
-    return None if not np.isfinite(value) or value < 0 else round(float(value), 3)

@@ -89,6 +89,15 @@ def test_knn_indices_match_sklearn():
     assert not np.any(idx == np.arange(300)[:, None])  # never itself
 
 
+def test_an_item_with_an_identical_copy_gets_the_copy_as_nearest_neighbour_and_never_itself():
+    X = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
+    X[7] = X[3]  # the same image imported twice: equal similarity to itself and to the copy
+    idx, sims = knn_indices(X, 4)
+    assert idx[3, 0] == 7 and idx[7, 0] == 3 and sims[3, 0] == pytest.approx(1.0, abs=1e-5)
+    assert not np.any(idx == np.arange(50)[:, None])
+    assert idx.shape == (50, 4) and np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
 def test_knn_disagreement_hand_made():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(1, 8)) + 0.05 * rng.normal(size=(12, 8))

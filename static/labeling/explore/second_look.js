@@ -43,3 +43,7 @@ if (list) {
   });
   show();
 }
+
+// Scores of a large taxonomy are computed by a worker: the "scoring N labels" card reloads the
+// page until they are there (a page with rows never reloads under the operator's keys).
+if (!list && document.getElementById("second-pending")) setTimeout(() => location.reload(), 10000);
