@@ -12,7 +12,6 @@ fresh ones, one request at a time per taxonomy (a marker file).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from ..models import Label, LabelEvent, Taxonomy
 from . import vectors
 from .similarity import describe
 
-log = logging.getLogger(__name__)
 CHUNK = 4  # candidates checked per row asked for, per round of queries
 PENDING_STALE_SECONDS = 15 * 60  # a request this old lost its message or its worker: ask again
 FIELDS = ("ids", "given", "scores", "alt", "alt_prob", "knn")
