@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from index import synth  # noqa: E402  (bench/index.py)
+from index import recall, synth  # noqa: E402  (bench/index.py)
 from ml.heads import out_of_fold_proba, train_head  # noqa: E402
 from ml.index import VectorIndex, normalise  # noqa: E402
 from ml.noise import knn_indices, suspicion_components  # noqa: E402
@@ -73,10 +73,6 @@ def ivf_knn(X: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return ids[:, 1:], sims[:, 1:]  # (nearly always) itself first
 
 
-def overlap(a: np.ndarray, b: np.ndarray) -> float:
-    return round(float(np.mean([len(set(r) & set(s)) for r, s in zip(a, b)]) / a.shape[1]), 4)
-
-
 def one_size(n: int) -> dict:
     X, groups = synth(n, 1280, 1000, seed=n, groups=True)
     y, flipped = flipped_labels(groups, seed=n)
@@ -91,8 +87,8 @@ def one_size(n: int) -> dict:
         "n": n, "score_s": whole_s, "l2_choice_s": l2_s, "oof_heads_s": oof_s, "knn_s": knn_s,
         "flipped_in_top5pct": found_in_top(parts["score"], flipped),
         "baseline_numpy_knn_s": numpy_s, "knn_speedup_vs_numpy": round(numpy_s / max(knn_s, 1e-9), 2),
-        "same_neighbours_as_numpy": overlap(idx, base),
-        "ivf_knn_s": ivf_s, "ivf_recall_at_10": overlap(ivf[0], idx),
+        "same_neighbours_as_numpy": round(recall(idx, base), 4),
+        "ivf_knn_s": ivf_s, "ivf_recall_at_10": round(recall(ivf[0], idx), 4),
         "ivf_flipped_in_top5pct": found_in_top(with_ivf["score"], flipped),
     }
 
