@@ -237,6 +237,16 @@ TAGLOOP_SWEEP_SECONDS = env_int("TAGLOOP_SWEEP_SECONDS", 60)
 # (bench/noise.py, 2 cores: 2.7 s at 3k, 6 s at 10k, 44 s at 40k); above, it shows the last
 # scores and a worker computes new ones.
 TAGLOOP_SECOND_LOOK_INLINE = env_int("TAGLOOP_SECOND_LOOK_INLINE", 3000)
+# A retrained model goes live unless the held-out labels show it worse than the live one
+# (one-sided paired t-test on log-loss, p below this; ml.promotion). Larger: stricter.
+try:
+    TAGLOOP_PROMOTION_ALPHA = float(os.environ.get("TAGLOOP_PROMOTION_ALPHA") or 0.05)
+except ValueError:
+    TAGLOOP_PROMOTION_ALPHA = -1.0
+if not 0 < TAGLOOP_PROMOTION_ALPHA <= 1:
+    raise ImproperlyConfigured(
+        f"TAGLOOP_PROMOTION_ALPHA must be a number above 0 and at most 1 (default 0.05), "
+        f"not {os.environ.get('TAGLOOP_PROMOTION_ALPHA')!r}")
 
 # --- Celery ---------------------------------------------------------------------------
 BROKER_DIR = Path(os.environ.get("TAGLOOP_BROKER_DIR", VAR_DIR / "broker"))

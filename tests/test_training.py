@@ -54,6 +54,9 @@ def test_a_model_that_is_worse_on_the_held_out_labels_is_not_promoted(world, big
     assert second.state == TrainingRun.State.REJECTED, second.metrics
     assert world.brand.live_model_id == first.model_version_id
     assert second.metrics["accuracy"] < second.metrics["live_score_same_holdout"]
+    shown = second.metrics["promotion"]
+    assert not shown["promote"] and shown["p_worse"] < shown["alpha"] == 0.05
+    assert shown["new_log_loss"] > shown["live_log_loss"] and ": worse (" in second.message
     # The rejected version is kept for the record, but nothing is rescored with it.
     assert not Suggestion.objects.filter(model_version=second.model_version).exists()
 
@@ -143,6 +146,24 @@ def test_a_multi_label_taxonomy_is_evaluated_with_each_models_own_thresholds(wor
     # Same labels, same data: the retrained model scores the same as the live one and stays "not worse".
     assert second.state == TrainingRun.State.PROMOTED, second.metrics
     assert second.metrics["live_score_same_holdout"] == pytest.approx(second.metrics["micro_f1"])
+    assert second.metrics["promotion"]["p_worse"] == 1.0 and "not shown worse" in second.metrics["decision"]
+
+
+def test_a_stricter_promotion_alpha_is_read_from_the_environment_and_a_bad_one_is_named(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "import django; django.setup(); from django.conf import settings; print(settings.TAGLOOP_PROMOTION_ALPHA)"
+    env = {**os.environ, "TAGLOOP_VAR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "tagloop.settings"}
+    for value, printed in (("", "0.05"), ("0.2", "0.2")):
+        done = subprocess.run([sys.executable, "-c", code], env={**env, "TAGLOOP_PROMOTION_ALPHA": value},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == printed, done.stderr
+    for bad in ("0", "1.5", "five percent"):
+        done = subprocess.run([sys.executable, "-c", code], env={**env, "TAGLOOP_PROMOTION_ALPHA": bad},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "TAGLOOP_PROMOTION_ALPHA" in done.stderr and repr(bad) in done.stderr
 
 
 def test_each_evaluated_model_replays_its_labelling_order_against_random_orders(world, shoe_paths, tmp_path):

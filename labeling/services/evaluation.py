@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+from django.conf import settings
 
+from ml import promotion
 from ml.heads import LinearHead
 from ml.localmatch import fuse
 from ml.metrics import classification_metrics
@@ -106,8 +108,13 @@ def evaluate(
                 P_live = fuse(P_live, evidence, localmatch.weight_of(live))
             old = score(taxonomy, P_live, y[hold], names, live_thresholds)
             metrics["live_score_same_holdout"] = old["score"]
-            promote = new["score"] >= old["score"]
-            reason = f"holdout score {new['score']:.4f} vs live {old['score']:.4f}"
+            # not "new score >= live score": on a few dozen labels that refuses better models
+            # by chance (ml.promotion); refused only when shown worse
+            verdict = promotion.compare(P_new, P_live, y[hold], multilabel=taxonomy.multilabel,
+                                        alpha=settings.TAGLOOP_PROMOTION_ALPHA)
+            metrics["promotion"] = verdict.as_dict()
+            promote = verdict.promote
+            reason = f"holdout score {new['score']:.4f} vs live {old['score']:.4f}; {verdict.describe()}"
         progress(0.65, "replaying the labelling order against random orders")
         tr = np.flatnonzero(train_mask)
         metrics["savings"] = replay_curve(

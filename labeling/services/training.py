@@ -1,4 +1,4 @@
-"""Retraining: request a run, claim it, train a head, evaluate, promote only if not worse.
+"""Retraining: request a run, claim it, train a head, evaluate, promote unless shown worse (ml.promotion).
 
 A retrain can never be lost: the label counter is bumped in the label's own transaction,
 the check is enqueued on commit and again by the periodic sweep, and a worker claims a run
