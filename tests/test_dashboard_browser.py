@@ -50,6 +50,16 @@ def test_the_dashboard_draws_every_plot(live_server, browser, shots, world, dash
     assert page.locator("#plot-versions .errorbar").count() > 0  # confidence intervals drawn
     assert page.locator("#plot-prf .point").count() == 6  # precision and recall of 3 tags
     assert page.locator(".main-svg").count() >= len(PLOTS)
+    # newest first, one row per version, and what decided it
+    from labeling.models import TrainingRun
+
+    rows = page.locator("#versions-table tbody tr")
+    assert rows.count() == world.brand.versions.count() == 2
+    assert rows.nth(0).inner_text().startswith("v2") and "first model" in rows.nth(1).inner_text()
+    second = TrainingRun.objects.get(model_version__version=2, taxonomy=world.brand)
+    went_live = rows.nth(0).locator("td[data-label='Went live']").inner_text()
+    assert went_live == ("no" if second.state == "rejected" else "yes")
+    assert second.message in rows.nth(0).inner_text()
     world.brand.refresh_from_db()
     savings = world.brand.live_model.metrics.get("savings")
     text = page.locator("#savings-text").inner_text()

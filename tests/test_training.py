@@ -57,6 +57,10 @@ def test_a_model_that_is_worse_on_the_held_out_labels_is_not_promoted(world, big
     shown = second.metrics["promotion"]
     assert not shown["promote"] and shown["p_worse"] < shown["alpha"] == 0.05
     assert shown["new_log_loss"] > shown["live_log_loss"] and ": worse (" in second.message
+    # the dashboard's versions table says which went live and why
+    rows = {v["version"]: v for v in dashboard.versions(world.brand)}
+    assert rows[1]["went_live"] and rows[1]["live"] and rows[1]["decision"] == "first model"
+    assert not rows[2]["went_live"] and not rows[2]["live"] and rows[2]["decision"] == second.message
     # The rejected version is kept for the record, but nothing is rescored with it.
     assert not Suggestion.objects.filter(model_version=second.model_version).exists()
 

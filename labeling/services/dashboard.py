@@ -22,15 +22,18 @@ DAYS = 90  # labels-over-time window
 GALLERY = 24  # misclassified held-out images shown
 GALLERY_SCAN = 20_000  # labeled assets looked at to find them: bounded on a huge library
 BOOTSTRAP = 400
+RECENT_VERSIONS = 10  # rows of the "why each version went live or not" table
 
 
 def build(taxonomy: Taxonomy) -> dict:
+    all_versions = versions(taxonomy)
     return {
         "coverage": coverage(taxonomy),
         "over_time": labels_over_time(taxonomy),
         "by_operator": by_operator(taxonomy),
         "agreement": agreement(taxonomy),
-        "versions": versions(taxonomy),
+        "versions": all_versions,
+        "recent_versions": all_versions[::-1][:RECENT_VERSIONS],
         "live": live_report(taxonomy),
         "gallery": gallery(taxonomy),
     }
@@ -126,12 +129,16 @@ def macro_f1_ci(confusion: list[list[int]], reps: int = BOOTSTRAP, seed: int = 0
 
 
 def versions(taxonomy: Taxonomy) -> list[dict]:
+    # a version's own run says whether it went live (a rejected one is kept for the record)
+    went_live = dict(TrainingRun.objects.filter(taxonomy=taxonomy, model_version__isnull=False)
+                     .values_list("model_version_id", "state"))
     out = []
     for mv in ModelVersion.objects.filter(taxonomy=taxonomy).order_by("version"):
         m = mv.metrics or {}
         out.append({
             "version": mv.version,
             "live": mv.pk == taxonomy.live_model_id,
+            "went_live": went_live.get(mv.pk) != TrainingRun.State.REJECTED,
             "created": mv.created.isoformat(),
             "n_labels": mv.n_labels,
             "n_train": m.get("n_train"),
