@@ -16,6 +16,7 @@ from .services import exporting
 def dashboard(request: HttpRequest) -> HttpResponse:
     taxonomy = request.taxonomy
     is_admin = request.role == Role.ADMIN
+    data = dashboard_service.build(taxonomy)
     return render(
         request,
         "labeling/dashboard.html",
@@ -25,7 +26,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "is_admin": is_admin,
             "can_label": RANK[request.role] >= RANK[Role.OPERATOR],
             "kinds": exporting.KINDS,
-            "data": dashboard_service.build(taxonomy),
+            "data": data,
+            # newest first, for the table only (the plots' JSON holds them all once)
+            "recent_versions": data["versions"][::-1][:dashboard_service.RECENT_VERSIONS],
             "progress": dashboard_service.progress(taxonomy, include_imports=is_admin),
         },
     )

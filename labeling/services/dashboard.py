@@ -26,14 +26,12 @@ RECENT_VERSIONS = 10  # rows of the "why each version went live or not" table
 
 
 def build(taxonomy: Taxonomy) -> dict:
-    all_versions = versions(taxonomy)
     return {
         "coverage": coverage(taxonomy),
         "over_time": labels_over_time(taxonomy),
         "by_operator": by_operator(taxonomy),
         "agreement": agreement(taxonomy),
-        "versions": all_versions,
-        "recent_versions": all_versions[::-1][:RECENT_VERSIONS],
+        "versions": versions(taxonomy),
         "live": live_report(taxonomy),
         "gallery": gallery(taxonomy),
     }
