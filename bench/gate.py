@@ -40,12 +40,11 @@ sys.path.insert(0, str(REPO))
 from ml.datasets import load_task  # noqa: E402
 from ml.features import make_store, spec_features, spec_views  # noqa: E402
 from ml.heads import train_head  # noqa: E402
-from ml.promotion import compare  # noqa: E402
+from ml.promotion import MIN_HOLDOUT, compare, is_holdout  # noqa: E402
 from ml.selection import select_batch  # noqa: E402
 from ml.simulate import seed_set  # noqa: E402
 
 BATCH = 20  # Taxonomy.retrain_threshold's default
-MIN_HOLDOUT = 10  # labeling.services.training.MIN_HOLDOUT
 
 Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]  # (P_new, P_live, y) -> promote?
 
@@ -129,7 +128,7 @@ def main() -> None:
     store = make_store("efficientnet-lite0")
     store.ensure(task.paths, task.shas, spec_views("center:mean"), task.boxes)
     X = spec_features(store, task.shas, "center:mean")
-    held_out = np.array([int(s[:8], 16) % 5 == 0 for s in task.shas])  # training.is_holdout
+    held_out = np.array([is_holdout(s) for s in task.shas])
     runs = []
     for k in range(args.orders):
         pool, test = task.splits[k % len(task.splits)]

@@ -25,10 +25,18 @@ import numpy as np
 from scipy.stats import ttest_1samp
 
 ALPHA = 0.05
+HOLDOUT_BUCKETS = 5  # one labeled asset in five is held out for evaluation
+MIN_HOLDOUT = 10  # below this a comparison says nothing: train on everything and promote
 EPS = 1e-6  # probability floor: a tag the live model never predicts costs -log(1e-6) = 13.8
 # Log-loss differences below this are rounding: a retrain on the same labels differs from the
 # live model in the 7th digit, and a t-test on such noise would answer at random.
 SAME = 1e-6
+
+
+def is_holdout(sha256: str) -> bool:
+    """Fixed per asset (by content hash), so every model is compared on the same kind of split
+    and a held-out asset never leaks into a later model's training set."""
+    return int(sha256[:8], 16) % HOLDOUT_BUCKETS == 0
 
 
 @dataclass(frozen=True)

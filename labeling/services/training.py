@@ -22,22 +22,16 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from ml.heads import LinearHead, train_head
+# the held-out split lives in ml.promotion, so bench/gate.py simulates the same one
+from ml.promotion import MIN_HOLDOUT, is_holdout
 
 from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Suggestion, Taxonomy, TrainingRun
 from . import evaluation, localmatch, suggesting, vectors
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_BUCKETS = 5  # one labeled asset in five is held out for evaluation
-MIN_HOLDOUT = 10  # below this a comparison says nothing: train on everything and promote
 FAILED_BACKOFF = timedelta(minutes=10)  # the sweep does not hammer a run that keeps failing
 WORKER_LOST = "worker lost (no heartbeat)"  # a failure of the worker, not of the run: no backoff
-
-
-def is_holdout(sha256: str) -> bool:
-    """Fixed per asset (by content hash), so every model is compared on the same kind of split
-    and a held-out asset never leaks into a later model's training set."""
-    return int(sha256[:8], 16) % HOLDOUT_BUCKETS == 0
 
 
 # -- requesting -------------------------------------------------------------------------
