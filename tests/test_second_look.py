@@ -102,3 +102,51 @@ def test_another_client_s_member_gets_no_second_look_of_this_taxonomy_and_asks_n
     assert client.get(f"/c/acme/t/{big.world.brand.pk}/second-look/").status_code == 404
     assert client.get(f"/c/globex/t/{big.world.brand.pk}/second-look/").status_code == 404
     assert big.sent == [] and big.computed == []
+
+
+def failing(calls: list[int]):
+    def fail(*args, **kwargs):
+        calls.append(len(args[1]))
+        raise MemoryError("cannot allocate 41 GiB")
+    return fail
+
+
+def test_a_worker_s_failure_is_shown_with_its_error_and_not_asked_again_until_the_retry_time(big, client, monkeypatch):
+    import ml.noise
+    from labeling import tasks
+    from labeling.services import second_look
+
+    tax = big.world.brand
+    label_the_rest(big, user=big.world.olga)
+    login(client, big.world.olga)
+    assert "Scoring 24 labels" in page(client, big) and big.sent == [tax.pk]
+    real, calls = ml.noise.suspicion_components, []
+    monkeypatch.setattr(ml.noise, "suspicion_components", failing(calls))
+    with pytest.raises(MemoryError):
+        tasks.second_look(tax.pk)  # the worker's run fails (Celery logs it)
+
+    html = page(client, big)
+    assert "Scoring 24 labels failed" in html and "MemoryError: cannot allocate 41 GiB" in html
+    assert "second-pending" not in html and "Nothing suspicious" not in html
+    page(client, big)
+    assert big.sent == [tax.pk] and calls == [24]  # neither load asked the worker again
+
+    monkeypatch.setattr(second_look, "FAILED_RETRY_SECONDS", 0)  # the retry time has come
+    monkeypatch.setattr(ml.noise, "suspicion_components", real)
+    assert "Scoring 24 labels" in page(client, big) and big.sent == [tax.pk, tax.pk]
+    assert tasks.second_look(tax.pk) is True
+    html = page(client, big)
+    assert "failed" not in html and html.count('class="card x-row"') == 24
+
+
+def test_a_failure_in_a_page_load_shows_the_page_with_the_error_and_is_not_repeated_on_reload(big, client, monkeypatch, settings):
+    import ml.noise
+
+    settings.TAGLOOP_SECOND_LOOK_INLINE = 1000  # small enough to score in the request
+    label_the_rest(big, user=big.world.olga)
+    calls: list[int] = []
+    monkeypatch.setattr(ml.noise, "suspicion_components", failing(calls))
+    login(client, big.world.olga)
+    html = page(client, big)  # a 200 with the error, not a server error
+    assert "Scoring 24 labels failed" in html and "MemoryError" in html and 'class="card x-row"' not in html
+    assert "MemoryError" in page(client, big) and calls == [24] and big.sent == []

@@ -7,14 +7,20 @@ in a file next to the vectors, keyed by what they depend on. Up to
 ``TAGLOOP_SECOND_LOOK_INLINE`` current labels a page load after the labels changed computes
 them itself, as before. Above, no request waits for them: the page serves the last scores
 (rows whose label changed since are left out) and asks a worker (``tasks.second_look``) for
-fresh ones, one request at a time per taxonomy (a marker file).
+fresh ones, one request at a time per taxonomy (a marker file). A computation that fails
+(in the worker or in the page load) is recorded with its message; the page shows it and no
+new one is tried for ``FAILED_RETRY_SECONDS``, so a failing computation is not repeated on
+every page load and every reload of the waiting card.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,10 @@ from .similarity import describe
 
 CHUNK = 4  # candidates checked per row asked for, per round of queries
 PENDING_STALE_SECONDS = 15 * 60  # a request this old lost its message or its worker: ask again
+FAILED_RETRY_SECONDS = 10 * 60  # after a failed computation, none is tried again for this long
 FIELDS = ("ids", "given", "scores", "alt", "alt_prob", "knn")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +50,9 @@ class Page:
     n_labels: int = 0  # current labels now
     refreshing: bool = False  # a worker was asked for scores of the current labels
     unreachable: bool = False  # ... but the broker could not be reached
+    failed: str = ""  # the last computation's error, while no new one is tried
+    failed_at: datetime | None = None
+    retry_at: datetime | None = None
 
 
 def _path(taxonomy: Taxonomy, suffix: str = "npz") -> Path:
@@ -107,17 +119,49 @@ def _compute(taxonomy: Taxonomy, tag_ids: list[int], key: str) -> dict[str, np.n
     return out
 
 
+def _record_failure(taxonomy: Taxonomy, exc: BaseException) -> None:
+    log.exception("second look of taxonomy %s failed", taxonomy.pk)
+    message = f"{type(exc).__name__}: {exc}"[:300]
+    try:
+        path = _path(taxonomy, "failed")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, fsync=False) as f:
+            f.write(json.dumps({"at": time.time(), "error": message}).encode())
+    except OSError:
+        log.exception("could not record the failure of taxonomy %s's second look", taxonomy.pk)
+
+
+def _recent_failure(taxonomy: Taxonomy) -> tuple[str, float] | None:
+    """(error, when) of a computation that failed less than FAILED_RETRY_SECONDS ago."""
+    try:
+        data = json.loads(_path(taxonomy, "failed").read_text())
+        error, at = str(data["error"]), float(data["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none, or unreadable: try again
+    return (error, at) if time.time() - at < FAILED_RETRY_SECONDS else None
+
+
+def _compute_or_record(taxonomy: Taxonomy, tag_ids: list[int], key: str) -> dict[str, np.ndarray]:
+    try:
+        out = _compute(taxonomy, tag_ids, key)
+    except Exception as exc:
+        _record_failure(taxonomy, exc)
+        raise
+    _path(taxonomy, "failed").unlink(missing_ok=True)
+    return out
+
+
 def refresh(taxonomy: Taxonomy) -> bool:
     """Compute the scores when the stored ones are not those of the current labels (the
     worker's task; idempotent: a redelivered or repeated request finds them current). True
-    when it computed."""
+    when it computed; a failure is recorded for the page, then raised."""
     tag_ids = _tag_ids(taxonomy)
     try:
         key, _ = _current(taxonomy, tag_ids)
         stored = _read(taxonomy)
         if stored is not None and stored[0] == key:
             return False
-        _compute(taxonomy, tag_ids, key)
+        _compute_or_record(taxonomy, tag_ids, key)
         return True
     finally:
         _path(taxonomy, "pending").unlink(missing_ok=True)
@@ -157,12 +201,17 @@ def second_look(taxonomy: Taxonomy, limit: int = 50) -> Page:
     key, n_labels = _current(taxonomy, tag_ids)
     page = Page(n_labels=n_labels)
     stored = _read(taxonomy)
+    why = stored[1] if stored is not None else None
     if stored is not None and stored[0] == key:
-        why = stored[1]
+        pass
+    elif failure := _recent_failure(taxonomy):
+        _say_failed(page, *failure)  # the last scores, if any, with the error; nothing is retried yet
     elif n_labels <= settings.TAGLOOP_SECOND_LOOK_INLINE:
-        why = _compute(taxonomy, tag_ids, key)
+        try:
+            why = _compute_or_record(taxonomy, tag_ids, key)
+        except Exception:
+            _say_failed(page, *(_recent_failure(taxonomy) or ("the computation failed", time.time())))
     else:
-        why = stored[1] if stored is not None else None
         page.refreshing = _ask_worker(taxonomy)
         page.unreachable = not page.refreshing
     if why is None:
@@ -170,6 +219,12 @@ def second_look(taxonomy: Taxonomy, limit: int = 50) -> Page:
     page.scored, page.n_scored = True, len(why["ids"])
     page.rows = _rows(taxonomy, tag_ids, why, limit)
     return page
+
+
+def _say_failed(page: Page, error: str, at: float) -> None:
+    page.failed = error
+    page.failed_at = datetime.fromtimestamp(at, timezone.utc)
+    page.retry_at = datetime.fromtimestamp(at + FAILED_RETRY_SECONDS, timezone.utc)
 
 
 def _rows(taxonomy: Taxonomy, tag_ids: list[int], why: dict[str, np.ndarray], limit: int) -> list[dict]:
