@@ -47,8 +47,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ml.embedding import Embedder, _single_threaded_torch, cpu_count  # noqa: E402
-from ml.heads import _torch_threads  # noqa: E402
+from ml.embedding import Embedder, single_threaded_torch, cpu_count  # noqa: E402
+from ml.heads import torch_threads  # noqa: E402
 from ml.preprocess import load_input  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def bench_decode(paths: list[Path], workers: int) -> dict[str, float]:
     """Decode+resize only, threads vs processes (which pool embed_paths should use)."""
     res = {}
     for kind, cls in (("threads", ThreadPoolExecutor), ("processes", ProcessPoolExecutor)):
-        with cls(workers, initializer=_single_threaded_torch) as pool:
+        with cls(workers, initializer=single_threaded_torch) as pool:
             list(pool.map(load_input, paths[:16]))  # start workers / warm up
             t, _ = timed(lambda: list(pool.map(load_input, paths, chunksize=8 if kind == "processes" else 1)))
         res[kind] = len(paths) / t
@@ -111,7 +111,7 @@ def gemm_gflops_per_core(n: int = 2048, repeat: int = 3) -> float:
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     ta = torch.from_numpy(a)
     best = 0.0
-    with threadpool_limits(1), _torch_threads(1):
+    with threadpool_limits(1), torch_threads(1):
         for f in (lambda: a @ a, lambda: ta @ ta):
             f()  # warm-up
             t, _ = timed(f, repeat=repeat)
@@ -154,7 +154,7 @@ def compile_bench(results: dict, bs: int) -> None:
         x = torch.randn(b, 3, 224, 224, device="cuda")
         reps = max(2, 8192 // b)
 
-        def run(f=emb._cuda_forward) -> None:
+        def run(f=emb.cuda_forward) -> None:
             for _ in range(reps):
                 f(x)
             torch.cuda.synchronize()
@@ -168,7 +168,7 @@ def compile_bench(results: dict, bs: int) -> None:
         x = torch.randn(b, 3, 224, 224, device="cuda")
         reps = max(2, 8192 // b)
 
-        def run(f=emb._cuda_forward) -> None:
+        def run(f=emb.cuda_forward) -> None:
             for _ in range(reps):
                 f(x)
             torch.cuda.synchronize()
@@ -237,7 +237,7 @@ def main() -> None:
 
             def model_only() -> None:
                 for _ in range(reps):
-                    emb._cuda_forward(xt)
+                    emb.cuda_forward(xt)
                 torch.cuda.synchronize()
 
             tm, _ = timed(model_only, repeat=3)

@@ -33,7 +33,7 @@ class BadInput(ValueError):
     """A request parameter or body field is wrong; the message starts with the field name."""
 
 
-def _error(message: str, status: int, field: str | None = None) -> JsonResponse:
+def json_error(message: str, status: int, field: str | None = None) -> JsonResponse:
     body = {"error": message}
     if field:
         body["field"] = field
@@ -43,7 +43,7 @@ def _error(message: str, status: int, field: str | None = None) -> JsonResponse:
 def _bad_input(message: str) -> JsonResponse:
     # services and BadInput both phrase errors as "field: what is wrong".
     field, _, _ = message.partition(":")
-    return _error(message, 400, field.strip() or None)
+    return json_error(message, 400, field.strip() or None)
 
 
 def can_label(role: str | None) -> bool:
@@ -58,15 +58,15 @@ def api_view(at_least: str = Role.VIEWER) -> Callable:
         @wraps(view)
         def wrapper(request: HttpRequest, slug: str, taxonomy_id: int) -> HttpResponse:
             if not request.user.is_authenticated:
-                return _error("login required", 401)
+                return json_error("login required", 401)
             try:
                 request.taxonomy = get_taxonomy(request.user, slug, taxonomy_id)
             except Http404:
-                return _error("not found", 404)
+                return json_error("not found", 404)
             request.client = request.taxonomy.client
             request.role = role_in(request.user, request.client)
             if RANK[request.role] < RANK[at_least]:
-                return _error(f"your role ({request.role}) may not do this", 403)
+                return json_error(f"your role ({request.role}) may not do this", 403)
             try:
                 return view(request)
             except BadInput as exc:
@@ -201,7 +201,7 @@ def queue_json(request: HttpRequest) -> JsonResponse:
     )
 
 
-def _json_body(request: HttpRequest) -> dict:
+def json_body(request: HttpRequest) -> dict:
     try:
         body = json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError):
@@ -211,7 +211,7 @@ def _json_body(request: HttpRequest) -> dict:
     return body
 
 
-def _is_id(value) -> bool:
+def is_id(value) -> bool:
     # bool is an int subclass; true/false are not ids.
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
@@ -219,20 +219,20 @@ def _is_id(value) -> bool:
 @require_POST
 @api_view(at_least=Role.OPERATOR)
 def label_json(request: HttpRequest) -> JsonResponse:
-    body = _json_body(request)
+    body = json_body(request)
     asset_id, tag_ids = body.get("asset"), body.get("tags")
-    if not _is_id(asset_id):
+    if not is_id(asset_id):
         raise BadInput("asset: an asset id expected")
-    if not isinstance(tag_ids, list) or not all(_is_id(t) for t in tag_ids):
+    if not isinstance(tag_ids, list) or not all(is_id(t) for t in tag_ids):
         raise BadInput("tags: a list of tag ids expected")
     taxonomy = request.taxonomy
     asset = Asset.objects.filter(pk=asset_id, client_id=taxonomy.client_id).first()
     if asset is None:
         # Another client's asset looks exactly like a missing one.
-        return _error("asset: not found", 404, "asset")
+        return json_error("asset: not found", 404, "asset")
     # base_label: the label id the page saw (null: unlabeled). Left out, the last write wins.
     base = body["base_label"] if "base_label" in body else labels.NO_CHECK
-    if base is not None and base is not labels.NO_CHECK and not _is_id(base):
+    if base is not None and base is not labels.NO_CHECK and not is_id(base):
         raise BadInput("base_label: a label id or null expected")
     try:
         label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base)
@@ -266,7 +266,7 @@ def undo_json(request: HttpRequest) -> JsonResponse:
         label = labels.undo_last(taxonomy, request.user)
     except labels.UndoRefused as refused:
         # Not a bad request: the label was changed by a colleague; the page says so.
-        return _error(str(refused).partition(": ")[2], 409, "undo")
+        return json_error(str(refused).partition(": ")[2], 409, "undo")
     # The asset is unlabeled again unless an older label of it became current.
     restored = (
         Label.objects.filter(asset_id=label.asset_id, taxonomy=taxonomy, is_current=True)

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_safe, require_http_methods, req
 from .models import Asset, BulkAction, Cluster, JobState, Label, Role
 from .permissions import taxonomy_view
 from .services import bulk, clusters, duplicates, labels, second_look as second_look_service, similarity
-from .views import BadInput, _error, _is_id, _json_body, api_view, can_label, tag_list
+from .views import BadInput, json_error, is_id, json_body, api_view, can_label, tag_list
 
 RECLUSTER_INLINE_MAX = 20_000  # assets; larger libraries are clustered by the worker
 MAX_SEARCH_BYTES = 20 * 1024 * 1024
@@ -127,7 +127,7 @@ def similar_json(request: HttpRequest) -> JsonResponse:
     if not raw.isdigit():
         raise BadInput("asset: an asset id expected")
     if not Asset.objects.filter(pk=int(raw), client_id=request.client.pk).exists():
-        return _error("asset: not found", 404, "asset")
+        return json_error("asset: not found", 404, "asset")
     flt, tag = _filter_args(request)
     k = min(int(request.GET.get("k", 24)) if request.GET.get("k", "").isdigit() else 24, 200)
     return JsonResponse({"items": similarity.neighbours(request.taxonomy, int(raw), k=k, filter=flt, tag_id=tag)})
@@ -198,12 +198,12 @@ def second_look(request: HttpRequest) -> HttpResponse:
 def keep_json(request: HttpRequest) -> JsonResponse:
     """Second look's "keep": the label is confirmed by saving the same tags again (history
     shows who confirmed it; the event's before == after takes it off the list)."""
-    body = _json_body(request)
-    asset = Asset.objects.filter(pk=body.get("asset") if _is_id(body.get("asset")) else None,
+    body = json_body(request)
+    asset = Asset.objects.filter(pk=body.get("asset") if is_id(body.get("asset")) else None,
                                  client_id=request.client.pk).first()
     current = labels.current_label(request.taxonomy, asset) if asset else None
     if current is None:
-        return _error("asset: not found or not labeled", 404, "asset")
+        return json_error("asset: not found or not labeled", 404, "asset")
     label = labels.save_label(request.taxonomy, asset, labels.tag_ids_of(current), user=request.user,
                               source=current.source)
     return JsonResponse({"asset": asset.pk, "label": label.pk})
@@ -213,17 +213,17 @@ def keep_json(request: HttpRequest) -> JsonResponse:
 @require_POST
 @api_view(at_least=Role.OPERATOR)
 def bulk_json(request: HttpRequest) -> JsonResponse:
-    body = _json_body(request)
+    body = json_body(request)
     assets, tags, accept = body.get("assets"), body.get("tags") or [], bool(body.get("accept"))
-    if not isinstance(assets, list) or not all(_is_id(a) for a in assets):
+    if not isinstance(assets, list) or not all(is_id(a) for a in assets):
         raise BadInput("assets: a list of asset ids expected")
-    if not isinstance(tags, list) or not all(_is_id(t) for t in tags):
+    if not isinstance(tags, list) or not all(is_id(t) for t in tags):
         raise BadInput("tags: a list of tag ids expected")
     try:
         action = bulk.apply(request.taxonomy, assets, request.user, tag_ids=tags, accept=accept)
     except bulk.BulkError as exc:
         if str(exc) == "assets: not found":
-            return _error(str(exc), 404, "assets")
+            return json_error(str(exc), 404, "assets")
         raise BadInput(str(exc))
     stored = dict(Label.objects.filter(batch=action).values_list("asset_id", "tags"))
     return JsonResponse({"action": action.pk, "n_labels": action.n_labels, "labels": stored})
@@ -232,13 +232,13 @@ def bulk_json(request: HttpRequest) -> JsonResponse:
 @require_POST
 @api_view(at_least=Role.OPERATOR)
 def bulk_undo_json(request: HttpRequest) -> JsonResponse:
-    body = _json_body(request)
+    body = json_body(request)
     action = BulkAction.objects.filter(
-        pk=body.get("action") if _is_id(body.get("action")) else None, taxonomy=request.taxonomy
+        pk=body.get("action") if is_id(body.get("action")) else None, taxonomy=request.taxonomy
     ).select_related("taxonomy__client").first()
     if action is None:
-        return _error("action: not found", 404, "action")
+        return json_error("action: not found", 404, "action")
     if not bulk.may_undo(action, request.user):
-        return _error("action: only its author or an admin may undo it", 403, "action")
+        return json_error("action: only its author or an admin may undo it", 403, "action")
     affected = list(action.labels.filter(is_current=True).values_list("asset_id", flat=True))
     return JsonResponse({"action": action.pk, "undone": bulk.undo(action, request.user), "assets": affected})

@@ -54,7 +54,7 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _single_threaded_torch() -> None:
+def single_threaded_torch() -> None:
     """Worker-thread initializer: the resize in load_input runs a torch kernel; with OpenMP's
     default team per call, N workers x N OMP threads oversubscribe the cores and OMP's
     spin-waits burn CPU. torch.set_num_threads is thread-local under OpenMP, so this touches
@@ -80,7 +80,7 @@ class EmbedResult:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-def _load_one(path: str | Path, size: int) -> np.ndarray | str:
+def load_one(path: str | Path, size: int) -> np.ndarray | str:
     """Worker task: uint8 (size, size, 3) or an error message."""
     return guarded_load(path, lambda p: load_input(p, size))
 
@@ -250,11 +250,11 @@ class Embedder:
 
         def run(x: np.ndarray) -> np.ndarray:
             t = torch.from_numpy(x).pin_memory().cuda(non_blocking=True)
-            return self._cuda_forward(t).float().cpu().numpy()
+            return self.cuda_forward(t).float().cpu().numpy()
 
         return run
 
-    def _cuda_forward(self, x: Any) -> Any:
+    def cuda_forward(self, x: Any) -> Any:
         """x: float (N,3,S,S) on the GPU, already normalised."""
         import torch
 
@@ -293,7 +293,7 @@ class Embedder:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tagloop-embed",
-                                                initializer=_single_threaded_torch)
+                                                initializer=single_threaded_torch)
             return self._pool
 
     def _embed_chunk(self, chunk: list[tuple[int, str | Path]]) -> tuple[list[int], np.ndarray | None, dict[int, str]]:
@@ -303,7 +303,7 @@ class Embedder:
         imgs: list[np.ndarray] = []
         errs: dict[int, str] = {}
         for i, p in chunk:
-            res = _load_one(p, self.input_size)
+            res = load_one(p, self.input_size)
             if isinstance(res, str):
                 errs[i] = res
             else:

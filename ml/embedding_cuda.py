@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ml.embedding import EmbedResult, Embedder, _load_one, _single_threaded_torch
+from ml.embedding import EmbedResult, Embedder, load_one, single_threaded_torch
 from ml.preprocess import apply_orientation, gpu_resize_crop, read_jpeg_for_gpu
 
 
@@ -32,13 +32,13 @@ def embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = "
     outs: list[Any] = []
     host: list[np.ndarray] = []
     with ThreadPoolExecutor(max(emb.workers, 4), thread_name_prefix="tagloop-read",
-                            initializer=_single_threaded_torch) as pool:
+                            initializer=single_threaded_torch) as pool:
         futs: deque[list[Future]] = deque()
         starts = list(range(0, len(paths), emb.batch_size))
 
         # gpu_decode=False: the readers decode + resize with Pillow/torch CPU themselves (uint8
         # arrays), still ~2 batches ahead of the GPU.
-        read = read_jpeg_for_gpu if emb.gpu_decode else (lambda p: _load_one(p, size))
+        read = read_jpeg_for_gpu if emb.gpu_decode else (lambda p: load_one(p, size))
 
         def submit(s: int) -> None:
             futs.append([pool.submit(read, p) for p in paths[s:s + emb.batch_size]])
@@ -85,7 +85,7 @@ def embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = "
                         cpu_i.append(i)
                     else:
                         decoded[i] = apply_orientation(im, o)
-            for i, res in zip(cpu_i, pool.map(lambda i: _load_one(paths[i], size), cpu_i)):
+            for i, res in zip(cpu_i, pool.map(lambda i: load_one(paths[i], size), cpu_i)):
                 if isinstance(res, str):
                     errors[i] = res
                 else:
@@ -101,7 +101,7 @@ def embed_paths_cuda(emb: Embedder, paths: Sequence[str | Path], device: str = "
             for i, t in ready.items():
                 x[pos[i]] = t.float()
             x = (x - 127.0) / 128.0
-            outs.append(emb._cuda_forward(x))
+            outs.append(emb.cuda_forward(x))
             ok.extend(order)
             if len(outs) >= 32:  # bound GPU memory on huge imports; syncs once per 32 batches
                 host.append(torch.cat(outs).float().cpu().numpy())

@@ -143,7 +143,7 @@ class FeatureStore:
             img = load_rgb(paths[i], draft_size=decode_side)
             with Image.open(paths[i]) as raw:  # header only: boxes are in stored pixels
                 scale = max(img.size) / max(raw.size)
-                rotated = _exif_rotated(raw)
+                rotated = exif_rotated(raw)
             # boxes were drawn on the stored (un-rotated) pixels; on a rotated file they
             # would point elsewhere, so such a file contributes no box crops
             b = boxes[i] if boxes is not None and not rotated else None
@@ -210,7 +210,7 @@ def make_store(backbone: str = "efficientnet-lite0", **kwargs) -> FeatureStore |
     return ConcatStore(names, **kwargs) if len(names) > 1 else FeatureStore(backbone=names[0], **kwargs)
 
 
-def _exif_rotated(raw: Image.Image) -> bool:
+def exif_rotated(raw: Image.Image) -> bool:
     """True when EXIF orientation swaps width and height (load_rgb transposes)."""
     try:
         return raw.getexif().get(0x0112, 1) in (5, 6, 7, 8)

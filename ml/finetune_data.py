@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
-from ml.features import _exif_rotated, view_crops
+from ml.features import exif_rotated, view_crops
 from ml.preprocess import load_rgb, normalize, resize_crop
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def load_images(paths: Sequence[str], max_side: int) -> tuple[list[Image.Image],
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         with Image.open(p) as raw:  # boxes live in stored-file pixels
             scale = max(img.size) / max(raw.size) if w0 else 1.0
-            scales.append(math.nan if _exif_rotated(raw) else scale)
+            scales.append(math.nan if exif_rotated(raw) else scale)
         imgs.append(img)
     return imgs, np.asarray(scales, np.float64)
 

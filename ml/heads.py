@@ -296,7 +296,7 @@ def _cross_validate(
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """Temporarily set torch's intra-op threads (a process-wide setting, restored after)."""
     prev = torch.get_num_threads()
     if prev != n:
@@ -354,7 +354,7 @@ def train_head(
     # One thread: these skinny GEMMs are latency-bound, and on the 2-core target a second
     # OpenMP thread made training 3-5x slower in CPU *and* wall time (2,000 x 1280: 0.6 s vs
     # 4.6 s with other processes running); it also leaves the other core to the web app.
-    with _torch_threads(1):
+    with torch_threads(1):
         return _train(X, y, n_classes, multilabel, class_weight, seed, l2, learned, fixed, groups)
 
 

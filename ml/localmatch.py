@@ -159,7 +159,7 @@ def cached_keypoints(paths: Sequence[str], shas: Sequence[str], cache_dir: str |
 ADD_ROWS = 100_000  # descriptors converted to float32 at a time while adding
 
 
-def _ann_index(parts: Sequence[np.ndarray]) -> faiss.Index:
+def ann_index(parts: Sequence[np.ndarray]) -> faiss.Index:
     """Approximate nearest neighbours over the (n_i, 128) float16 descriptor blocks, added a
     block at a time (no float32 copy of all of them). IVF: on fl27 folds (~230k descriptors)
     it builds in ~10 s and answers a query image in ~27 ms, where HNSW took 33 s / 63 ms and
@@ -192,7 +192,7 @@ class MatchIndex:
         keep = [i for i, c in enumerate(labels) if c >= 0 and len(images[i])]
         self.owner, self.pts = stack(images, keep)
         self.cls = np.asarray(labels, np.int32)[self.owner] if len(self.owner) else np.zeros(0, np.int32)
-        self.index = _ann_index([images[i].desc for i in keep])
+        self.index = ann_index([images[i].desc for i in keep])
 
     def save(self, path: str | Path) -> None:
         """The built index in two files, ``path`` (the faiss index) and ``path.npz`` (keypoint

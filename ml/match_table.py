@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ml.localmatch import (NEIGHBOURS, Keypoints, _ann_index, best_per_class, inliers, ratio_matches, skip_ids,
+from ml.localmatch import (NEIGHBOURS, Keypoints, ann_index, best_per_class, inliers, ratio_matches, skip_ids,
                            stack, tolerance)
 
 
@@ -38,7 +38,7 @@ class MatchTable:
         self.dist = np.full((rows, depth), np.inf, np.float32)
         self.nn = np.zeros((rows, depth), np.int32)
         if rows:
-            index = _ann_index([images[i].desc for i in keep])
+            index = ann_index([images[i].desc for i in keep])
             start = 0
             for i in keep:
                 # an image's own descriptors are left out of the search: they are mostly its

@@ -131,14 +131,14 @@ def test_a_second_look_reload_reuses_its_scores_until_a_label_is_added_or_undone
 
 def test_the_cluster_overview_fetches_every_clusters_thumbnails_in_one_query(explored, django_assert_max_num_queries):
     from labeling.services import clusters
-    from labeling.services.queue import _asset_urls
+    from labeling.services.queue import asset_urls
 
     clustering = clusters.recluster(explored.world.acme.pk, k=8)
     with django_assert_max_num_queries(3):  # retired tags, clusters, thumbnails: not one per cluster
         rows = clusters.overview(explored.world.brand, clustering, thumbs=2)
     assert len(rows) == 8
     for r in rows:
-        assert r["thumbs"] == [_asset_urls(a)["thumb"] for a in clusters.members(r["cluster"])[:2]]
+        assert r["thumbs"] == [asset_urls(a)["thumb"] for a in clusters.members(r["cluster"])[:2]]
 
 
 def test_a_bulk_action_on_large_clusters_leaves_their_stats_to_the_worker_and_reads_no_label_table(

@@ -225,7 +225,7 @@ def refresh_for_assets(client_id: int, asset_ids: list[int]) -> None:
 def overview(taxonomy: Taxonomy, clustering: Clustering, thumbs: int = 6) -> list[dict]:
     """Clusters ranked by work saved for this taxonomy, each with a few central thumbnails
     (all fetched in one query)."""
-    from .queue import _asset_urls
+    from .queue import asset_urls
 
     retired = set(taxonomy.tags.filter(retired=True).values_list("pk", flat=True))
     rows = []
@@ -244,7 +244,7 @@ def overview(taxonomy: Taxonomy, clustering: Clustering, thumbs: int = 6) -> lis
     )
     urls: dict[int, list[str]] = {}
     for cluster_id, asset_id in central:
-        urls.setdefault(cluster_id, []).append(_asset_urls(asset_id)["thumb"])
+        urls.setdefault(cluster_id, []).append(asset_urls(asset_id)["thumb"])
     for r in rows:
         r["thumbs"] = urls.get(r["cluster"].pk, [])
     return rows

@@ -25,7 +25,7 @@ LEASE_SECONDS = 120
 LEASE_ROUNDS = 20
 
 
-def _asset_urls(asset_id: int) -> dict[str, str]:
+def asset_urls(asset_id: int) -> dict[str, str]:
     return {
         "image": reverse("asset_image", args=[asset_id]),
         "thumb": reverse("asset_thumb", args=[asset_id]),
@@ -165,7 +165,7 @@ def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested
         "uncertainty": None if uncertainty is None else round(float(uncertainty), 4),
         "suggested": suggested,
         "tags": ranked,
-        **_asset_urls(asset.pk),
+        **asset_urls(asset.pk),
     }
 
 

@@ -140,11 +140,11 @@ def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
     """Tile data for assets of the taxonomy's client: name, thumbnail, current label tag ids,
     live suggestion (top-1 tag, probability, uncertainty; no tag when that tag was retired).
     Other clients' ids are dropped."""
-    from .queue import _asset_urls
+    from .queue import asset_urls
 
     assets = Asset.objects.filter(client_id=taxonomy.client_id, pk__in=asset_ids).values_list("pk", "original_name")
     out = {pk: {"asset": pk, "name": name, "label": None, "suggested": None, "prob": None,
-                "uncertainty": None, **_asset_urls(pk)} for pk, name in assets}
+                "uncertainty": None, **asset_urls(pk)} for pk, name in assets}
     for asset_id, tag_id in Label.objects.filter(
         taxonomy=taxonomy, is_current=True, asset_id__in=list(out)
     ).values_list("asset_id", "tags"):

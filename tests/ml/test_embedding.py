@@ -245,7 +245,7 @@ def test_gpu_decode_path_logic_on_cpu(shoes, onnx_embedder: Embedder, torch_embe
         with torch.inference_mode():
             return torch_embedder._model(x)
 
-    monkeypatch.setattr(torch_embedder, "_cuda_forward", forward)
+    monkeypatch.setattr(torch_embedder, "cuda_forward", forward)
     good = [shoes["test"][b][i] for b in BRANDS for i in range(3)]
     logos = sorted((DATASETS / "flickrlogos27" / "images").glob("*.jpg"))[:4]
     exif = Image.Exif()
