@@ -79,6 +79,27 @@ def test_a_run_beats_its_heartbeat_while_it_scores_the_library(world, trained, m
     assert len(beats) == 3 and beats == sorted(set(beats))  # a fresh beat before every chunk
 
 
+def test_a_run_that_fails_while_scoring_leaves_no_version_and_no_suggestions_behind(world, trained, monkeypatch):
+    _label(world, trained, _unlabeled(trained)[:3])
+    live = world.brand.live_model_id
+    versions = set(ModelVersion.objects.filter(taxonomy=world.brand).values_list("pk", flat=True))
+    files = lambda: set(settings.TAGLOOP_MODEL_DIR.rglob("*"))  # noqa: E731
+    before, real_score = files(), suggesting.score
+
+    def score_then_fail(taxonomy, mv, **kwargs):
+        real_score(taxonomy, mv, **kwargs)  # the new version's suggestions are written ...
+        raise OSError("disk full")  # ... and then the worker fails before the switch
+
+    monkeypatch.setattr(suggesting, "score", score_then_fail)
+    run = training.train_now(world.brand)
+    world.brand.refresh_from_db()
+    assert run.state == TrainingRun.State.FAILED and "OSError: disk full" in run.error
+    assert world.brand.live_model_id == live and run.model_version is None
+    assert set(ModelVersion.objects.filter(taxonomy=world.brand).values_list("pk", flat=True)) == versions
+    assert not Suggestion.objects.filter(asset__client=world.brand.client).exclude(model_version_id__in=versions).exists()
+    assert files() == before  # its model file went too
+
+
 def test_a_redelivered_message_resumes_a_run_whose_worker_died(world, trained):
     run = training.request_run(world.brand, force=True)
     # A worker claimed it and was killed: the row says running, the message comes back.

@@ -136,7 +136,7 @@ def versions(taxonomy: Taxonomy) -> list[dict]:
         out.append({
             "version": mv.version,
             "live": mv.pk == taxonomy.live_model_id,
-            "went_live": went_live.get(mv.pk) != TrainingRun.State.REJECTED,
+            "went_live": went_live.get(mv.pk) == TrainingRun.State.PROMOTED,
             "created": mv.created.isoformat(),
             "n_labels": mv.n_labels,
             "n_train": m.get("n_train"),

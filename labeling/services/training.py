@@ -279,7 +279,7 @@ def _publish(run: TrainingRun, taxonomy: Taxonomy, mv: ModelVersion, promote: bo
 
 
 def _discard(mv: ModelVersion) -> None:
-    """The version of an abandoned run is nobody's: its rows, file and record go."""
+    """The version of an abandoned or failed run is nobody's: its rows, file and record go."""
     suggesting.delete_suggestions(Suggestion.objects.filter(model_version=mv))
     suggesting.artifact_path(mv).unlink(missing_ok=True)
     localmatch.delete(mv)
@@ -320,11 +320,13 @@ def _execute(run: TrainingRun) -> None:
     promote, metrics = evaluation.evaluate(taxonomy, head, local, data, X, train_mask, names,
                                            progress=lambda f, m: _progress(run, f, m))
     mv = _save_version(run, taxonomy, head, data, metrics, watermark)
-    if local is not None:
-        localmatch.save(mv, local)
     try:
+        if local is not None:
+            localmatch.save(mv, local)
         _publish(run, taxonomy, mv, promote, consumed)
-    except RunAbandoned:
+    except Exception:
+        # Abandoned, or failed while scoring: the version never reached its run (the switch is
+        # one transaction), so it must not stay behind as a version the dashboard lists.
         _discard(mv)
         raise
     if promote:
