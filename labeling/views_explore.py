@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_safe, require_http_methods, require_POST
 
-from .models import Asset, BulkAction, Cluster, JobState, Label, Role
+from .models import Asset, BulkAction, Cluster, JobState, Role
 from .permissions import taxonomy_view
 from .services import bulk, clusters, duplicates, labels, second_look as second_look_service, similarity
 from .views import BadInput, json_error, is_id, json_body, api_view, can_label, tag_list
@@ -225,8 +225,7 @@ def bulk_json(request: HttpRequest) -> JsonResponse:
         if str(exc) == "assets: not found":
             return json_error(str(exc), 404, "assets")
         raise BadInput(str(exc))
-    stored = dict(Label.objects.filter(batch=action).values_list("asset_id", "tags"))
-    return JsonResponse({"action": action.pk, "n_labels": action.n_labels, "labels": stored})
+    return JsonResponse({"action": action.pk, "n_labels": action.n_labels, "labels": bulk.stored_tags(action)})
 
 
 @require_POST

@@ -42,6 +42,18 @@ def test_applying_a_tag_labels_every_selected_asset_in_one_action_with_one_retra
     assert world.brand.labels_since_train == 10
 
 
+def test_applying_two_tags_in_a_multi_label_taxonomy_answers_both_tags_for_every_asset(world, trained, client, checks):
+    from labeling.models import Tag, Taxonomy
+
+    style = Taxonomy.objects.create(client=world.acme, name="style", kind=Taxonomy.Kind.MULTI)
+    tags = [Tag.objects.create(taxonomy=style, name=n, position=i).pk for i, n in enumerate(("outdoor", "studio", "people"))]
+    picked = sorted(trained.assets)[:4]
+    login(client, world.olga)
+    r = _post(client, f"/c/acme/t/{style.pk}/bulk.json", {"assets": picked, "tags": [tags[2], tags[0]]})
+    assert r.status_code == 200, r.content
+    assert r.json()["labels"] == {str(a): sorted([tags[0], tags[2]]) for a in picked}
+
+
 def test_accepting_suggestions_gives_each_asset_its_own_suggested_tag(world, trained, checks):
     from labeling.models import Label, Suggestion
     from labeling.services import bulk
@@ -50,8 +62,7 @@ def test_accepting_suggestions_gives_each_asset_its_own_suggested_tag(world, tra
     action = bulk.apply(world.brand, open_ids, world.olga, accept=True)
     suggested = dict(Suggestion.objects.filter(model_version=world.brand.live_model, asset_id__in=open_ids)
                      .values_list("asset_id", "top1_tag_id"))
-    stored = dict(Label.objects.filter(batch=action).values_list("asset_id", "tags"))
-    assert stored == suggested and action.n_labels == len(open_ids)
+    assert bulk.stored_tags(action) == {a: [t] for a, t in suggested.items()} and action.n_labels == len(open_ids)
     assert set(Label.objects.filter(batch=action).values_list("source", flat=True)) == {"accepted"}
 
 

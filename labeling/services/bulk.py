@@ -56,6 +56,14 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
     return action
 
 
+def stored_tags(action: BulkAction) -> dict[int, list[int]]:
+    """asset id -> the tag ids its label from ``action`` holds (several in a multi-label one)."""
+    out: dict[int, list[int]] = {}
+    for asset_id, tag_id in Label.objects.filter(batch=action).values_list("asset_id", "tags").order_by("asset_id", "tags"):
+        out.setdefault(asset_id, []).extend([tag_id] if tag_id is not None else [])
+    return out
+
+
 def suggested_tags(taxonomy: Taxonomy, ids: list[int]) -> dict[int, list[int]]:
     """Each asset's live suggestion, as the tag ids accepting it would save."""
     rows = labels.live_suggestions(taxonomy, ids)

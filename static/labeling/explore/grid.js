@@ -132,13 +132,13 @@ function init(grid) {
   grid.dataset.ready = "1"; // keys are handled from now on (tests wait for it)
 }
 
-function markLabeled(tile, tagId) {
+function markLabeled(tile, tagIds) {
   const badge = tile.querySelector(".x-badge");
   if (!("original" in badge.dataset)) badge.dataset.original = badge.innerHTML;
   badge.innerHTML = "";
   const span = document.createElement("span");
   span.className = "x-label";
-  span.textContent = `✓ ${tagName(tagId)}`;
+  span.textContent = `✓ ${tagIds.map(tagName).join(", ")}`;
   badge.append(span);
   tile.classList.add("is-labeled", "just-labeled");
 }
