@@ -216,6 +216,15 @@ def is_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
+def parse_id(raw: str | None) -> int | None:
+    """An id from a query string or form field, or None. ASCII digits only: str.isdigit()
+    accepts "²", which int() refuses, and a 30-digit id overflows the database's integer."""
+    if not raw or not (raw.isascii() and raw.isdigit()):
+        return None
+    value = int(raw)
+    return value if 0 < value <= MAX_ID else None
+
+
 @require_POST
 @api_view(at_least=Role.OPERATOR)
 def label_json(request: HttpRequest) -> JsonResponse:

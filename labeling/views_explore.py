@@ -14,7 +14,7 @@ from django.views.decorators.http import require_safe, require_http_methods, req
 from .models import Asset, BulkAction, Cluster, JobState, Role
 from .permissions import taxonomy_view
 from .services import bulk, clusters, duplicates, labels, second_look as second_look_service, similarity
-from .views import BadInput, json_error, is_id, json_body, api_view, can_label, tag_list
+from .views import BadInput, api_view, can_label, is_id, json_body, json_error, parse_id, tag_list
 
 RECLUSTER_INLINE_MAX = 20_000  # assets; larger libraries are clustered by the worker
 MAX_SEARCH_BYTES = 20 * 1024 * 1024
@@ -100,9 +100,9 @@ def _filter_args(request: HttpRequest) -> tuple[str, int | None]:
     if flt not in similarity.FILTERS:
         raise BadInput(f"filter: one of {', '.join(similarity.FILTERS)}")
     if flt == "tag":
-        if not (tag or "").isdigit():
+        if (tag_id := parse_id(tag)) is None:
             raise BadInput("tag: a tag id expected")
-        return flt, int(tag)
+        return flt, tag_id
     return flt, None
 
 
@@ -123,14 +123,13 @@ def similar(request: HttpRequest, asset_id: int) -> HttpResponse:
 @require_safe
 @api_view()
 def similar_json(request: HttpRequest) -> JsonResponse:
-    raw = request.GET.get("asset", "")
-    if not raw.isdigit():
+    if (asset_id := parse_id(request.GET.get("asset"))) is None:
         raise BadInput("asset: an asset id expected")
-    if not Asset.objects.filter(pk=int(raw), client_id=request.client.pk).exists():
+    if not Asset.objects.filter(pk=asset_id, client_id=request.client.pk).exists():
         return json_error("asset: not found", 404, "asset")
     flt, tag = _filter_args(request)
-    k = min(int(request.GET.get("k", 24)) if request.GET.get("k", "").isdigit() else 24, 200)
-    return JsonResponse({"items": similarity.neighbours(request.taxonomy, int(raw), k=k, filter=flt, tag_id=tag)})
+    k = min(parse_id(request.GET.get("k")) or 24, 200)
+    return JsonResponse({"items": similarity.neighbours(request.taxonomy, asset_id, k=k, filter=flt, tag_id=tag)})
 
 
 @require_http_methods(["GET", "POST"])

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_safe, require_http_methods
 from .models import ImportJob, Role, Taxonomy
 from .permissions import client_view
 from .services import images, importing
+from .views import parse_id
 
 
 class UploadError(ValueError):
@@ -61,7 +62,8 @@ def _labels_taxonomy(request: HttpRequest) -> Taxonomy | None:
     raw = request.POST.get("taxonomy") or ""
     if not raw:
         return None
-    taxonomy = Taxonomy.objects.filter(client=request.client, pk=raw).first() if raw.isdigit() else None
+    pk = parse_id(raw)
+    taxonomy = Taxonomy.objects.filter(client=request.client, pk=pk).first() if pk else None
     if taxonomy is None:
         raise UploadError("taxonomy: not a taxonomy of this client")
     return taxonomy

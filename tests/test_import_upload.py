@@ -111,8 +111,9 @@ def test_upload_limits_give_clear_errors(client, world, shoe_paths, settings):
     page = client.post(upload_url(), {"files": [as_upload(shoe)]})
     assert page.status_code == 400 and b"upload too large" in page.content
     settings.TAGLOOP_MAX_UPLOAD_BYTES = 10**9
-    page = client.post(upload_url(), {"files": [as_upload(shoe)], "taxonomy": str(world.other_tax.pk)})
-    assert page.status_code == 400 and b"not a taxonomy of this client" in page.content
+    for taxonomy in (str(world.other_tax.pk), "\u00b2", "9" * 30):  # another client's; "²"; past any id
+        page = client.post(upload_url(), {"files": [as_upload(shoe)], "taxonomy": taxonomy})
+        assert page.status_code == 400 and b"not a taxonomy of this client" in page.content
     assert not ImportJob.objects.exists()
     assert not list((settings.VAR_DIR / "uploads").glob("*")), "refused uploads leave nothing staged"
 

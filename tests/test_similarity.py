@@ -198,3 +198,25 @@ def test_every_explore_page_and_json_is_404_for_another_clients_user(explored, c
     theirs = client.get(f"{own}/similar.json?asset={min(globex)}").json()["items"]
     assert theirs and {h["asset"] for h in theirs} <= globex
     assert client.get(f"{own}/similar.json?asset={asset}").status_code == 404  # acme's id
+
+
+@pytest.mark.parametrize("query, field", [
+    ("asset=%C2%B2", "asset"),  # "²": a digit to str.isdigit(), not to int()
+    ("asset=99999999999999999999", "asset"),  # past the database's integer
+    ("asset=", "asset"),
+    ("asset={asset}&filter=tag&tag=%C2%B2", "tag"),
+    ("asset={asset}&filter=tag&tag=-3", "tag"),
+])
+def test_a_malformed_id_in_more_like_this_is_a_400_naming_the_field(explored, client, query, field):
+    login(client, explored.world.olga)
+    url = f"/c/acme/t/{explored.world.brand.pk}/similar.json?{query.format(asset=next(iter(explored.assets)))}"
+    r = client.get(url)
+    assert r.status_code == 400 and r.json()["field"] == field, (url, r.status_code, r.content)
+
+
+def test_a_malformed_k_or_tag_falls_back_to_the_defaults_on_the_pages(explored, client):
+    login(client, explored.world.olga)
+    base, asset = f"/c/acme/t/{explored.world.brand.pk}", next(iter(explored.assets))
+    r = client.get(f"{base}/similar.json?asset={asset}&k=%C2%B2")
+    assert r.status_code == 200 and len(r.json()["items"]) == min(24, len(explored.assets) - 1)
+    assert client.get(f"{base}/assets/{asset}/similar/?filter=tag&tag=%C2%B2").status_code == 200

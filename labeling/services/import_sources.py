@@ -216,11 +216,12 @@ def clean_stale_staging() -> list[Path]:
         return []
     cutoff = time.time() - STALE_STAGING_SECONDS
     folders = [p for p in root.iterdir() if p.is_dir()]
-    ids = [int(p.name) for p in folders if p.name.isdigit()]
+    numbered = [p for p in folders if p.name.isascii() and p.name.isdigit()]  # a job's folder
+    ids = [int(p.name) for p in numbered]
     states = dict(ImportJob.objects.filter(pk__in=ids).values_list("pk", "state"))
     removed = []
     for p in folders:
-        state = states.get(int(p.name)) if p.name.isdigit() else None
+        state = states.get(int(p.name)) if p in numbered else None
         if state in (JobState.QUEUED, JobState.RUNNING):
             continue
         if state is not None or p.stat().st_mtime < cutoff:
