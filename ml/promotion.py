@@ -60,12 +60,16 @@ class Comparison:
 
 def per_label_log_loss(P: np.ndarray, y: np.ndarray, multilabel: bool = False) -> np.ndarray:
     """(n,) log-loss of each held-out row: -log P(true tag); multi-label: the sum over tags of
-    the binary cross-entropy (y (n, k) of {0, 1})."""
-    P = np.clip(np.asarray(P, dtype=np.float64), EPS, 1 - EPS)
+    the binary cross-entropy (y (n, k) of {0, 1}). A non-finite probability (a diverged model)
+    counts as the worst answer, so such a model is never promoted over a working one."""
+    P = np.asarray(P, dtype=np.float64)
+    finite = np.isfinite(P)
     if multilabel:
         Y = np.asarray(y) > 0
+        P = np.clip(np.where(finite, P, ~Y), EPS, 1 - EPS)  # worst: 0 for a true tag, 1 for a false one
         return -np.where(Y, np.log(P), np.log1p(-P)).sum(axis=1)
     y = np.asarray(y, dtype=np.int64).reshape(-1)
+    P = np.clip(np.where(finite, P, 0.0), EPS, 1 - EPS)
     return -np.log(P[np.arange(len(y)), y])
 
 

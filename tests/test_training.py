@@ -188,3 +188,19 @@ def test_each_evaluated_model_replays_its_labelling_order_against_random_orders(
     # the dashboard shows the live model's replay
     world.brand.refresh_from_db()
     assert dashboard.live_report(world.brand)["savings"] == sv
+
+
+def test_after_a_tag_is_retired_the_live_model_is_compared_on_the_tags_left_its_rows_summing_to_one(world, trained):
+    import numpy as np
+
+    from labeling.models import Tag
+    from labeling.services import evaluation, suggesting, vectors
+
+    Tag.objects.filter(pk=trained.tags["adidas"]).update(retired=True)
+    active = list(world.brand.active_tags().values_list("id", flat=True))
+    _, X = vectors.vectors_for(world.acme.pk, sorted(trained.assets))
+    full = suggesting.load_head(world.brand.live_model).predict_proba(X)
+    kept = full[:, [world.brand.live_model.tag_ids.index(t) for t in active]]
+    assert (kept.sum(axis=1) < 0.95).any()  # precondition: the retired tag held a real share
+    P, _ = evaluation._live_on(world.brand, X, active)
+    np.testing.assert_allclose(P, kept / kept.sum(axis=1, keepdims=True), rtol=1e-5)

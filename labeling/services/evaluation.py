@@ -43,7 +43,9 @@ def _replay_score(taxonomy: Taxonomy, names: list[str]):
 
 def _live_on(taxonomy: Taxonomy, X: np.ndarray, tag_ids: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
     """The live model's probabilities and thresholds re-ordered into ``tag_ids`` (tags may
-    have been added since: the live model never predicts those)."""
+    have been added since: the live model never predicts those). Single-label rows are
+    renormalised over the tags kept: the share it gave a tag retired since would otherwise
+    count against it in the log-loss, while the new model spreads all of its over ``tag_ids``."""
     head = suggesting.load_head(taxonomy.live_model)
     P_live = head.predict_proba(X)
     col = {t: i for i, t in enumerate(taxonomy.live_model.tag_ids)}
@@ -54,6 +56,9 @@ def _live_on(taxonomy: Taxonomy, X: np.ndarray, tag_ids: list[int]) -> tuple[np.
             P[:, j] = P_live[:, col[t]]
             if head.thresholds is not None:
                 thresholds[j] = head.thresholds[col[t]]
+    if not taxonomy.multilabel:
+        total = P.sum(axis=1, keepdims=True)
+        np.divide(P, total, out=P, where=total > 0)
     return P, (thresholds if head.thresholds is not None else None)
 
 

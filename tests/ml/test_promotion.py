@@ -89,6 +89,18 @@ def test_a_multi_label_model_that_guesses_is_refused_against_one_that_knows():
     assert compare(knows, guesses, Y, multilabel=True).promote
 
 
+def test_a_diverged_model_with_nan_probabilities_is_refused_and_replaced(shoes, models):
+    _, P_live, _ = models
+    y = shoes.y_test
+    broken = P_live.copy()
+    broken[::3] = np.nan  # a head whose training diverged on some inputs
+    verdict = compare(broken, P_live, y)
+    assert not verdict.promote and np.isfinite(verdict.new_log_loss) and verdict.p_worse < 0.05
+    assert compare(P_live, broken, y).promote  # and a working retrain replaces such a live model
+    Y = np.eye(3, dtype=int)[y]
+    assert not compare(np.where(np.eye(3)[y] > 0, np.nan, 0.1), Y * 0.8 + 0.1, Y, multilabel=True).promote
+
+
 def test_bad_arguments_are_named():
     P = np.full((5, 3), 1 / 3)
     y = np.zeros(5, dtype=int)
