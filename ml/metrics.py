@@ -78,6 +78,25 @@ def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return precision, recall, f1, support
 
 
+def macro_f1_ci(cm: np.ndarray, reps: int = 400, seed: int = 0) -> tuple[float, float] | None:
+    """95 % bootstrap interval of macro-F1 from a confusion matrix, which holds the held-out
+    (true, predicted) pairs exactly: ``reps`` resamples with replacement, all at once (F1 =
+    2 tp / (predicted + true); macro over the classes present in each resample). None for an
+    empty matrix."""
+    cm = np.asarray(cm, dtype=np.int64)
+    n, k = int(cm.sum()), cm.shape[0]
+    if n == 0:
+        return None
+    draws = np.random.default_rng(seed).multinomial(n, (cm / n).ravel(), size=reps).reshape(reps, k, k)
+    tp = np.diagonal(draws, axis1=1, axis2=2)
+    both = draws.sum(axis=1) + draws.sum(axis=2)  # predicted + true, per class
+    f1 = _safe_div(2 * tp, both)
+    seen = both > 0
+    scores = _safe_div((f1 * seen).sum(axis=1), seen.sum(axis=1))
+    lo, hi = np.percentile(scores, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def _top_k_hits(y_true: np.ndarray, P: np.ndarray, k: int) -> np.ndarray:
     top = np.argsort(-np.asarray(P), axis=1, kind="stable")[:, :k]
     return (top == np.asarray(y_true, dtype=np.int64)[:, None]).any(axis=1)
@@ -158,6 +177,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequen
         "balanced_accuracy": balanced_accuracy(y_true, y_pred, k),
         "balanced_accuracy_classes": int((support > 0).sum()),
         "macro_f1": macro_f1(y_true, y_pred, k),
+        "macro_f1_ci95": list(macro_f1_ci(cm) or (0.0, 0.0)),
         "macro_f1_classes": int(((cm.sum(axis=0) + support) > 0).sum()),
         "per_class": _per_label(labels, precision, recall, f1, support),
         "confusion": cm.tolist(),

@@ -10,6 +10,7 @@ from ml.metrics import (
     confusion_matrix,
     expected_calibration_error,
     macro_f1,
+    macro_f1_ci,
     multilabel_metrics,
     top_k_accuracy,
     wilson_ci,
@@ -102,6 +103,26 @@ def test_ece_reference_implementation():
     assert expected_calibration_error(y, P) == pytest.approx(ref)
     # perfectly calibrated by construction: confidence 1 and always right
     assert expected_calibration_error(np.array([0, 1]), np.eye(2)) == 0.0
+
+
+def test_macro_f1_interval_resamples_like_scikit_learn_on_each_draw_and_narrows_with_more_data():
+    y, P = _random_case(300, 5, seed=4)
+    y[y == 3] = 0  # a class absent from the truth, still predicted now and then
+    cm = np.array(confusion_matrix(y, P.argmax(1), 5))
+    lo, hi = macro_f1_ci(cm, reps=50, seed=7)
+    # the same resamples, scored one by one by scikit-learn over the classes each one holds
+    draws = np.random.default_rng(7).multinomial(cm.sum(), (cm / cm.sum()).ravel(), size=50).reshape(50, 5, 5)
+    ref = []
+    for d in draws:
+        t, p = np.nonzero(d)
+        yt, yp = np.repeat(t, d[t, p]), np.repeat(p, d[t, p])
+        ref.append(skm.f1_score(yt, yp, labels=np.union1d(yt, yp), average="macro", zero_division=0))
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])))
+    point = classification_metrics(y, P, list("abcde"))
+    assert lo < point["macro_f1"] < hi and point["macro_f1_ci95"] == list(macro_f1_ci(cm))
+    big_lo, big_hi = macro_f1_ci(cm * 4)
+    assert big_hi - big_lo < 0.7 * (hi - lo)
+    assert macro_f1_ci(np.zeros((3, 3))) is None
 
 
 def test_empty_input():
