@@ -56,22 +56,25 @@ def sweep() -> dict:
     for taxonomy in Taxonomy.objects.all().only("id", "labels_since_train", "retrain_threshold"):
         if taxonomy.labels_since_train >= max(1, taxonomy.retrain_threshold) and training.request_run(taxonomy):
             started += 1
-    now = timezone.now()
-    cutoff = now - REENQUEUE_AFTER
-    # A queued run has no heartbeat yet: the field records when the sweep last sent it.
-    due = TrainingRun.objects.filter(state=TrainingRun.State.QUEUED, created__lt=cutoff).filter(
-        Q(heartbeat__isnull=True) | Q(heartbeat__lt=now - REENQUEUE_EVERY))
-    runs = list(due.values_list("id", flat=True))
-    TrainingRun.objects.filter(pk__in=runs, state=TrainingRun.State.QUEUED).update(heartbeat=now)
+    runs = _due(TrainingRun, TrainingRun.State.QUEUED)
     for run_id in runs:
         training.enqueue(run_id)
-    jobs = list(ImportJob.objects.filter(state=JobState.QUEUED, created__lt=cutoff).values_list("id", flat=True))
+    jobs = _due(ImportJob, JobState.QUEUED)
     for job_id in jobs:
-        try:
-            run_import.apply_async((job_id,), retry=False)
-        except Exception as exc:
-            log.warning("broker unreachable, import %s stays queued: %s", job_id, exc)
+        send(run_import, job_id, f"import {job_id}")
     return {"stale_runs": stale, "runs_requested": started, "runs_reenqueued": len(runs), "imports_reenqueued": len(jobs)}
+
+
+def _due(model, queued: str) -> list[int]:
+    """Queued rows whose message is probably lost, stamped as sent now. A queued row has no
+    heartbeat yet: the field records when the sweep last sent it, so a row that is only
+    waiting behind a long job gets one more message every REENQUEUE_EVERY, not every sweep."""
+    now = timezone.now()
+    due = model.objects.filter(state=queued, created__lt=now - REENQUEUE_AFTER).filter(
+        Q(heartbeat__isnull=True) | Q(heartbeat__lt=now - REENQUEUE_EVERY))
+    ids = list(due.values_list("id", flat=True))
+    model.objects.filter(pk__in=ids, state=queued).update(heartbeat=now)
+    return ids
 
 
 # Acknowledged on receipt and never redelivered: the largest step holds every vector in memory
@@ -94,8 +97,9 @@ def recluster(client_id: int) -> int | None:
     return clustering.pk if clustering else None
 
 
-def _send(task, arg: int, what: str) -> bool:
-    """Publish one message; False when the broker is unreachable (never raises)."""
+def send(task, arg: int, what: str) -> bool:
+    """Publish one message; False when the broker is unreachable (never raises: the caller's
+    work is done or recorded, and the sweep or the next request asks again)."""
     try:
         task.apply_async((arg,), retry=False)
         return True
@@ -107,7 +111,7 @@ def _send(task, arg: int, what: str) -> bool:
 def enqueue_recluster(client_id: int) -> bool:
     """Ask a worker to recluster; False when the broker is unreachable (never raises: the
     caller's import or promotion has already succeeded, and the next one asks again)."""
-    return _send(recluster, client_id, f"recluster of client {client_id}")
+    return send(recluster, client_id, f"recluster of client {client_id}")
 
 
 @shared_task(name="labeling.tasks.second_look")
@@ -122,4 +126,4 @@ def second_look(taxonomy_id: int) -> bool:
 
 def enqueue_second_look(taxonomy_id: int) -> bool:
     """False when the broker is unreachable (the page says so; the next load asks again)."""
-    return _send(second_look, taxonomy_id, f"second look of taxonomy {taxonomy_id}")
+    return send(second_look, taxonomy_id, f"second look of taxonomy {taxonomy_id}")

@@ -272,3 +272,21 @@ def test_the_sweep_resends_a_queued_run_once_not_every_minute_while_the_train_wo
     assert tasks.sweep()["runs_reenqueued"] == 0  # a minute later: still waiting for the worker
     TrainingRun.objects.filter(pk=run.pk).update(heartbeat=timezone.now() - tasks.REENQUEUE_EVERY)
     assert tasks.sweep()["runs_reenqueued"] == 1 and no_broker["train"] == 2  # then sent again
+
+
+def test_the_sweep_resends_a_queued_import_once_not_every_minute_while_the_import_worker_is_busy(world, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from labeling import tasks
+    from labeling.models import ImportJob
+
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.run_import, "apply_async", lambda args, **kw: sent.append(args[0]))
+    job = ImportJob.objects.create(client=world.acme, source="upload")
+    ImportJob.objects.filter(pk=job.pk).update(created=timezone.now() - timedelta(minutes=2))
+    assert tasks.sweep()["imports_reenqueued"] == 1 and sent == [job.pk]
+    assert tasks.sweep()["imports_reenqueued"] == 0 and sent == [job.pk]  # still queued behind a long import
+    ImportJob.objects.filter(pk=job.pk).update(heartbeat=timezone.now() - tasks.REENQUEUE_EVERY)
+    assert tasks.sweep()["imports_reenqueued"] == 1 and sent == [job.pk, job.pk]

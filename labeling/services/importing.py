@@ -89,12 +89,7 @@ def enqueue(job: ImportJob) -> bool:
     the periodic sweep (labeling.tasks.sweep) enqueues it again."""
     from .. import tasks  # tasks import services; import here to keep the graph acyclic
 
-    try:
-        tasks.run_import.apply_async((job.pk,), retry=False)
-        return True
-    except Exception as exc:  # kombu raises several types for an unreachable broker
-        log.warning("broker unreachable, import %s left to the sweep: %s", job.pk, exc)
-        return False
+    return tasks.send(tasks.run_import, job.pk, f"import {job.pk} (left to the sweep)")
 
 
 def run_job(job_id: int, progress: Progress | None = None) -> ImportJob:

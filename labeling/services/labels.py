@@ -7,7 +7,6 @@ due retrain later.
 """
 from __future__ import annotations
 
-import logging
 from typing import Collection, Iterable, Iterator, Sequence
 
 from django.db import IntegrityError, transaction
@@ -15,8 +14,6 @@ from django.db.models import F
 
 from ..models import Asset, BulkAction, Label, LabelEvent, ModelVersion, Suggestion, Tag, Taxonomy
 from ..permissions import real_user
-
-log = logging.getLogger(__name__)
 
 
 class LabelError(ValueError):
@@ -343,9 +340,4 @@ def request_retrain_check(taxonomy_id: int) -> bool:
     """Ask a worker to check the retrain threshold. False when the broker is unreachable."""
     from .. import tasks  # tasks import services; import here to keep the graph acyclic
 
-    try:
-        tasks.check_retrain.apply_async((taxonomy_id,), retry=False)
-        return True
-    except Exception as exc:  # kombu raises several types for an unreachable broker
-        log.warning("broker unreachable, retrain check for taxonomy %s left to the sweep: %s", taxonomy_id, exc)
-        return False
+    return tasks.send(tasks.check_retrain, taxonomy_id, f"retrain check for taxonomy {taxonomy_id} (left to the sweep)")

@@ -58,12 +58,7 @@ def request_run(taxonomy: Taxonomy, trigger: str = "threshold", force: bool = Fa
 def enqueue(run_id: int) -> bool:
     from .. import tasks
 
-    try:
-        tasks.train.apply_async((run_id,), retry=False)
-        return True
-    except Exception as exc:  # broker down: the sweep re-enqueues queued runs
-        log.warning("broker unreachable, run %s left queued for the sweep: %s", run_id, exc)
-        return False
+    return tasks.send(tasks.train, run_id, f"run {run_id} (left queued for the sweep)")
 
 
 def train_now(taxonomy: Taxonomy, trigger: str = "manual") -> TrainingRun:
