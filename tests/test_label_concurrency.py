@@ -349,3 +349,46 @@ def test_the_review_page_skips_an_image_a_colleague_labeled_and_says_why_an_undo
     assert current_label(first) == theirs
     page.close()
     assert errors == [], errors
+
+
+def test_a_taxonomy_deleted_while_its_first_label_is_being_saved_is_refused_and_the_label_kept(
+    postgres, world, no_retrain_check
+):
+    from tests._helpers import api
+
+    asset = Asset.objects.get(pk=_many_assets(world, 1)[0])
+    nike = world.brand.tags.get(name="nike").pk
+    saving, release, errors, answer = threading.Event(), threading.Event(), [], {}
+
+    def save_a_label() -> None:  # an import or a colleague, its transaction not yet committed
+        try:
+            with transaction.atomic():
+                labels.save_label(world.brand, asset, [nike], world.olga)
+                saving.set()
+                release.wait(60)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def delete_the_taxonomy() -> None:
+        try:
+            answer["delete"] = api(world.alice).delete(f"/api/v1/clients/acme/taxonomies/{world.brand.pk}/")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=save_a_label), threading.Thread(target=delete_the_taxonomy)]
+    try:
+        threads[0].start()
+        assert saving.wait(30)
+        threads[1].start()
+        wait_for(lambda: _waiting_for_a_lock() > 0, timeout=30)  # the delete waits for the label's commit
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    assert answer["delete"].status_code == 409, answer["delete"].content
+    assert Label.objects.filter(taxonomy=world.brand, asset=asset, is_current=True).exists()

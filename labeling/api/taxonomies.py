@@ -62,9 +62,14 @@ class TaxonomyDetailAPI(ScopedAPIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         # Deleting throws away every label and model of the taxonomy; refuse while it has labels.
-        if Label.objects.filter(taxonomy=self.taxonomy).exists():
-            return Response({"detail": "the taxonomy has labels; it can't be deleted"}, status=status.HTTP_409_CONFLICT)
-        self.taxonomy.delete()
+        # The row lock orders this against a label being saved: the label's insert holds a key
+        # share on the taxonomy row until it commits (so the check below sees it), or, if the
+        # lock came first, the insert waits and then fails on the deleted row. Never both.
+        with transaction.atomic():
+            Taxonomy.objects.select_for_update().filter(pk=self.taxonomy.pk).first()
+            if Label.objects.filter(taxonomy=self.taxonomy).exists():
+                return Response({"detail": "the taxonomy has labels; it can't be deleted"}, status=status.HTTP_409_CONFLICT)
+            self.taxonomy.delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
