@@ -13,9 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ml.metrics import macro_f1_ci
+from ml.promotion import is_holdout
 
 from ..models import Asset, ImportJob, JobState, Label, LabelEvent, ModelVersion, Suggestion, Taxonomy, TrainingRun
-from .training import is_holdout
 
 DAYS = 90  # labels-over-time window
 GALLERY = 24  # misclassified held-out images shown
@@ -152,9 +152,10 @@ def live_report(taxonomy: Taxonomy) -> dict | None:
 
 
 def gallery(taxonomy: Taxonomy) -> list[dict]:
-    """Held-out assets (never trained on) whose current label the live model gets wrong."""
+    """Held-out assets (never trained on) whose current label the live model gets wrong. None
+    when the live model had too few held-out labels: it was trained on every label then."""
     live = taxonomy.live_model
-    if live is None or taxonomy.multilabel:
+    if live is None or taxonomy.multilabel or not (live.metrics or {}).get("n_holdout"):
         return []
     names = {t.pk: t.path for t in taxonomy.tags.select_related("parent")}
     through = Label.tags.through

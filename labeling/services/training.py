@@ -306,7 +306,7 @@ def _execute(run: TrainingRun) -> None:
     tags = taxonomy.tags.in_bulk(data.tag_ids)
     names = [tags[t].path for t in data.tag_ids]
 
-    enough_holdout = data.holdout.sum() >= MIN_HOLDOUT
+    enough_holdout = data.holdout.sum() >= max(MIN_HOLDOUT, 2)  # a paired test needs two rows
     train_mask = ~data.holdout if enough_holdout else np.ones(len(data.asset_ids), dtype=bool)
     _check_learnable(data.y[train_mask], taxonomy.multilabel)
     _progress(run, 0.3, f"training on {int(train_mask.sum())} labels")
