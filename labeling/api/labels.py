@@ -2,7 +2,6 @@
 the review queue with leases for many operators at once."""
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
@@ -80,37 +79,11 @@ class LabelBulkAPI(ScopedAPIView):
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         serializer = BulkLabelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        data, taxonomy = serializer.validated_data, self.taxonomy
-        ids = list(dict.fromkeys(data["assets"]))
-        if data["kind"] == BulkAction.Kind.APPLY_TAGS:
-            labels.validate_tags(taxonomy, data["tags"])  # once, before anything is written
-        found = {a.pk: a for a in Asset.objects.filter(client_id=taxonomy.client_id, pk__in=ids)}
-        suggested = bulk.suggested_tags(taxonomy, ids) if data["kind"] == BulkAction.Kind.ACCEPT_SUGGESTIONS else {}
-        skipped: dict[str, str] = {}
-        items, checked = [], {}
-        for asset_id in ids:
-            tag_ids = data.get("tags") or suggested.get(asset_id)
-            problem = ("not found" if asset_id not in found
-                       else "no suggestion to accept" if not tag_ids else checked.get(tuple(tag_ids)))
-            if tag_ids and problem is None and tuple(tag_ids) not in checked:
-                try:  # each distinct tag set once: a bad one is reported per asset, the rest are saved
-                    labels.validate_tags(taxonomy, tag_ids)
-                    checked[tuple(tag_ids)] = None
-                except labels.LabelError as exc:
-                    problem = checked[tuple(tag_ids)] = str(exc)
-            if problem:
-                skipped[str(asset_id)] = problem
-            else:
-                items.append((found[asset_id], tag_ids))
-        with transaction.atomic():
-            action = BulkAction.objects.create(taxonomy=taxonomy, user=request.user, kind=data["kind"])
-            # one chunked write, the counter bumped once at the end (labels.save_labels)
-            n = labels.save_labels(taxonomy, sorted(items, key=lambda it: it[0].pk), user=request.user,
-                                   batch=action, notify=False)
-            BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
-            if n:  # the page's bulk action does the same: a retrain check and fresh cluster stats
-                transaction.on_commit(lambda: bulk.after_commit(taxonomy, ids))
-        body = {"bulk_action": action.pk, "n_labels": n, "skipped": skipped}
+        data = serializer.validated_data
+        # a bad tag to apply is a LabelError, answered as a field error before anything is written
+        action, skipped = bulk.apply_each(self.taxonomy, data["assets"], request.user, tag_ids=data.get("tags"),
+                                          accept=data["kind"] == BulkAction.Kind.ACCEPT_SUGGESTIONS)
+        body = {"bulk_action": action.pk, "n_labels": action.n_labels, "skipped": skipped}
         return Response(BulkResultSerializer(body).data, status=status.HTTP_201_CREATED)
 
 

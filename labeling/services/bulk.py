@@ -44,15 +44,51 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
     if tag_ids:
         labels.validate_tags(taxonomy, tag_ids)
     suggested = suggested_tags(taxonomy, ids) if accept else {}
+    items = [(assets[a], suggested.get(a) if accept else list(tag_ids)) for a in ids]
+    return _write(taxonomy, user, accept, [(asset, tags) for asset, tags in items if tags])  # accept: no suggestion, no label
+
+
+def apply_each(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[int] | None = None,
+               accept: bool = False) -> tuple[BulkAction, dict[str, str]]:
+    """As ``apply``, but an asset that cannot be labeled (not found, no suggestion to accept,
+    a suggested tag set that is no longer valid) is skipped and reported, and the rest are
+    saved: (action, {asset id: why skipped}). The API's bulk endpoint."""
+    ids = list(dict.fromkeys(int(a) for a in asset_ids))
+    if tag_ids:
+        labels.validate_tags(taxonomy, tag_ids)  # once, before anything is written
+    found = Asset.objects.filter(client_id=taxonomy.client_id, pk__in=ids).in_bulk()
+    suggested = suggested_tags(taxonomy, ids) if accept else {}
+    skipped: dict[str, str] = {}
+    items, checked = [], {}
+    for asset_id in ids:
+        tags = list(tag_ids or suggested.get(asset_id) or [])
+        problem = ("not found" if asset_id not in found
+                   else "no suggestion to accept" if not tags else checked.get(tuple(tags)))
+        if tags and problem is None and tuple(tags) not in checked:
+            try:  # each distinct tag set once: a bad one is reported per asset, the rest are saved
+                labels.validate_tags(taxonomy, tags)
+                checked[tuple(tags)] = None
+            except labels.LabelError as exc:
+                problem = checked[tuple(tags)] = str(exc)
+        if problem:
+            skipped[str(asset_id)] = problem
+        else:
+            items.append((found[asset_id], tags))
+    return _write(taxonomy, user, accept, items), skipped
+
+
+def _write(taxonomy: Taxonomy, user, accept: bool, items: list[tuple[Asset, list[int]]]) -> BulkAction:
+    """One transaction: the BulkAction row and its labels (one chunked write, the retrain
+    counter bumped once), then, once committed, one retrain check and fresh cluster stats."""
     kind = BulkAction.Kind.ACCEPT_SUGGESTIONS if accept else BulkAction.Kind.APPLY_TAGS
     with transaction.atomic():
         action = BulkAction.objects.create(taxonomy=taxonomy, user=real_user(user), kind=kind)
-        items = [(assets[a], suggested.get(a) if accept else list(tag_ids)) for a in sorted(ids)]
-        items = [(asset, tags) for asset, tags in items if tags]  # accept: no suggestion, no label
-        n = labels.save_labels(taxonomy, items, user=user, batch=action, notify=False)
+        n = labels.save_labels(taxonomy, sorted(items, key=lambda it: it[0].pk), user=user, batch=action, notify=False)
         BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
         action.n_labels = n
-        transaction.on_commit(lambda: after_commit(taxonomy, ids))
+        if n:
+            ids = [asset.pk for asset, _ in items]
+            transaction.on_commit(lambda: after_commit(taxonomy, ids))
     return action
 
 
