@@ -11,7 +11,9 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe, require_http_methods
 
 from .models import ImportJob, Role, Taxonomy
@@ -32,18 +34,31 @@ def max_upload_files() -> int:
     return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_FILES", settings.DATA_UPLOAD_MAX_NUMBER_FILES))
 
 
-def _uploaded_files(request: HttpRequest) -> list[tuple]:
-    """(UploadedFile, relative path) pairs. Folder picks send their paths in a hidden field that
-    the page fills from webkitRelativePath (Django keeps only the base name of uploads)."""
-    # Checked before the body is parsed: a too-big upload is refused without storing it.
-    length = int(request.META.get("CONTENT_LENGTH") or 0)
+def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
+    """The CSRF middleware's own check, run by the view once the upload's size is known to be
+    acceptable (the middleware would parse, and store, the whole body before the view runs).
+    None when the request passes; raises UploadError for more files than Django parses."""
+    try:
+        request.FILES  # parsed here (the check reads request.POST anyway), bounded by the size check
+    except TooManyFilesSent:
+        raise UploadError(f"too many files; at most {max_upload_files()} at once — send a ZIP instead") from None
+    return CsrfViewMiddleware(lambda r: HttpResponse()).process_view(request, None, (), {})
+
+
+def _refuse_too_large(request: HttpRequest) -> None:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise UploadError("the request's Content-Length is not a number") from None
     if length > max_upload_bytes():
         raise UploadError(f"upload too large ({images.size_text(length)}); at most {images.size_text(max_upload_bytes())} at once — "
                           "split it, or ask an operator to run the import_assets command")
-    try:
-        loose, folder = request.FILES.getlist("files"), request.FILES.getlist("folder")
-    except TooManyFilesSent:
-        raise UploadError(f"too many files; at most {max_upload_files()} at once — send a ZIP instead") from None
+
+
+def _uploaded_files(request: HttpRequest) -> list[tuple]:
+    """(UploadedFile, relative path) pairs. Folder picks send their paths in a hidden field that
+    the page fills from webkitRelativePath (Django keeps only the base name of uploads)."""
+    loose, folder = request.FILES.getlist("files"), request.FILES.getlist("folder")
     try:
         paths = json.loads(request.POST.get("paths") or "[]")
     except ValueError:
@@ -70,12 +85,16 @@ def _labels_taxonomy(request: HttpRequest) -> Taxonomy | None:
 
 
 @require_http_methods(["GET", "POST"])
+@csrf_exempt  # checked below, after the size: a too-big upload is refused without being stored
 @client_view(at_least=Role.ADMIN)
 def upload(request: HttpRequest) -> HttpResponse:
     client = request.client
     error = ""
     if request.method == "POST":
         try:
+            _refuse_too_large(request)
+            if (refused := _csrf_refusal(request)) is not None:
+                return refused
             files = _uploaded_files(request)
             taxonomy = _labels_taxonomy(request)
             job = importing.stage_upload(client, files, user=request.user, labels_taxonomy=taxonomy)

@@ -118,6 +118,37 @@ def test_upload_limits_give_clear_errors(client, world, shoe_paths, settings):
     assert not list((settings.VAR_DIR / "uploads").glob("*")), "refused uploads leave nothing staged"
 
 
+def test_with_csrf_checks_on_a_too_large_upload_is_refused_unparsed_and_too_many_files_get_the_forms_message(
+    world, shoe_paths, settings, monkeypatch, no_broker
+):
+    from django.http.multipartparser import MultiPartParser
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)  # as a real browser's request meets the middleware
+    login(browser, world.alice)
+    token = browser.get(upload_url()).cookies["csrftoken"].value
+    shoe = shoe_paths["test"]["nike"][0]
+    parsed: list[int] = []
+    real_parse = MultiPartParser.parse
+    monkeypatch.setattr(MultiPartParser, "parse", lambda self: parsed.append(1) or real_parse(self))
+
+    settings.TAGLOOP_MAX_UPLOAD_BYTES = 1000
+    page = browser.post(upload_url(), {"files": [as_upload(shoe)], "csrfmiddlewaretoken": token})
+    assert page.status_code == 400 and b"upload too large" in page.content
+    assert parsed == []  # refused on its Content-Length, before anything was read or stored
+
+    settings.TAGLOOP_MAX_UPLOAD_BYTES = 10**9
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2  # Django's own cap, hit while parsing
+    page = browser.post(upload_url(), {"files": [as_upload(shoe, f"{i}.jpg") for i in range(3)], "csrfmiddlewaretoken": token})
+    assert page.status_code == 400 and b"too many files" in page.content and b"send a ZIP" in page.content
+
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 100
+    forged = browser.post(upload_url(), {"files": [as_upload(shoe)]})  # no token: still refused
+    assert forged.status_code == 403 and not ImportJob.objects.exists()
+    sent = browser.post(upload_url(), {"files": [as_upload(shoe)], "csrfmiddlewaretoken": token})
+    assert sent.status_code == 302 and ImportJob.objects.count() == 1 and no_broker["import"] == 1
+
+
 @pytest.mark.parametrize("who", ["olga", "vic"])
 def test_operators_and_viewers_may_not_import(client, world, shoe_paths, who):
     login(client, getattr(world, who))
