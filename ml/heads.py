@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ml.atomic import atomic_write
 from ml.decision import tune_tag_thresholds
 from ml.folds import stratified_folds
+from ml.metrics import per_label_log_loss
 
 __all__ = [
     "FORMAT_VERSION",
@@ -249,14 +250,6 @@ def _proba(Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, multilabel: bool)
     return (torch.sigmoid(z) if multilabel else torch.softmax(z, dim=1)).double().numpy()
 
 
-def _heldout_loss(P: np.ndarray, Y: np.ndarray, multilabel: bool) -> float:
-    """Mean log-loss; ``Y`` is the {0,1} matrix (multi-label) or column indices (single-label)."""
-    P = np.clip(P, 1e-7, 1 - 1e-7)
-    if multilabel:
-        return float(-(Y * np.log(P) + (1 - Y) * np.log(1 - P)).sum(axis=1).mean())
-    return float(-np.log(P[np.arange(len(Y)), Y]).mean())
-
-
 def _cross_validate(
     Xs: torch.Tensor, y: np.ndarray, multilabel: bool, class_weight: ClassWeight,
     learned: np.ndarray, l2_grid: list[float], seed: int, groups: np.ndarray | None = None,
@@ -288,7 +281,7 @@ def _cross_validate(
         else:
             ok = ~np.isnan(oof[g][np.arange(n), Ytrue])
         P = np.nan_to_num(oof[g][ok], nan=0.0)
-        losses.append(_heldout_loss(P, Ytrue[ok], multilabel) if ok.sum() >= 10 else np.inf)
+        losses.append(float(per_label_log_loss(P, Ytrue[ok], multilabel, eps=1e-7).mean()) if ok.sum() >= 10 else np.inf)
     if not np.isfinite(min(losses)):
         return default_l2(n), None
     best = int(np.argmin(losses))

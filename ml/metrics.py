@@ -97,6 +97,22 @@ def macro_f1_ci(cm: np.ndarray, reps: int = 400, seed: int = 0) -> tuple[float, 
     return float(lo), float(hi)
 
 
+def per_label_log_loss(P: np.ndarray, y: np.ndarray, multilabel: bool = False, eps: float = 1e-6) -> np.ndarray:
+    """(n,) log-loss of each held-out row: -log P(true tag); multi-label: the sum over tags of
+    the binary cross-entropy (y (n, k) of {0, 1}). A non-finite probability (a diverged model)
+    counts as the worst answer (ml.promotion: such a model is never promoted over a working one).
+    Probabilities are clipped to [eps, 1 - eps]."""
+    P = np.asarray(P, dtype=np.float64)
+    finite = np.isfinite(P)
+    if multilabel:
+        Y = np.asarray(y) > 0
+        P = np.clip(np.where(finite, P, ~Y), eps, 1 - eps)  # worst: 0 for a true tag, 1 for a false one
+        return -np.where(Y, np.log(P), np.log1p(-P)).sum(axis=1)
+    y = np.asarray(y, dtype=np.int64).reshape(-1)
+    P = np.clip(np.where(finite, P, 0.0), eps, 1 - eps)
+    return -np.log(P[np.arange(len(y)), y])
+
+
 def _top_k_hits(y_true: np.ndarray, P: np.ndarray, k: int) -> np.ndarray:
     top = np.argsort(-np.asarray(P), axis=1, kind="stable")[:, :k]
     return (top == np.asarray(y_true, dtype=np.int64)[:, None]).any(axis=1)

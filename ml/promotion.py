@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import ttest_1samp
 
+from ml.metrics import per_label_log_loss
+
 ALPHA = 0.05
 HOLDOUT_BUCKETS = 5  # one labeled asset in five is held out for evaluation
 MIN_HOLDOUT = 10  # below this a comparison says nothing: train on everything and promote
@@ -58,21 +60,6 @@ class Comparison:
                 f"refused below {self.alpha:g})")
 
 
-def per_label_log_loss(P: np.ndarray, y: np.ndarray, multilabel: bool = False) -> np.ndarray:
-    """(n,) log-loss of each held-out row: -log P(true tag); multi-label: the sum over tags of
-    the binary cross-entropy (y (n, k) of {0, 1}). A non-finite probability (a diverged model)
-    counts as the worst answer, so such a model is never promoted over a working one."""
-    P = np.asarray(P, dtype=np.float64)
-    finite = np.isfinite(P)
-    if multilabel:
-        Y = np.asarray(y) > 0
-        P = np.clip(np.where(finite, P, ~Y), EPS, 1 - EPS)  # worst: 0 for a true tag, 1 for a false one
-        return -np.where(Y, np.log(P), np.log1p(-P)).sum(axis=1)
-    y = np.asarray(y, dtype=np.int64).reshape(-1)
-    P = np.clip(np.where(finite, P, 0.0), EPS, 1 - EPS)
-    return -np.log(P[np.arange(len(y)), y])
-
-
 def compare(P_new: np.ndarray, P_live: np.ndarray, y: np.ndarray, *, multilabel: bool = False,
             alpha: float = ALPHA) -> Comparison:
     """Promote unless the new model's held-out log-loss is higher than the live model's with
@@ -84,8 +71,8 @@ def compare(P_new: np.ndarray, P_live: np.ndarray, y: np.ndarray, *, multilabel:
         raise ValueError(f"{len(P_new)} rows of new probabilities, {len(P_live)} of live ones, {len(y)} labels")
     if len(y) < 2:
         raise ValueError(f"need at least 2 held-out rows to compare, got {len(y)}")
-    new = per_label_log_loss(P_new, y, multilabel)
-    live = per_label_log_loss(P_live, y, multilabel)
+    new = per_label_log_loss(P_new, y, multilabel, eps=EPS)
+    live = per_label_log_loss(P_live, y, multilabel, eps=EPS)
     d = new - live
     if np.ptp(d) > SAME:
         p = float(ttest_1samp(d, 0.0, alternative="greater").pvalue)

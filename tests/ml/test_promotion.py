@@ -4,7 +4,8 @@ import pytest
 from sklearn.metrics import log_loss
 
 from ml.heads import LinearHead, train_head
-from ml.promotion import compare, per_label_log_loss
+from ml.metrics import per_label_log_loss
+from ml.promotion import compare
 from tests.ml._embeddings import shoes_embeddings
 
 
