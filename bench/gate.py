@@ -100,8 +100,10 @@ def one_order(X: np.ndarray, y: np.ndarray, held_out: np.ndarray, n_classes: int
         out["newest"].append(acc)
         for name, rule in RULES.items():
             cur = live[name]
-            if cur is None or not compared or rule(P[held], cur[0][held], y[held]):
-                live[name] = (P, acc)
+            # as the product: no comparison with a live model that was trained on every label
+            # (held-out ones included) because its held-out set was too small
+            if cur is None or not compared or not cur[2] or rule(P[held], cur[0][held], y[held]):
+                live[name] = (P, acc, compared)
             out["live"][name].append(live[name][1])
         if previous is not None and compared:
             # the same labels with a share changed: compared with the model before it
@@ -109,8 +111,8 @@ def one_order(X: np.ndarray, y: np.ndarray, held_out: np.ndarray, n_classes: int
             out["held_out"].append(len(held))
             out.setdefault("bad_gap", []).append(previous[1] - float(_right(P_bad[test], y[test]).mean()))
             for name, rule in RULES.items():
-                out["refused_bad"][name].append(not rule(P_bad[held], previous[0][held], y[held]))
-        previous = (P, acc)
+                out["refused_bad"][name].append(previous[2] and not rule(P_bad[held], previous[0][held], y[held]))
+        previous = (P, acc, compared)
     return out
 
 
