@@ -97,13 +97,23 @@ def test_review_keyboard_flow(reviewable, live_server, browser, shots):
     page.wait_for_function(f"() => document.getElementById('review').dataset.asset === '{first}'")
     page.wait_for_selector("#toast:has-text('Undone')")
 
+    # A double-click (on Accept, then on a tag) labels the image it was aimed at, never the
+    # next one, unseen, with the second click.
+    for button in ("#accept-btn", ".tag:not(.suggested)"):
+        aimed, _ = showing(page)
+        page.locator(button).first.dblclick()
+        wait_for(lambda: current_label(aimed) is not None)
+        after, _ = showing(page)
+        page.wait_for_timeout(800)  # time for a second save to arrive, were one sent
+        assert after != aimed and current_label(after) is None, button
+
     page.keyboard.press("?")
     page.wait_for_selector("#help[open]")
     shots(page, "06-shortcuts")
     page.keyboard.press("Escape")
 
     # Skipping everything left ends in the "all done" state.
-    for _ in range(3 * (PER_BRAND - SEED_PER_BRAND)):  # both labels were undone
+    for _ in range(3 * (PER_BRAND - SEED_PER_BRAND) - 2):  # both undone, two double-clicked
         page.wait_for_function(IMAGE_SHOWN)
         page.keyboard.press("s")
     page.wait_for_selector("#done:not([hidden])")

@@ -12,9 +12,12 @@ export function h(tag, props = {}, ...children) {
   return node;
 }
 
-// A mouse click leaves focus on the button; drop it so Enter means "accept" again.
+// A mouse click leaves focus on the button; drop it so Enter means "accept" again. The second
+// click of a double-click (detail 2+) is dropped: after the first one the page has moved on,
+// and the second would act on the next image or selection, unseen.
 export function clicked(handler) {
   return (e) => {
+    if (e.detail > 1) return;
     if (e.detail > 0) e.currentTarget.blur();
     handler(e);
   };

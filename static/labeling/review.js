@@ -338,7 +338,8 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
 
   el.tags.addEventListener("click", (e) => {
     const b = e.target.closest("button.tag");
-    if (!b) return;
+    // The second click of a double-click would label the next image, unseen (see dom.clicked).
+    if (!b || e.detail > 1) return;
     if (e.detail > 0) b.blur();
     pickTag(Number(b.dataset.tag));
   });
