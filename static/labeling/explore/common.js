@@ -36,26 +36,49 @@ export const tagName = (id) => (config.tags.find((t) => t.id === id) || { name: 
 
 // The undo stack of this page: bulk action ids, newest last.
 const done = [];
+// One bulk request at a time: a second apply (a key pressed twice, a double-click) while one is
+// under way is dropped, and an undo waits for it, so "u" always undoes the action it was shown.
+let inFlight = null;
+
+async function exclusive(work) {
+  inFlight = work();
+  try {
+    return await inFlight;
+  } finally {
+    inFlight = null;
+  }
+}
 
 /** Apply `tagId` (or each asset's suggestion when tagId is null) to `assets`.
- *  Resolves to {action, n_labels, labels: {asset: tag}}. */
+ *  Resolves to {action, n_labels, labels: {asset: [tag ids]}}, or null when another bulk
+ *  request was still under way (nothing sent). */
 export async function bulkApply(assets, tagId) {
-  const body = tagId == null ? { assets, accept: true } : { assets, tags: [tagId] };
-  const data = await postJSON(config.bulkUrl, body);
-  done.push(data.action);
-  const what = tagId == null ? "their suggestions" : escapeHTML(tagName(tagId));
-  const skipped = assets.length - data.n_labels;
-  toast(`Labeled ${data.n_labels} as ${what}${skipped ? ` · ${skipped} without a suggestion left open` : ""} · <kbd>u</kbd> undo`, "ok");
-  return data;
+  if (inFlight) {
+    toast("Still saving the last action…");
+    return null;
+  }
+  return exclusive(async () => {
+    const body = tagId == null ? { assets, accept: true } : { assets, tags: [tagId] };
+    const data = await postJSON(config.bulkUrl, body);
+    done.push(data.action);
+    const what = tagId == null ? "their suggestions" : escapeHTML(tagName(tagId));
+    const skipped = assets.length - data.n_labels;
+    toast(`Labeled ${data.n_labels} as ${what}${skipped ? ` · ${skipped} without a suggestion left open` : ""} · <kbd>u</kbd> undo`, "ok");
+    return data;
+  });
 }
 
 /** Undo the newest bulk action of this page; resolves to {assets} it unlabeled, or null. */
 export async function bulkUndo() {
-  const action = done.pop();
-  if (action == null) return null;
-  const data = await postJSON(config.undoUrl, { action });
-  toast(`Undone: ${data.undone} label${data.undone === 1 ? "" : "s"} restored to what they were`);
-  return data;
+  if (inFlight) await inFlight.catch(() => null);
+  if (inFlight) return null; // a second undo pressed meanwhile: this one is already queued
+  return exclusive(async () => {
+    const action = done.pop();
+    if (action == null) return null;
+    const data = await postJSON(config.undoUrl, { action });
+    toast(`Undone: ${data.undone} label${data.undone === 1 ? "" : "s"} restored to what they were`);
+    return data;
+  });
 }
 
 export const canUndo = () => done.length > 0;

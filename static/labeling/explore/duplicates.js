@@ -7,13 +7,13 @@ document.querySelectorAll(".x-dup-apply").forEach((btn) => btn.addEventListener(
   const tag = Number(btn.dataset.tags.split(",")[0]);
   btn.disabled = true;
   try {
-    await bulkApply(assets, tag);
-    btn.textContent = "Labeled";
+    if (await bulkApply(assets, tag)) btn.textContent = "Labeled";
+    else btn.disabled = false; // another action was still being saved: nothing sent
   } catch (err) {
     btn.disabled = false;
     toast(escapeHTML(err.message || err), "error");
   }
 }));
 document.addEventListener("keydown", (e) => {
-  if (e.key === "u" && !e.ctrlKey && !e.metaKey) bulkUndo().then((d) => d && window.location.reload());
+  if (e.key === "u" && !e.repeat && !e.ctrlKey && !e.metaKey) bulkUndo().then((d) => d && window.location.reload());
 });

@@ -60,6 +60,7 @@ function init(grid) {
     const picked = [...selected].sort((a, b) => a - b);
     try {
       const data = await bulkApply(picked.map((i) => Number(tiles[i].dataset.asset)), tagId);
+      if (!data) return; // the previous action is still being saved
       for (const i of picked) {
         const tile = tiles[i];
         const stored = data.labels[tile.dataset.asset];
@@ -92,6 +93,7 @@ function init(grid) {
 
   document.addEventListener("keydown", (e) => {
     if (isTyping(e) || e.ctrlKey || e.metaKey || e.altKey || !tiles.length) return;
+    if (e.repeat && !e.key.startsWith("Arrow")) return; // holding a key must not label (or undo) twice
     // Tabbed onto a link or button (All clusters, a tag button, ≈): Enter/Space activate it,
     // they must not accept or toggle tiles behind the user's back.
     if ((e.key === "Enter" || e.key === " ") && e.target.closest?.("a, button")) return;

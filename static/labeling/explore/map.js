@@ -99,7 +99,7 @@ function setSelection(ids) {
 async function apply(tagId) {
   if (!config.canLabel || !selection.length) return;
   try {
-    await bulkApply(selection, tagId);
+    if (!(await bulkApply(selection, tagId))) return; // the previous action is still being saved
     setSelection([]);
     await load();
   } catch (err) {
@@ -125,7 +125,7 @@ document.querySelectorAll("#bulk-tags [data-tag]").forEach((b) => b.addEventList
 document.getElementById("bulk-accept")?.addEventListener("click", () => apply(null));
 undoBtn?.addEventListener("click", undo);
 document.addEventListener("keydown", (e) => {
-  if (isTyping(e) || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (isTyping(e) || e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
   if (e.key === "Enter") { e.preventDefault(); apply(null); }
   else if (e.key === "u") undo();
   else if (e.key === "Escape") { Plotly.restyle(el, { selectedpoints: [null] }); setSelection([]); }
