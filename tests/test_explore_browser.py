@@ -32,7 +32,7 @@ def _login(page, base, user):
 def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the_queue(
     reviewable, live_server, browser, shots
 ):
-    from labeling.models import Cluster, Label
+    from labeling.models import BulkAction, Cluster, Label
     from labeling.services import clusters, queue
 
     world = reviewable
@@ -64,8 +64,11 @@ def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the
     nike = next(t for t in world.brand.tags.all() if t.name == "nike")
     key = page.locator(f"#bulk-tags [data-tag='{nike.pk}'] kbd").inner_text()
     page.keyboard.press(key)
+    page.keyboard.press(key)  # pressed twice: one action, so one "u" undoes it all
     applied = [a for a in members if a != left_out]
     wait_for(lambda: all(_labels(applied).get(a) == nike.pk for a in applied))
+    page.wait_for_selector("#toast:has-text('Labeled')")
+    assert BulkAction.objects.filter(taxonomy=world.brand).count() == 1
     assert Label.objects.filter(asset_id__in=applied, is_current=True, batch__isnull=False).count() == len(applied)
     assert left_out not in _labels([left_out])
     assert left_out in [i["asset"] for i in queue.review_batch(world.brand, limit=50)]
@@ -126,5 +129,43 @@ def test_the_map_draws_every_image_and_a_box_selection_feeds_the_bulk_action(
     unlabeled_before = [a for a in ids if a not in _labels(ids)]
     wait_for(lambda: len(_labels(ids)) == len(ids))
     assert unlabeled_before
+    page.close()
+    assert errors == [], errors
+
+
+def test_second_look_keys_decide_each_row_once_and_fix_applies_the_tag_the_row_names(
+    reviewable, live_server, browser, shots
+):
+    from labeling.models import Asset, LabelEvent
+    from labeling.services import labels
+
+    world = reviewable
+    tags = {t.pk: t for t in world.brand.tags.all()}
+    for asset in Asset.objects.filter(client=world.acme):  # label the rest by the file's brand
+        brand = asset.original_name.rsplit("/", 1)[-1].split("-", 1)[0]
+        if asset.pk not in _labels([asset.pk]):
+            labels.save_label(world.brand, asset, [next(t for t in tags.values() if t.name == brand).pk], notify=False)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _login(page, live_server.url, "olga")
+    page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/second-look/")
+    rows = page.locator("#second .x-row")
+    assert rows.count() >= 3
+    first, second, third = (int(rows.nth(i).get_attribute("data-asset")) for i in range(3))
+    fix = int(rows.nth(2).get_attribute("data-fix"))
+    assert fix != _labels([third])[third] and tags[fix].name in rows.nth(2).inner_text()
+    shots(page, "30-second-look")
+
+    page.keyboard.press("k")
+    page.keyboard.press("k")  # the next row, not the first one twice
+    wait_for(lambda: rows.nth(1).evaluate("r => r.classList.contains('is-done')"))
+    page.keyboard.press("f")
+    wait_for(lambda: _labels([third])[third] == fix)
+    events = LabelEvent.objects.filter(asset_id__in=[first, second], user=world.olga, action="set")
+    assert sorted(e.asset_id for e in events if e.before == e.after) == sorted([first, second])  # one keep each
+    assert page.locator("#second .x-row.is-done").count() == 3
+    shots(page, "31-second-look-decided")
     page.close()
     assert errors == [], errors

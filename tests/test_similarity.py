@@ -165,6 +165,10 @@ def test_second_look_ranks_a_flipped_label_in_the_upper_half_and_keep_takes_it_o
     # each row says why: the check model's most likely *other* tag, and the neighbours' verdict
     assert all(r["alt"] in tags.values() and r["alt"] != r["given"] and 0 <= r["alt_prob"] <= 1 for r in rows)
     assert all(r["knn"] is None or 0 <= r["knn"] <= 1 for r in rows)
+    # "fix" never offers the label it would replace: the live model's tag where it disagrees
+    # (trained on this very label), else the check model's
+    assert all(r["fix"] == (r["suggested"] if r["suggested"] not in (None, r["given"]) else r["alt"]) for r in rows)
+    assert all(r["fix"] != r["given"] for r in rows)
     login(client, explored.world.olga)
     page = client.get(f"/c/acme/t/{tax.pk}/second-look/")
     assert page.status_code == 200 and "check model: " in page.content.decode()

@@ -247,11 +247,22 @@ def _rows(taxonomy: Taxonomy, tag_ids: list[int], why: dict[str, np.ndarray], li
             break
     picked = picked[:limit]
     rows = describe(taxonomy, [int(ids[i]) for i in picked])
-    return [
+    out = [
         {**rows[int(ids[i])], "given": int(given[i]), "score": round(float(why["scores"][i]), 4),
          "alt": int(why["alt"][i]), "alt_prob": _share(why["alt_prob"][i]), "knn": _share(why["knn"][i])}
         for i in picked if int(ids[i]) in rows
     ]
+    for row in out:
+        row["fix"] = _fix(row)
+    return out
+
+
+def _fix(row: dict) -> int | None:
+    """The tag "fix" applies: the live model's, when it disagrees with the label even though it
+    was trained on it; else the check model's other tag (what raised the suspicion)."""
+    if row["suggested"] is not None and row["suggested"] != row["given"]:
+        return row["suggested"]
+    return row["alt"] if row["alt_prob"] is not None and row["alt"] != row["given"] else None
 
 
 def _share(value: float) -> float | None:
