@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 
 
 class Role(models.TextChoices):
@@ -104,10 +105,21 @@ class Tag(models.Model):
 
     class Meta:
         ordering = ["position", "name"]
-        constraints = [models.UniqueConstraint(fields=["taxonomy", "name"], name="tag_name_per_taxonomy")]
+        # "Nike" next to "nike" would be two tags an operator cannot tell apart in a list
+        constraints = [models.UniqueConstraint(Lower("name"), "taxonomy", name="tag_name_per_taxonomy_ci",
+                                               violation_error_message="this taxonomy already has a tag with this name")]
 
     def __str__(self) -> str:
         return self.path
+
+    def save(self, *args, **kwargs) -> None:
+        # A new tag without a place goes after the others: the review page's digit keys follow
+        # this order, and one added at position 0 would renumber every key the operators know.
+        if self._state.adding and self.position == 0 and self.taxonomy_id:
+            last = Tag.objects.filter(taxonomy_id=self.taxonomy_id).aggregate(m=models.Max("position"))["m"]
+            if last is not None:
+                self.position = last + 1
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         problem = tag_name_problem(self.name or "")

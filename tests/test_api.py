@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import IntegrityError, transaction
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -127,6 +128,26 @@ def test_the_kind_of_a_taxonomy_is_fixed_once_it_has_labels_or_models(world, lib
 def test_tag_names_that_would_read_as_two_tags_are_refused(world, name, says):
     r = api(world.alice).post(base(world) + "tags/", {"name": name}, format="json")
     assert r.status_code == 400 and says in r.json()["name"][0]
+
+
+def test_a_tag_added_without_a_position_goes_last_and_leaves_the_review_keys_as_they_were(world):
+    from labeling.views import tag_list
+
+    keys = {t["name"]: t["key"] for t in tag_list(world.brand)}
+    c = api(world.alice)
+    for name in ("Asics", "air max"):  # sorted by name they would come first
+        assert c.post(base(world) + "tags/", {"name": name}, format="json").status_code == 201
+    after = {t["name"]: t["key"] for t in tag_list(world.brand)}
+    assert {n: after[n] for n in keys} == keys and sorted(after[n] for n in ("Asics", "air max")) == ["4", "5"]
+
+
+def test_a_tag_name_that_differs_only_in_case_is_refused(world):
+    r = api(world.alice).post(base(world) + "tags/", {"name": "NIKE"}, format="json")
+    assert r.status_code == 400 and "already has a tag" in r.json()["name"][0]
+    with pytest.raises(IntegrityError):  # and the database holds to it, whatever writes the row
+        with transaction.atomic():
+            Tag.objects.create(taxonomy=world.brand, name="Nike")
+    Tag.objects.create(taxonomy=world.other_tax, name="Nike")  # another taxonomy's names are its own
 
 
 def test_a_name_taken_by_a_concurrent_request_is_a_409_not_a_500(world, monkeypatch):

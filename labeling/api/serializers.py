@@ -96,7 +96,7 @@ class TagSerializer(serializers.ModelSerializer):
         problem = tag_name_problem(value)
         if problem:
             raise serializers.ValidationError(problem)
-        clash = Tag.objects.filter(taxonomy=self.context["taxonomy"], name=value)
+        clash = Tag.objects.filter(taxonomy=self.context["taxonomy"], name__iexact=value)
         if self.instance is not None:
             clash = clash.exclude(pk=self.instance.pk)
         if clash.exists():

@@ -296,9 +296,9 @@ class _Importer:
                     self.refused_folders.add(folder.lower())
                     self.add("note", folder + "/", f"not labeled: a tag name {problem}")
                 return None
-            tag, created = Tag.objects.get_or_create(
-                taxonomy=self.taxonomy, name=folder,
-                defaults={"position": 1 + max((t.position for t in self.tags.values()), default=-1)},
+            tag, created = Tag.objects.get_or_create(  # names are unique whatever their case
+                taxonomy=self.taxonomy, name__iexact=folder,
+                defaults={"name": folder, "position": 1 + max((t.position for t in self.tags.values()), default=-1)},
             )
             self.tags[folder.lower()] = tag
             if created:
