@@ -26,7 +26,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     tags: $("tag-list"), filter: $("filter"), uncBar: $("unc-bar"), uncText: $("unc-text"),
     stage: $("stage"), done: $("done"), upnext: $("upnext"), toast: $("toast"), help: $("help"),
     model: $("st-model"), retrain: $("st-retrain"), unlabeled: $("st-unlabeled"),
-    run: $("st-run"), runText: $("st-run-text"), runBar: $("st-run-bar"),
+    run: $("st-run"), runText: $("st-run-text"), runWhy: $("st-run-why"), runBar: $("st-run-bar"),
   };
 
   const state = {

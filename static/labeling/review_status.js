@@ -3,7 +3,7 @@
 
 const RUN_TEXT = { queued: "queued", running: "running", promoted: "new model live", rejected: "kept the live model", failed: "failed" };
 
-/** Show status `s` (as the API sends it) in `panel`: {model, retrain, unlabeled, run, runText, runBar}. */
+/** Show status `s` (as the API sends it) in `panel`: {model, retrain, unlabeled, run, runText, runWhy, runBar}. */
 export function renderStatus(panel, s) {
   const acc = s.live_accuracy == null ? "" : ` · ${Math.round(s.live_accuracy * 100)}% acc.`;
   panel.model.textContent = s.live_version == null ? "none yet" : `v${s.live_version}${acc}`;
@@ -15,6 +15,8 @@ export function renderStatus(panel, s) {
     const active = run.state === "queued" || run.state === "running";
     panel.runText.textContent = (RUN_TEXT[run.state] || run.state) + (active ? ` ${Math.round(run.progress * 100)}%` : "");
     panel.run.title = run.message || "";
+    // a retrain that kept the live model: the dashboard's versions table says why, in full
+    panel.runWhy.hidden = run.state !== "rejected";
     panel.run.classList.toggle("active", active);
     panel.runBar.style.width = `${Math.round(run.progress * 100)}%`;
     panel.runBar.parentElement.hidden = !active;
