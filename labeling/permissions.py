@@ -1,7 +1,9 @@
 """The one place that answers "may this user do X in this client".
 
-Pages, JSON endpoints and media all go through these helpers. Anything a user may not see
-is a 404, never a 403, so other clients' ids and slugs leak nothing.
+Pages, JSON endpoints and media all go through these helpers. Another client's pages, ids
+and slugs are a 404, never a 403, so they leak nothing. A member of the client whose role is
+too low for a page gets a 403 that says which role it needs (their own client: nothing leaks,
+and "no such client" for a page linked from their own client's home would only confuse).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from functools import wraps
 from typing import Callable
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest
 
 from .models import Asset, Client, Membership, Role, Taxonomy
@@ -40,8 +43,12 @@ def clients_of(user):
 
 def get_client(user, slug: str, at_least: str = Role.VIEWER) -> Client:
     client = Client.objects.filter(slug=slug).first()
-    if client is None or not has_role(user, client, at_least):
+    role = role_in(user, client) if client is not None else None
+    if role is None:
         raise Http404("No such client")
+    if RANK[role] < RANK[at_least]:
+        raise PermissionDenied(f"This page is for {Role(at_least).label.lower()}s of {client.name}; "
+                               f"your role there is {Role(role).label.lower()}.")
     return client
 
 

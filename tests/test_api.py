@@ -67,6 +67,8 @@ def test_the_schema_and_swagger_docs_are_served_without_a_cdn(world):
     assert docs.status_code == 200 and "drf_spectacular_sidecar/swagger-ui-dist" in html
     assert "cdn" not in html.lower()
     assert api().get("/api/v1/schema/").status_code == 401
+    to_login = api().get("/api/v1/docs/")  # a browser that is not logged in: log in, then back
+    assert to_login.status_code == 302 and to_login["Location"] == "/login/?next=/api/v1/docs/"
 
 
 # --- taxonomies and tags -----------------------------------------------------------------

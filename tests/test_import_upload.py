@@ -150,10 +150,12 @@ def test_with_csrf_checks_on_a_too_large_upload_is_refused_unparsed_and_too_many
 
 
 @pytest.mark.parametrize("who", ["olga", "vic"])
-def test_operators_and_viewers_may_not_import(client, world, shoe_paths, who):
+def test_operators_and_viewers_may_not_import_and_are_told_the_page_is_for_admins(client, world, shoe_paths, who):
     login(client, getattr(world, who))
-    assert client.get(upload_url()).status_code == 404
-    assert client.post(upload_url(), {"files": [as_upload(shoe_paths["test"]["nike"][0])]}).status_code == 404
+    page = client.get(upload_url())
+    role = {"olga": "operator", "vic": "viewer"}[who]
+    assert page.status_code == 403 and f"This page is for admins of Acme; your role there is {role}." in page.content.decode()
+    assert client.post(upload_url(), {"files": [as_upload(shoe_paths["test"]["nike"][0])]}).status_code == 403
     assert not ImportJob.objects.exists()
 
 

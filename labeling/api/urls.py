@@ -1,8 +1,10 @@
 """/api/v1/: everything below a client lives under clients/<slug>/ (tenant in the path)."""
 from __future__ import annotations
 
+from django.contrib.auth.views import redirect_to_login
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework.exceptions import NotAuthenticated
 
 from tagloop.security import ObtainToken
 
@@ -23,13 +25,23 @@ class IdConverter:
 
 register_converter(IdConverter, "id")
 
+
+class DocsView(SpectacularSwaggerSplitView):
+    """The API's docs page. Someone who is not logged in is a person in a browser here: the
+    login page, then back, instead of a bare 401 (the schema itself still answers 401)."""
+
+    def handle_exception(self, exc):
+        if isinstance(exc, NotAuthenticated):
+            return redirect_to_login(self.request.get_full_path())
+        return super().handle_exception(exc)
+
 C = "clients/<slug:slug>/"
 T = C + "taxonomies/<id:taxonomy_id>/"
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     # the split view serves its start-up script as a file: the CSP allows no inline script
-    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),
+    path("docs/", DocsView.as_view(url_name="api_schema"), name="api_docs"),
     path("auth/token/", ObtainToken.as_view(), name="api_token"),  # rate limited, shared lockout
     path("clients/", taxonomies.ClientListAPI.as_view(), name="api_clients"),
     path(C + "members/", members.MemberListAPI.as_view(), name="api_members"),
