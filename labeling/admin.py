@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
-from .models import Client, ImportJob, Membership, ModelVersion, Role, Tag, Taxonomy, TrainingRun
+from .models import Client, ImportJob, Label, Membership, ModelVersion, Role, Tag, Taxonomy, TrainingRun
 from .services import members
 
 
@@ -13,6 +13,12 @@ def admin_client_ids(user) -> list[int]:
     if not user.is_authenticated:  # e.g. the login page after a wrong password asks for the app list
         return []
     return list(Membership.objects.filter(user=user, role=Role.ADMIN).values_list("client_id", flat=True))
+
+
+def tag_in_use(tag: Tag) -> bool:
+    """Carried by a label (current or not), predicted by a model version, or a parent."""
+    return (Label.tags.through.objects.filter(tag_id=tag.pk).exists() or tag.children.exists()
+            or any(tag.pk in (v.tag_ids or []) for v in ModelVersion.objects.filter(taxonomy_id=tag.taxonomy_id).only("tag_ids")))
 
 
 class ClientScopedAdmin(admin.ModelAdmin):
@@ -85,6 +91,13 @@ class TagAdmin(ClientScopedAdmin):
     list_display = ("path", "taxonomy", "retired", "position")
     list_filter = ("retired",)
     search_fields = ("name",)
+
+    def has_delete_permission(self, request, obj=None):
+        # A tag nothing has used yet (a typo, a test) may go. One in use is retired instead:
+        # deleting it would take it off every label that carries it and out of the models.
+        if request.user.is_superuser:
+            return True
+        return obj is not None and self._own(request, obj) and not tag_in_use(obj)
 
 
 class ReadOnlyForClientAdmins(ClientScopedAdmin):

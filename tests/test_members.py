@@ -45,12 +45,13 @@ def test_the_admin_sees_their_clients_members_and_no_one_elses(client, world):
     assert reverse("members", args=["acme"]) in client.get(reverse("client_home", args=["acme"])).content.decode()
 
 
-@pytest.mark.parametrize("who", ["olga", "vic", "otto", "nobody"])
-def test_anyone_but_the_clients_admin_gets_a_404(client, world, who):
+@pytest.mark.parametrize("who, status", [("olga", 403), ("vic", 403), ("otto", 404), ("nobody", 404)])
+def test_colleagues_are_told_the_page_is_for_admins_and_anyone_else_gets_a_404(client, world, who, status):
     login(client, getattr(world, who))
-    assert client.get(page()).status_code == 404
+    r = client.get(page())
+    assert r.status_code == status and (status == 404 or "This page is for admins of Acme" in r.content.decode())
     r = client.post(page(), {"username": "mallory", "role": "admin"})
-    assert r.status_code == 404
+    assert r.status_code == status
     assert not User.objects.filter(username="mallory").exists()
 
 
@@ -151,7 +152,7 @@ def test_the_last_admin_can_neither_be_demoted_nor_removed(client, world):
     assert world.olga.is_staff  # admins edit taxonomies in Django admin
     r = client.post(update_url(mine), {"action": "role", "role": "viewer"})
     assert r.status_code == 302 and r["Location"] == reverse("home")
-    assert client.get(page()).status_code == 404
+    assert client.get(page()).status_code == 403  # a viewer of acme now
 
 
 # --- the API ------------------------------------------------------------------------------------
@@ -269,3 +270,21 @@ def test_a_new_admin_edits_only_their_clients_taxonomies_in_django_admin(client,
     assert listing.status_code == 200
     assert f"/admin/labeling/taxonomy/{world.brand.pk}/change/" in listing.content.decode()
     assert ada.get(f"/admin/labeling/taxonomy/{world.other_tax.pk}/change/").status_code in (302, 404)
+
+
+def test_a_client_admin_deletes_an_unused_tag_in_django_admin_but_only_retires_one_in_use(client, world):
+    from labeling.models import Asset, Tag
+    from labeling.services import labels
+
+    _, password = members.add_member(world.acme, "ada", Role.ADMIN)
+    ada = HttpClient()
+    assert ada.login(username="ada", password=password)
+    typo = Tag.objects.create(taxonomy=world.brand, name="nkie")
+    used = world.brand.tags.get(name="nike")
+    asset = Asset.objects.create(client=world.acme, original_name="a.png", sha256="1" * 64, byte_size=1, width=1,
+                                 height=1, format="PNG", file="x.png")
+    labels.save_label(world.brand, asset, [used.pk], world.olga, notify=False)
+    assert ada.get(f"/admin/labeling/tag/{used.pk}/delete/").status_code == 403  # labels carry it: retire it
+    assert ada.get(f"/admin/labeling/tag/{world.other_tax.tags.get().pk}/delete/").status_code in (302, 403, 404)
+    assert ada.post(f"/admin/labeling/tag/{typo.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not Tag.objects.filter(pk=typo.pk).exists() and Tag.objects.filter(pk=used.pk).exists()
