@@ -117,6 +117,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # naturaltime: "built just now", not "built 0 minutes ago"
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",

@@ -91,6 +91,8 @@ def test_the_version_plot_shows_the_accuracy_without_matching(live_server, brows
     _open_dashboard(page, live_server.url, world)
     page.wait_for_selector("#plot-versions .main-svg", timeout=15_000)
     shots(page, "dashboard-matching")
-    assert page.locator("#plot-versions .scatterlayer .trace").count() == 4
-    assert "accuracy without matching" in page.locator("#plot-versions .legend").text_content()
+    # accuracy, macro-F1 and the head alone; no top-3 line with 3 tags (always 100 %)
+    assert page.locator("#plot-versions .scatterlayer .trace").count() == 3
+    legend = page.locator("#plot-versions .legend").text_content()
+    assert "accuracy without matching" in legend and "top-3" not in legend
     context.close()

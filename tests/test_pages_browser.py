@@ -164,6 +164,12 @@ def test_no_page_scrolls_sideways_on_a_phone_and_the_top_bar_does_not_overlap(li
             spilling[name] = found
         if page.evaluate(CRUMBS_UNDER_ACCOUNT):  # the breadcrumb once ran under the user name
             spilling.setdefault(name, []).append("the breadcrumb overlaps the account links")
+        if name == "review":  # the photo and Accept on the first screen, no scrolling
+            page.wait_for_selector("#current-img:not([hidden])")
+            img, accept = page.locator("#current-img").bounding_box(), page.locator("#accept-btn").bounding_box()
+            if not (img["y"] >= 0 and accept["y"] + accept["height"] <= PHONE["height"]):
+                spilling.setdefault(name, []).append(f"image at {img['y']:.0f}px, Accept ends at "
+                                                     f"{accept['y'] + accept['height']:.0f}px of {PHONE['height']}")
         shots(page, f"pages-phone-{name.replace(' ', '-')}")
     context.close()
     assert spilling == {}, spilling

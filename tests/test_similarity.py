@@ -146,7 +146,7 @@ def test_near_duplicates_are_grouped_and_the_group_offers_its_label_to_the_rest(
     page = client.get(f"/c/acme/t/{explored.world.brand.pk}/duplicates/")
     assert page.status_code == 200 and f'data-assets="{",".join(map(str, offer["assets"]))}"' in page.content.decode()
     login(client, explored.world.olga)  # duplicates are an admin page
-    assert client.get(f"/c/acme/t/{explored.world.brand.pk}/duplicates/").status_code == 404
+    assert client.get(f"/c/acme/t/{explored.world.brand.pk}/duplicates/").status_code == 403
 
 
 def test_second_look_ranks_a_flipped_label_in_the_upper_half_and_keep_takes_it_off(explored, client):

@@ -59,9 +59,11 @@
     const ys = vs.map((v) => v[key]);
     return { type: "scatter", mode: "lines+markers", name, x: vx, y: ys, error_y: ci(ys, vs.map((v) => v[ciKey])), marker: { color } };
   };
+  // with three tags or fewer the right tag is always among the top 3: a flat line at 100 %
+  const manyTags = ((data.live && data.live.labels) || []).length > 3;
   plot("plot-versions", [
     metric("accuracy", "accuracy_ci95", "accuracy", ACCENT),
-    metric("top3_accuracy", "top3_ci95", "top-3 accuracy", OK),
+    ...(manyTags ? [metric("top3_accuracy", "top3_ci95", "top-3 accuracy", OK)] : []),
     metric("macro_f1", "macro_f1_ci95", "macro-F1", WARN),
   ].concat(vs.some((v) => v.accuracy_without_matching != null) ? [{
     // local matching on: what the CNN head alone scored on the same held-out labels

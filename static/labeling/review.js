@@ -382,6 +382,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     pickKey: (key) => {
       const tag = state.tags.find((x) => x.key === key);
       if (tag) pickTag(tag.id);
+      else toast(`No tag on key ${key}: this taxonomy has ${state.tags.filter((x) => x.key).length}.`, "error");
     },
   });
 

@@ -56,7 +56,11 @@ function init(grid) {
   });
 
   async function apply(tagId) {
-    if (!config.canLabel || !selected.size) return;
+    if (!config.canLabel) return;
+    if (!selected.size) {
+      toast("Select images first: click them, Space, or a for all.");
+      return;
+    }
     const picked = [...selected].sort((a, b) => a - b);
     try {
       const data = await bulkApply(picked.map((i) => Number(tiles[i].dataset.asset)), tagId);
