@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -19,19 +18,12 @@ from django.views.decorators.http import require_safe, require_http_methods
 from .models import ImportJob, Role, Taxonomy
 from .permissions import client_view
 from .services import images, importing
+from .services.images import max_upload_bytes, max_upload_files
 from .views import parse_id
 
 
 class UploadError(ValueError):
     """What is wrong with an upload, in words for the form."""
-
-
-def max_upload_bytes() -> int:
-    return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3))
-
-
-def max_upload_files() -> int:
-    return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_FILES", settings.DATA_UPLOAD_MAX_NUMBER_FILES))
 
 
 def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
@@ -47,7 +39,7 @@ def _csrf_refusal(request: HttpRequest) -> HttpResponse | None:
 
 def _refuse_too_large(request: HttpRequest) -> None:
     try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        length = images.declared_length(request.META)
     except ValueError:
         raise UploadError("the request's Content-Length is not a number") from None
     if length > max_upload_bytes():

@@ -9,7 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from labeling.models import Asset, ImportJob, JobState, Label
+from labeling.models import Asset, ImportJob, JobState, Label, Membership, Role
 from labeling.services import importing
 from tests.conftest import login
 
@@ -102,14 +102,14 @@ def test_upload_runs_in_eager_mode_and_the_job_page_shows_it(client, world, shoe
 def test_upload_limits_give_clear_errors(client, world, shoe_paths, settings):
     login(client, world.alice)
     shoe = shoe_paths["test"]["nike"][0]
-    assert b"choose at least one" in client.post(upload_url(), {}).content
+    assert b"Choose at least one" in client.post(upload_url(), {}).content
     settings.TAGLOOP_MAX_UPLOAD_FILES = 2
     page = client.post(upload_url(), {"files": [as_upload(shoe, f"{i}.jpg") for i in range(3)]})
-    assert page.status_code == 400 and b"too many files" in page.content
+    assert page.status_code == 400 and b"Too many files" in page.content
     settings.TAGLOOP_MAX_UPLOAD_FILES = 100
     settings.TAGLOOP_MAX_UPLOAD_BYTES = 1000
     page = client.post(upload_url(), {"files": [as_upload(shoe)]})
-    assert page.status_code == 400 and b"upload too large" in page.content
+    assert page.status_code == 400 and b"Upload too large" in page.content
     settings.TAGLOOP_MAX_UPLOAD_BYTES = 10**9
     for taxonomy in (str(world.other_tax.pk), "\u00b2", "9" * 30):  # another client's; "²"; past any id
         page = client.post(upload_url(), {"files": [as_upload(shoe)], "taxonomy": taxonomy})
@@ -134,13 +134,13 @@ def test_with_csrf_checks_on_a_too_large_upload_is_refused_unparsed_and_too_many
 
     settings.TAGLOOP_MAX_UPLOAD_BYTES = 1000
     page = browser.post(upload_url(), {"files": [as_upload(shoe)], "csrfmiddlewaretoken": token})
-    assert page.status_code == 400 and b"upload too large" in page.content
+    assert page.status_code == 400 and b"Upload too large" in page.content
     assert parsed == []  # refused on its Content-Length, before anything was read or stored
 
     settings.TAGLOOP_MAX_UPLOAD_BYTES = 10**9
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2  # Django's own cap, hit while parsing
     page = browser.post(upload_url(), {"files": [as_upload(shoe, f"{i}.jpg") for i in range(3)], "csrfmiddlewaretoken": token})
-    assert page.status_code == 400 and b"too many files" in page.content and b"send a ZIP" in page.content
+    assert page.status_code == 400 and b"Too many files" in page.content and b"send a ZIP" in page.content
 
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 100
     forged = browser.post(upload_url(), {"files": [as_upload(shoe)]})  # no token: still refused
@@ -166,7 +166,8 @@ def test_other_clients_users_get_404_everywhere(client, world, shoe_paths, tmp_p
     assert client.post(upload_url(), {"files": [as_upload(shoe_paths["test"]["nike"][0])]}).status_code == 404
     assert client.get(reverse("import_job", args=["acme", job.pk])).status_code == 404
     assert client.get(reverse("import_job_json", args=["acme", job.pk])).status_code == 404
-    # Their own client's URL does not reach acme's job either.
+    # Their own client's URL does not reach acme's job either, not even as globex's admin.
+    Membership.objects.filter(user=world.otto, client=world.globex).update(role=Role.ADMIN)
     assert client.get(reverse("import_job_json", args=["globex", job.pk])).status_code == 404
     assert ImportJob.objects.count() == 1
 

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from ..models import Asset, ClusterMember, ImportJob, Label, LabelEvent, Role, Suggestion, Tag, Taxonomy
 from ..services import importing, images
-from ..views_import import max_upload_bytes, max_upload_files
+from ..services.images import max_upload_bytes, max_upload_files
 from .parsers import PayloadTooLarge
 from .base import MAX_ID, ScopedAPIView, decode_cursor, float_param, get_or_404, int_param, page_limit, page_serializer, paged
 from .serializers import (
@@ -37,9 +37,9 @@ def _current_labels(taxonomy, ref: str, after: int | None = None) -> QuerySet:
 def refuse_large_body(request: Request, limit: int, field: str) -> None:
     """Checked before the body is parsed, so a too-large upload is never stored."""
     try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        length = images.declared_length(request.META)
     except ValueError:
-        length = 0
+        raise ValidationError({field: ["the request's Content-Length is not a whole number"]}) from None
     if length > limit:
         raise PayloadTooLarge({field: [f"request body over {images.size_text(limit)}"]})
 

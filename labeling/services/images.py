@@ -75,6 +75,24 @@ def max_file_bytes() -> int:
     return int(getattr(settings, "TAGLOOP_IMPORT_MAX_FILE_BYTES", 256 * 1024 * 1024))
 
 
+def max_upload_bytes() -> int:
+    """One browser or API upload request, all its files together."""
+    return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3))
+
+
+def max_upload_files() -> int:
+    return int(getattr(settings, "TAGLOOP_MAX_UPLOAD_FILES", settings.DATA_UPLOAD_MAX_NUMBER_FILES))
+
+
+def declared_length(meta: dict) -> int:
+    """A request's Content-Length, read before its body: 0 when absent. Raises ValueError for
+    one that is not a whole number (the caller names the header)."""
+    value = int(meta.get("CONTENT_LENGTH") or 0)
+    if value < 0:
+        raise ValueError(value)
+    return value
+
+
 def spool(src: BinaryIO, limit: int | None = None) -> Spooled:
     """Copy ``src`` in chunks (never the whole file in memory) while hashing it.
 
