@@ -29,6 +29,16 @@ def _login(page, base, user):
     page.wait_for_url(f"{base}/c/acme/")
 
 
+def _olgas_page(browser, base: str, height: int):
+    """A page logged in as the operator olga, and the list its script errors land in."""
+    page = browser.new_page(viewport={"width": 1280, "height": height})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _login(page, base, "olga")
+    return page, errors
+
+
 def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the_queue(
     reviewable, live_server, browser, shots
 ):
@@ -40,11 +50,7 @@ def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the
     cluster = Cluster.objects.filter(clustering=clustering).order_by("-size").first()
     members = clusters.members(cluster)
     before = _labels(members)
-    page = browser.new_page(viewport={"width": 1280, "height": 860})
-    page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    _login(page, live_server.url, "olga")
+    page, errors = _olgas_page(browser, live_server.url, height=860)
 
     page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/clusters/")
     page.wait_for_function(ALL_IMAGES_LOADED)
@@ -102,11 +108,7 @@ def test_the_map_draws_every_image_and_a_box_selection_feeds_the_bulk_action(
     world = reviewable
     clusters.recluster(world.acme.pk)
     ids = list(Asset.objects.filter(client=world.acme).values_list("id", flat=True))
-    page = browser.new_page(viewport={"width": 1280, "height": 860})
-    page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    _login(page, live_server.url, "olga")
+    page, errors = _olgas_page(browser, live_server.url, height=860)
     page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/map/")
     page.wait_for_function(f"() => document.querySelectorAll('#map .scatterlayer .point').length === {len(ids)}")
     dot = page.locator("#map .scatterlayer .point").first.bounding_box()  # plotly's drag layer is on top
@@ -145,11 +147,7 @@ def test_second_look_keys_decide_each_row_once_and_fix_applies_the_tag_the_row_n
         brand = asset.original_name.rsplit("/", 1)[-1].split("-", 1)[0]
         if asset.pk not in _labels([asset.pk]):
             labels.save_label(world.brand, asset, [next(t for t in tags.values() if t.name == brand).pk], notify=False)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    _login(page, live_server.url, "olga")
+    page, errors = _olgas_page(browser, live_server.url, height=900)
     page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/second-look/")
     rows = page.locator("#second .x-row")
     assert rows.count() >= 3
