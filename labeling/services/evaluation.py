@@ -70,13 +70,15 @@ def _comparable(live: ModelVersion | None) -> bool:
         (live.metrics or {}).get("n_holdout", 0) > 0
 
 
-def _promotion_reason(live: ModelVersion | None) -> str:
-    """Why a model is promoted without beating the live one."""
+def _promotion_reason(live: ModelVersion | None, enough_holdout: bool) -> str:
+    """Why a model is promoted without a comparison with the live one."""
     if live is None:
         return "first model"
     if live.backbone != vectors.backbone_name():
         return f"the live model reads {live.backbone} features, not {vectors.backbone_name()}: not comparable"
-    return "holdout too small to compare"
+    if not enough_holdout:
+        return "holdout too small to compare"
+    return "the live model was trained on every label (too few were held out then): not comparable"
 
 
 def evaluate(
@@ -96,7 +98,7 @@ def evaluate(
     metrics: dict = {"n_train": int(train_mask.sum()), "n_holdout": int(hold.sum()) if enough_holdout else 0}
     if local is not None:
         metrics["local"] = dict(local.info)
-    promote, reason = True, _promotion_reason(live)
+    promote, reason = True, _promotion_reason(live, enough_holdout)
     if enough_holdout:
         progress(0.6, f"evaluating on {int(hold.sum())} held-out labels")
         P_new = head.predict_proba(X[hold])
