@@ -193,7 +193,6 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequen
         "balanced_accuracy": balanced_accuracy(y_true, y_pred, k),
         "balanced_accuracy_classes": int((support > 0).sum()),
         "macro_f1": macro_f1(y_true, y_pred, k),
-        "macro_f1_ci95": list(macro_f1_ci(cm) or (0.0, 0.0)),
         "macro_f1_classes": int(((cm.sum(axis=0) + support) > 0).sum()),
         "per_class": _per_label(labels, precision, recall, f1, support),
         "confusion": cm.tolist(),

