@@ -120,7 +120,6 @@ def _compute(taxonomy: Taxonomy, tag_ids: list[int], key: str) -> dict[str, np.n
 
 
 def _record_failure(taxonomy: Taxonomy, exc: BaseException) -> None:
-    log.exception("second look of taxonomy %s failed", taxonomy.pk)
     message = f"{type(exc).__name__}: {exc}"[:300]
     try:
         path = _path(taxonomy, "failed")
@@ -209,7 +208,8 @@ def second_look(taxonomy: Taxonomy, limit: int = 50) -> Page:
     elif n_labels <= settings.TAGLOOP_SECOND_LOOK_INLINE:
         try:
             why = _compute_or_record(taxonomy, tag_ids, key)
-        except Exception:
+        except Exception:  # the page still shows (the worker's failures Celery logs itself)
+            log.exception("second look of taxonomy %s failed", taxonomy.pk)
             _say_failed(page, *(_recent_failure(taxonomy) or ("the computation failed", time.time())))
     else:
         page.refreshing = _ask_worker(taxonomy)
