@@ -107,6 +107,12 @@ def test_review_keyboard_flow(reviewable, live_server, browser, shots):
         page.wait_for_timeout(800)  # time for a second save to arrive, were one sent
         assert after != aimed and current_label(after) is None, button
 
+    # The queue order chosen stays chosen over a reload (or Back) in this tab.
+    page.click(".seg[data-order='confident']")
+    page.reload()
+    showing(page)
+    assert page.locator(".seg[data-order='confident']").get_attribute("aria-pressed") == "true"
+
     page.keyboard.press("?")
     page.wait_for_selector("#help[open]")
     shots(page, "06-shortcuts")

@@ -28,9 +28,10 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     model: $("st-model"), retrain: $("st-retrain"), unlabeled: $("st-unlabeled"),
     run: $("st-run"), runText: $("st-run-text"), runWhy: $("st-run-why"), runBar: $("st-run-bar"),
   };
+  const ORDER_KEY = `tagloop-order:${location.pathname}`; // this tab's choice, per taxonomy
 
   const state = {
-    order: "uncertain",
+    order: sessionStorage.getItem(ORDER_KEY) === "confident" ? "confident" : "uncertain", // kept over Back
     tags: [],                // [{id, name, key}] active tags of the taxonomy
     tagById: new Map(),
     buffer: [],              // queue items; buffer[0] is on screen
@@ -231,10 +232,12 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
       });
   }
 
+  const markOrder = () => document.querySelectorAll(".seg").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.order === state.order)));
   function setOrder(order) {
     if (order === state.order) return;
     state.order = order;
-    document.querySelectorAll(".seg").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.order === order)));
+    sessionStorage.setItem(ORDER_KEY, order);
+    markOrder();
     state.buffer = [];
     state.exhausted = false;
     state.fetching = null;
@@ -392,6 +395,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   }, POLL_MS);
 
   setTags(config.tags);
+  markOrder();
   renderCurrent();
   refill();
 })();
