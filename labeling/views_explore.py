@@ -225,7 +225,8 @@ def bulk_json(request: HttpRequest) -> JsonResponse:
         if str(exc) == "assets: not found":
             return json_error(str(exc), 404, "assets")
         raise BadInput(str(exc))
-    return JsonResponse({"action": action.pk, "n_labels": action.n_labels, "labels": bulk.stored_tags(action)})
+    return JsonResponse({"action": action.pk, "n_labels": action.n_labels, "kept": action.n_kept,
+                         "labels": bulk.stored_tags(action)})
 
 
 @require_POST

@@ -359,6 +359,10 @@ def test_bulk_labels_make_one_action_and_one_retrain_check(world, lib, no_broker
         r = api(world.olga).post(base(world) + "labels/bulk/", {"kind": "accept", "assets": [lib.assets[4].pk]}, format="json")
     assert r.json()["n_labels"] == 1 and Label.objects.get(asset=lib.assets[4]).source == "accepted"
     assert no_broker["retrain"] == 2
+    # accepting over images already labeled leaves their labels alone and says why
+    r = api(world.olga).post(base(world) + "labels/bulk/", {"kind": "accept", "assets": [lib.assets[0].pk]}, format="json")
+    assert r.json()["n_labels"] == 0 and "already labeled" in r.json()["skipped"][str(lib.assets[0].pk)]
+    assert Label.objects.get(asset=lib.assets[0], is_current=True).source != "accepted"
 
 
 @pytest.mark.parametrize("body, field", [

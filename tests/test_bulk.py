@@ -66,6 +66,20 @@ def test_accepting_suggestions_gives_each_asset_its_own_suggested_tag(world, tra
     assert set(Label.objects.filter(batch=action).values_list("source", flat=True)) == {"accepted"}
 
 
+def test_accepting_suggestions_over_labeled_images_keeps_their_labels_and_counts_them(world, trained, client, checks):
+    from labeling.models import Label
+
+    selection = sorted(trained.assets)  # a whole cluster: some labeled by people already
+    before = {lb.asset_id: (lb.pk, lb.source) for lb in Label.objects.filter(taxonomy=world.brand, is_current=True)}
+    assert before and set(before) < set(selection)
+    login(client, world.olga)
+    r = _post(client, f"/c/acme/t/{world.brand.pk}/bulk.json", {"assets": selection, "accept": True})
+    assert r.status_code == 200 and r.json()["kept"] == len(before)
+    assert r.json()["n_labels"] == len(selection) - len(before) and not set(r.json()["labels"]) & {str(a) for a in before}
+    after = {lb.asset_id: (lb.pk, lb.source) for lb in Label.objects.filter(taxonomy=world.brand, asset_id__in=list(before), is_current=True)}
+    assert after == before
+
+
 def test_undo_restores_every_assets_previous_label_and_records_it(world, trained, client, checks):
     from labeling.models import BulkAction, Label, LabelEvent
     from labeling.services import labels as label_service

@@ -30,7 +30,9 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
           accept: bool = False) -> BulkAction:
     """Label every asset with ``tag_ids``, or (``accept``) with its own live suggestion.
     Assets outside the taxonomy's client are refused as a whole; with ``accept``, assets that
-    have no suggestion are left out (reported by the smaller ``n_labels``)."""
+    have no suggestion are left out (reported by the smaller ``n_labels``), and so are assets
+    already labeled: a suggestion never replaces a person's label (``action.n_kept`` counts
+    them; applying a tag the operator picked does replace it)."""
     ids = list(dict.fromkeys(int(a) for a in asset_ids))
     if not ids:
         raise BulkError("assets: select at least one image")
@@ -44,8 +46,11 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
     if tag_ids:
         labels.validate_tags(taxonomy, tag_ids)
     suggested = suggested_tags(taxonomy, ids) if accept else {}
-    items = [(assets[a], suggested.get(a) if accept else list(tag_ids)) for a in ids]
-    return _write(taxonomy, user, accept, [(asset, tags) for asset, tags in items if tags])  # accept: no suggestion, no label
+    kept = labeled(taxonomy, ids) if accept else set()
+    items = [(assets[a], suggested.get(a) if accept else list(tag_ids)) for a in ids if a not in kept]
+    action = _write(taxonomy, user, accept, [(asset, tags) for asset, tags in items if tags])  # accept: no suggestion, no label
+    action.n_kept = len(kept)
+    return action
 
 
 def apply_each(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[int] | None = None,
@@ -58,11 +63,13 @@ def apply_each(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequ
         labels.validate_tags(taxonomy, tag_ids)  # once, before anything is written
     found = Asset.objects.filter(client_id=taxonomy.client_id, pk__in=ids).in_bulk()
     suggested = suggested_tags(taxonomy, ids) if accept else {}
+    kept = labeled(taxonomy, ids) if accept else set()
     skipped: dict[str, str] = {}
     items, checked = [], {}
     for asset_id in ids:
         tags = list(tag_ids or suggested.get(asset_id) or [])
         problem = ("not found" if asset_id not in found
+                   else "already labeled: a suggestion does not replace a label" if asset_id in kept
                    else "no suggestion to accept" if not tags else checked.get(tuple(tags)))
         if tags and problem is None and tuple(tags) not in checked:
             try:  # each distinct tag set once: a bad one is reported per asset, the rest are saved
@@ -90,6 +97,11 @@ def _write(taxonomy: Taxonomy, user, accept: bool, items: list[tuple[Asset, list
             ids = [asset.pk for asset, _ in items]
             transaction.on_commit(lambda: after_commit(taxonomy, ids))
     return action
+
+
+def labeled(taxonomy: Taxonomy, ids: list[int]) -> set[int]:
+    """Those of ``ids`` with a current label in the taxonomy."""
+    return set(Label.objects.filter(taxonomy=taxonomy, is_current=True, asset_id__in=ids).values_list("asset_id", flat=True))
 
 
 def stored_tags(action: BulkAction) -> dict[int, list[int]]:

@@ -62,8 +62,9 @@ export async function bulkApply(assets, tagId) {
     const data = await postJSON(config.bulkUrl, body);
     done.push(data.action);
     const what = tagId == null ? "their suggestions" : escapeHTML(tagName(tagId));
-    const skipped = assets.length - data.n_labels;
-    toast(`Labeled ${data.n_labels} as ${what}${skipped ? ` · ${skipped} without a suggestion left open` : ""} · <kbd>u</kbd> undo`, "ok");
+    const open = assets.length - data.n_labels - data.kept;
+    const kept = data.kept ? ` · ${data.kept} already labeled kept their labels` : "";
+    toast(`Labeled ${data.n_labels} as ${what}${kept}${open ? ` · ${open} without a suggestion left open` : ""} · <kbd>u</kbd> undo`, "ok");
     return data;
   });
 }
