@@ -276,6 +276,10 @@ class Label(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
     source = models.CharField(max_length=16, choices=Source.choices)
     suggestion = models.ForeignKey(Suggestion, models.SET_NULL, null=True, blank=True, related_name="+")
+    # The version whose suggestion the operator was shown. Suggestions of older versions are
+    # pruned after each retrain (and the link above with them); versions are kept, so this one
+    # still says which model an "accepted" or "corrected" answered (the dashboard's agreement).
+    model_version = models.ForeignKey("ModelVersion", models.SET_NULL, null=True, blank=True, related_name="+")
     batch = models.ForeignKey("BulkAction", models.SET_NULL, null=True, blank=True, related_name="labels")
     # Older labels of the same asset stay as history; exactly one is current.
     is_current = models.BooleanField(default=True)

@@ -206,3 +206,18 @@ def test_after_a_tag_is_retired_the_live_model_is_compared_on_the_tags_left_its_
     assert (kept.sum(axis=1) < 0.95).any()  # precondition: the retired tag held a real share
     P, _ = evaluation._live_on(world.brand, X, active)
     np.testing.assert_allclose(P, kept / kept.sum(axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_the_dashboard_still_counts_accepted_suggestions_after_their_rows_are_pruned(world, trained):
+    from labeling.models import Suggestion
+
+    open_ids = [a for a in sorted(trained.assets) if a not in trained.seeded][:5]
+    shown = {s.asset_id: s for s in Suggestion.objects.filter(model_version=world.brand.live_model, asset_id__in=open_ids)}
+    for i, a in enumerate(open_ids):  # four accepted as suggested, one corrected
+        tag = shown[a].top1_tag_id if i < 4 else next(t for t in trained.tags.values() if t != shown[a].top1_tag_id)
+        labels.save_label(world.brand, trained.assets[a], [tag], world.olga, notify=False)
+    assert dashboard.agreement(world.brand)["by_version"] == [{"version": 1, "accepted": 4, "corrected": 1, "rate": 0.8}]
+    for _ in range(2):  # two more versions: v1's suggestions are pruned
+        assert training.train_now(world.brand).state in ("promoted", "rejected")
+    assert not Suggestion.objects.filter(model_version__version=1, model_version__taxonomy=world.brand).exists()
+    assert dashboard.agreement(world.brand)["by_version"] == [{"version": 1, "accepted": 4, "corrected": 1, "rate": 0.8}]

@@ -85,16 +85,17 @@ def by_operator(taxonomy: Taxonomy) -> list[dict]:
 
 
 def agreement(taxonomy: Taxonomy) -> dict:
-    """How often operators kept the model's suggestion, overall and per model version."""
+    """How often operators kept the model's suggestion, overall and per model version (the
+    version a label records, which outlives its pruned suggestion rows)."""
     rows = (
-        Label.objects.filter(taxonomy=taxonomy, is_current=True, suggestion__isnull=False,
+        Label.objects.filter(taxonomy=taxonomy, is_current=True, model_version__isnull=False,
                              source__in=[Label.Source.ACCEPTED, Label.Source.CORRECTED])
-        .values("suggestion__model_version__version", "source")
+        .values("model_version__version", "source")
         .annotate(n=Count("id"))
     )
     per: dict[int, dict] = {}
     for r in rows:
-        v = per.setdefault(r["suggestion__model_version__version"], {"accepted": 0, "corrected": 0})
+        v = per.setdefault(r["model_version__version"], {"accepted": 0, "corrected": 0})
         v[r["source"]] += r["n"]
     by_version = [
         {"version": k, **v, "rate": round(v["accepted"] / (v["accepted"] + v["corrected"]), 4)}

@@ -212,6 +212,7 @@ def _write(
         Label.objects.filter(pk__in=[label.pk for label in previous.values()]).update(is_current=False)
     new = Label.objects.bulk_create([
         Label(asset_id=a, taxonomy=taxonomy, user=user, batch=batch, suggestion=suggestions.get(a),
+              model_version_id=suggestions[a].model_version_id if a in suggestions else None,
               source=source or _source_for(taxonomy, tags, suggestions.get(a), retired))
         for a, tags in rows
     ])
