@@ -80,10 +80,19 @@ def api_view(at_least: str = Role.VIEWER) -> Callable:
 
 
 def tag_list(taxonomy: Taxonomy) -> list[dict]:
+    """Active tags with their digit keys. A key follows a tag's place among all tags, retired
+    ones included: retiring a tag leaves its digit unused instead of shifting every key after
+    it under the operators' fingers (an admin can move tags to reclaim it)."""
+    tags = taxonomy.tags.select_related("parent").order_by("position", "name")
     return [
         {"id": t.pk, "name": t.path, "key": str(i + 1) if i < MAX_KEYED_TAGS else None}
-        for i, t in enumerate(taxonomy.active_tags().select_related("parent"))
+        for i, t in enumerate(tags) if not t.retired
     ]
+
+
+def tag_names(taxonomy: Taxonomy) -> dict[int, str]:
+    """Every tag's path, retired ones marked: older labels still carry them."""
+    return {t.pk: t.path + (" (retired)" if t.retired else "") for t in taxonomy.tags.select_related("parent")}
 
 
 # --- pages -----------------------------------------------------------------------------

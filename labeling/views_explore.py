@@ -14,7 +14,7 @@ from django.views.decorators.http import require_safe, require_http_methods, req
 from .models import Asset, BulkAction, Cluster, JobState, Role
 from .permissions import taxonomy_view
 from .services import bulk, clusters, duplicates, labels, second_look as second_look_service, similarity
-from .views import BadInput, api_view, can_label, is_id, json_body, json_error, parse_id, tag_list
+from .views import BadInput, api_view, can_label, is_id, json_body, json_error, parse_id, tag_list, tag_names
 
 RECLUSTER_INLINE_MAX = 20_000  # assets; larger libraries are clustered by the worker
 MAX_SEARCH_BYTES = 20 * 1024 * 1024
@@ -39,7 +39,7 @@ def _context(request: HttpRequest, **extra) -> dict:
 
 def _tiles(request: HttpRequest, asset_ids: list[int], extra: dict | None = None) -> list[dict]:
     rows = similarity.describe(request.taxonomy, asset_ids)
-    names = {t["id"]: t["name"] for t in tag_list(request.taxonomy)}
+    names = tag_names(request.taxonomy)
     out = []
     for a in asset_ids:
         if a in rows:
@@ -59,7 +59,7 @@ def _tiles(request: HttpRequest, asset_ids: list[int], extra: dict | None = None
 def cluster_list(request: HttpRequest) -> HttpResponse:
     clustering = clusters.current(request.client.pk)
     rows = clusters.overview(request.taxonomy, clustering) if clustering else []
-    names = {t["id"]: t["name"] for t in tag_list(request.taxonomy)}
+    names = tag_names(request.taxonomy)
     for r in rows:
         r["majority_name"] = names.get(r["stats"].get("majority_suggested"), "")
     # A first build after the demo's or a big import takes a while: say so instead of "none".
@@ -175,7 +175,7 @@ def duplicate_list(request: HttpRequest) -> HttpResponse:
     groups = []
     for g in duplicates.groups(request.client.pk)[:200]:
         offer = duplicates.offer(request.taxonomy, g)
-        names = {t["id"]: t["name"] for t in tag_list(request.taxonomy)}
+        names = tag_names(request.taxonomy)
         if offer:
             offer["names"] = ", ".join(names.get(t, "?") for t in offer["tags"])
         groups.append({"tiles": _tiles(request, g), "offer": offer})

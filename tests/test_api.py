@@ -141,6 +141,10 @@ def test_a_tag_added_without_a_position_goes_last_and_leaves_the_review_keys_as_
         assert c.post(base(world) + "tags/", {"name": name}, format="json").status_code == 201
     after = {t["name"]: t["key"] for t in tag_list(world.brand)}
     assert {n: after[n] for n in keys} == keys and sorted(after[n] for n in ("Asics", "air max")) == ["4", "5"]
+    # retiring a tag leaves its digit unused rather than shifting the keys after it
+    adidas = Tag.objects.get(taxonomy=world.brand, name="adidas")
+    assert c.patch(base(world) + f"tags/{adidas.pk}/", {"retired": True}, format="json").status_code == 200
+    assert {t["name"]: t["key"] for t in tag_list(world.brand)} == {n: k for n, k in after.items() if n != "adidas"}
 
 
 def test_a_tag_name_that_differs_only_in_case_is_refused(world):

@@ -163,6 +163,16 @@ def test_a_bulk_action_on_large_clusters_leaves_their_stats_to_the_worker_and_re
     assert sum(c.stats[key]["n_unlabeled"] for c in explored.clustering.clusters.all()) == 0
 
 
+def client_page(explored, path: str) -> str:
+    from django.test import Client as HttpClient
+
+    c = HttpClient()
+    c.force_login(explored.world.olga)
+    r = c.get(f"/c/acme/t/{explored.world.brand.pk}/{path}")
+    assert r.status_code == 200, (path, r.status_code)
+    return r.content.decode()
+
+
 def test_a_retired_tag_is_offered_neither_as_a_clusters_majority_nor_as_a_tiles_suggestion(explored):
     from labeling.models import Suggestion, Tag
     from labeling.services import clusters, similarity
@@ -179,3 +189,7 @@ def test_a_retired_tag_is_offered_neither_as_a_clusters_majority_nor_as_a_tiles_
     assert any(t["suggested"] is None and t["uncertainty"] is not None for t in tiles.values())
     clusters.refresh_stats(explored.clustering)
     assert retired not in [c.stats[key]["majority_suggested"] for c in explored.clustering.clusters.all()]
+    # a label that carries the retired tag still names it on its tile (it showed "?")
+    seeded = next(a for a in explored.seeded if explored.tags[explored.truth[a]] == retired)
+    html = client_page(explored, f"clusters/{explored.clustering.clusters.get(members__asset_id=seeded).index}/")
+    assert f"{Tag.objects.get(pk=retired).name} (retired)" in html
