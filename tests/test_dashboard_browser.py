@@ -96,3 +96,20 @@ def test_the_version_plot_shows_the_accuracy_without_matching(live_server, brows
     legend = page.locator("#plot-versions .legend").text_content()
     assert "accuracy without matching" in legend and "top-3" not in legend
     context.close()
+
+
+def test_retrain_now_stays_disabled_while_a_run_is_queued_or_running(live_server, browser, world, trained, settings):
+    from labeling.models import TrainingRun
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    run = TrainingRun.objects.create(taxonomy=world.brand, trigger="manual")  # queued: a second press would queue a copy
+    page = browser.new_page()
+    page.goto(live_server.url + "/login/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "alice-pass-123")
+    page.click("button[type=submit]")
+    page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/dashboard/")
+    assert page.locator("#retrain").is_disabled()
+    TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.PROMOTED)  # done: the next poll frees it
+    page.wait_for_function("() => !document.getElementById('retrain').disabled", timeout=15_000)
+    page.close()

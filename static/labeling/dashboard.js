@@ -122,6 +122,8 @@
     document.getElementById("run-text").textContent = run
       ? `run #${run.id}: ${run.state}${run.message ? " · " + run.message : ""}` : "no run yet";
     document.getElementById("run-bar").style.width = run ? Math.round(run.progress * 100) + "%" : "0%";
+    const button = document.getElementById("retrain"); // one run at a time: pressed again, it only queued a copy
+    if (button) button.disabled = Boolean(run && run.active);
     const imports = document.getElementById("import-progress");
     imports.replaceChildren(...p.imports.map((j) => {
       const row = document.createElement("div");
@@ -147,10 +149,10 @@
   if (retrain) {
     retrain.addEventListener("click", async () => {
       const token = (document.cookie.match(/(?:^|; )csrftoken=([^;]+)/) || [])[1] || "";
-      retrain.disabled = true;
+      retrain.disabled = true; // until the run has finished (showProgress)
       const r = await fetch(retrain.dataset.url, { method: "POST", headers: { "X-CSRFToken": token, Accept: "application/json" }, credentials: "same-origin" });
-      retrain.disabled = false;
-      if ((r.ok || r.status === 409) && !timer) poll();
+      if (!(r.ok || r.status === 409)) retrain.disabled = false;
+      else if (!timer) poll();
     });
   }
 })();
