@@ -288,3 +288,15 @@ def test_a_client_admin_deletes_an_unused_tag_in_django_admin_but_only_retires_o
     assert ada.get(f"/admin/labeling/tag/{world.other_tax.tags.get().pk}/delete/").status_code in (302, 403, 404)
     assert ada.post(f"/admin/labeling/tag/{typo.pk}/delete/", {"post": "yes"}).status_code == 302
     assert not Tag.objects.filter(pk=typo.pk).exists() and Tag.objects.filter(pk=used.pk).exists()
+
+
+def test_a_username_that_differs_only_in_case_is_the_existing_account_never_a_second_one(client, world):
+    from django.contrib.auth import get_user_model
+
+    login(client, world.alice)
+    r = client.post(page(), {"username": "OTTO", "role": "viewer"})  # otto works for globex only
+    assert "taken by an account outside your clients" in r.content.decode()
+    Membership.objects.create(user=world.alice, client=world.globex, role=Role.ADMIN)
+    client.post(page(), {"username": "Otto", "role": "viewer"})
+    assert membership(world.otto, world.acme).role == Role.VIEWER
+    assert get_user_model().objects.filter(username__iexact="otto").count() == 1

@@ -44,6 +44,15 @@ def test_an_admin_adds_a_colleague_who_then_logs_in(live_server, browser, shots,
     assert Membership.objects.get(user__username="newbie").role == Role.OPERATOR
     shots(page, "members-role-changed")
 
+    # a 150-character username wraps: every row's Role and Remove stay inside the card
+    page.fill(".member-add input[name=username]", "x" * 150)
+    page.click(".member-add button[type=submit]")
+    page.wait_for_selector("#new-password")
+    card = page.locator(".table-card").bounding_box()
+    for button in page.locator("#members button").all():
+        box = button.bounding_box()
+        assert box["x"] + box["width"] <= card["x"] + card["width"] + 1, box
+
     other = browser.new_context().new_page()
     log_in(other, live_server.url, "newbie", password)
     other.goto(f"{live_server.url}/c/acme/")

@@ -82,7 +82,9 @@ def add_member(client: Client, username: str, role: str = Role.OPERATOR,
     username, role, email = _username(username), _role(role), _email(email)
     password = None
     with transaction.atomic():
-        user = User.objects.filter(username=username).first()
+        # "Op2" is the existing "op2", not a second account: the login lockout already counts
+        # names case-blind, so two such accounts would lock each other out
+        user = User.objects.filter(username__iexact=username).order_by("pk").first()
         if user is None:
             password = secrets.token_urlsafe(12)
             try:
