@@ -3,7 +3,8 @@ sees and edits only the taxonomies, tags and memberships of their own clients.""
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.shortcuts import redirect
 
 from .models import Client, ImportJob, Label, Membership, ModelVersion, Role, Tag, Taxonomy, TrainingRun
 from .services import members
@@ -98,6 +99,15 @@ class TagAdmin(ClientScopedAdmin):
         if request.user.is_superuser:
             return True
         return obj is not None and self._own(request, obj) and not tag_in_use(obj)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        tag = self.get_object(request, object_id)
+        if tag is not None and not request.user.is_superuser and tag_in_use(tag):
+            # say why, rather than a bare "not allowed" that reads like a role problem
+            messages.error(request, f"“{tag.path}” is used by labels or models, so it can't be deleted: "
+                                    "tick Retired instead (it is no longer offered; its labels stay).")
+            return redirect("admin:labeling_tag_change", tag.pk)
+        return super().delete_view(request, object_id, extra_context)
 
 
 class ReadOnlyForClientAdmins(ClientScopedAdmin):

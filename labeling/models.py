@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -47,7 +48,8 @@ class Taxonomy(models.Model):
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.SINGLE)
     retrain_threshold = models.PositiveIntegerField(
-        default=20, help_text="Retrain once this many new labels have arrived since the last run."
+        default=20, validators=[MinValueValidator(1)],
+        help_text="Retrain once this many new labels have arrived since the last run."
     )
     local_matching = models.BooleanField(
         default=False,
@@ -69,6 +71,12 @@ class Taxonomy(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client.slug}/{self.name}"
+
+    def clean(self) -> None:
+        # "Shoe brand" next to "shoe brand" would be two lists an operator cannot tell apart
+        clash = Taxonomy.objects.filter(client_id=self.client_id, name__iexact=(self.name or "").strip())
+        if self.client_id and clash.exclude(pk=self.pk).exists():
+            raise ValidationError({"name": "a taxonomy of this client already has this name"})
 
     @property
     def multilabel(self) -> bool:
@@ -125,6 +133,15 @@ class Tag(models.Model):
         problem = tag_name_problem(self.name or "")
         if problem:
             raise ValidationError({"name": problem})
+        if self.parent_id is not None:
+            if self.parent.taxonomy_id != self.taxonomy_id:
+                raise ValidationError({"parent": "not a tag of this taxonomy"})
+            node, seen = self.parent, set()  # walk up from the new parent
+            while node is not None and node.pk not in seen:
+                if self.pk is not None and node.pk == self.pk:
+                    raise ValidationError({"parent": "would make the tag its own ancestor"})
+                seen.add(node.pk)
+                node = node.parent
 
     @property
     def path(self) -> str:

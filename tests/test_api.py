@@ -12,7 +12,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from labeling.models import (
-    BulkAction, Cluster, Clustering, ClusterMember, ImportJob, Label, LabelEvent, Tag, TrainingRun,
+    BulkAction, Cluster, Clustering, ClusterMember, ImportJob, Label, LabelEvent, Tag, Taxonomy, TrainingRun,
 )
 from labeling.services import importing, labels
 from tests._helpers import api, png_bytes
@@ -145,6 +145,26 @@ def test_a_tag_added_without_a_position_goes_last_and_leaves_the_review_keys_as_
     adidas = Tag.objects.get(taxonomy=world.brand, name="adidas")
     assert c.patch(base(world) + f"tags/{adidas.pk}/", {"retired": True}, format="json").status_code == 200
     assert {t["name"]: t["key"] for t in tag_list(world.brand)} == {n: k for n, k in after.items() if n != "adidas"}
+
+
+def test_django_admin_forms_refuse_a_tag_under_itself_a_case_twin_taxonomy_and_a_zero_threshold(world):
+    from django.core.exceptions import ValidationError
+
+    nike, adidas = Tag.objects.get(taxonomy=world.brand, name="nike"), Tag.objects.get(taxonomy=world.brand, name="adidas")
+    adidas.parent = nike
+    adidas.save()
+    nike.parent = adidas  # nike under adidas under nike
+    with pytest.raises(ValidationError, match="its own ancestor"):
+        nike.full_clean()
+    nike.parent = Tag.objects.get(taxonomy=world.other_tax)
+    with pytest.raises(ValidationError, match="not a tag of this taxonomy"):
+        nike.full_clean()
+    with pytest.raises(ValidationError, match="already has this name"):
+        Taxonomy(client=world.acme, name="BRAND").full_clean()
+    with pytest.raises(ValidationError, match="retrain_threshold"):
+        Taxonomy(client=world.acme, name="colour", retrain_threshold=0).full_clean()
+    Taxonomy.objects.create(client=world.acme, name="colour")
+    Taxonomy(client=world.globex, name="COLOUR").full_clean()  # another client's names are its own
 
 
 def test_a_tag_name_that_differs_only_in_case_is_refused(world):

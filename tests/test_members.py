@@ -284,7 +284,9 @@ def test_a_client_admin_deletes_an_unused_tag_in_django_admin_but_only_retires_o
     asset = Asset.objects.create(client=world.acme, original_name="a.png", sha256="1" * 64, byte_size=1, width=1,
                                  height=1, format="PNG", file="x.png")
     labels.save_label(world.brand, asset, [used.pk], world.olga, notify=False)
-    assert ada.get(f"/admin/labeling/tag/{used.pk}/delete/").status_code == 403  # labels carry it: retire it
+    refused = ada.get(f"/admin/labeling/tag/{used.pk}/delete/", follow=True)  # labels carry it: retire it
+    assert refused.redirect_chain[-1][0] == f"/admin/labeling/tag/{used.pk}/change/"
+    assert "is used by labels or models, so it can&#x27;t be deleted" in refused.content.decode()
     assert ada.get(f"/admin/labeling/tag/{world.other_tax.tags.get().pk}/delete/").status_code in (302, 403, 404)
     assert ada.post(f"/admin/labeling/tag/{typo.pk}/delete/", {"post": "yes"}).status_code == 302
     assert not Tag.objects.filter(pk=typo.pk).exists() and Tag.objects.filter(pk=used.pk).exists()

@@ -64,7 +64,7 @@ class TaxonomySerializer(serializers.ModelSerializer):
         if not value:
             raise serializers.ValidationError("may not be blank")
         client = self.context["client"]
-        clash = Taxonomy.objects.filter(client=client, name=value)
+        clash = Taxonomy.objects.filter(client=client, name__iexact=value)
         if self.instance is not None:
             clash = clash.exclude(pk=self.instance.pk)
         if clash.exists():
