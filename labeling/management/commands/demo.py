@@ -95,6 +95,8 @@ class Command(BaseCommand):
         n = 0
         for turn in zip_longest(*per_brand):
             for asset, brand in filter(None, turn):
-                labels.save_label(taxonomy, asset, [tags[brand]], source=Label.Source.IMPORTED)
+                # no retrain check per label: the demo trains v1 itself next, and 80 checks
+                # queued ahead of the first clustering kept the Clusters page empty for a minute
+                labels.save_label(taxonomy, asset, [tags[brand]], source=Label.Source.IMPORTED, notify=False)
                 n += 1
         self.stdout.write(f"seeded {n} labels ({per_class} per brand)")
