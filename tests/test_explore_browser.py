@@ -161,6 +161,7 @@ def test_second_look_keys_decide_each_row_once_and_fix_applies_the_tag_the_row_n
     wait_for(lambda: rows.nth(1).evaluate("r => r.classList.contains('is-done')"))
     page.keyboard.press("f")
     wait_for(lambda: _labels([third])[third] == fix)
+    page.wait_for_function("() => !document.querySelectorAll('#second .x-row')[2].querySelector('.x-row-fix')")
     events = LabelEvent.objects.filter(asset_id__in=[first, second], user=world.olga, action="set")
     assert sorted(e.asset_id for e in events if e.before == e.after) == sorted([first, second])  # one keep each
     assert page.locator("#second .x-row.is-done").count() == 3

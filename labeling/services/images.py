@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -127,8 +128,11 @@ def _open_header(fp: BinaryIO) -> Image.Image:
             return Image.open(fp)
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised file format)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large (decompression bomb guard: {exc})") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours: say it as check_size does
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels[1]):,} pixels" if pixels else "too many pixels"
+        raise ImageError(f"image too large: {size}, over the limit of {int(settings.TAGLOOP_MAX_IMAGE_PIXELS):,} "
+                         "(TAGLOOP_MAX_IMAGE_PIXELS); not decoded") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"unreadable image header ({exc})") from None
 

@@ -24,6 +24,7 @@ if (list) {
       } else {
         await postJSON(config.labelUrl, { asset, tags: [tagId] });
         row.querySelector(".x-given").textContent = tagName(tagId);
+        row.querySelector(".x-row-fix")?.remove(); // it named the fix now made
         state.textContent = "fixed";
       }
       row.classList.add("is-done");
