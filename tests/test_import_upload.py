@@ -150,9 +150,11 @@ def test_with_csrf_checks_on_a_too_large_upload_is_refused_unparsed_and_too_many
 
 
 @pytest.mark.parametrize("who", ["olga", "vic"])
-def test_operators_and_viewers_may_not_import_and_are_told_the_page_is_for_admins(client, world, shoe_paths, who):
+def test_operators_and_viewers_may_not_import_and_are_told_the_page_is_for_admins(client, world, shoe_paths, who, caplog):
     login(client, getattr(world, who))
     page = client.get(upload_url())
+    [logged] = [r for r in caplog.records if r.name == "django.request"]
+    assert logged.status_code == 403 and logged.exc_info is None  # a routine 403: one line, no traceback
     role = {"olga": "operator", "vic": "viewer"}[who]
     assert page.status_code == 403 and f"This page is for admins of Acme; your role there is {role}." in page.content.decode()
     assert client.post(upload_url(), {"files": [as_upload(shoe_paths["test"]["nike"][0])]}).status_code == 403
