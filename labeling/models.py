@@ -109,7 +109,8 @@ class Tag(models.Model):
     parent = models.ForeignKey("self", models.PROTECT, null=True, blank=True, related_name="children")
     # Retired tags are no longer offered or predicted, but labels that used them stay.
     retired = models.BooleanField(default=False)
-    position = models.IntegerField(default=0)
+    position = models.IntegerField(default=0, help_text="Order in lists, which gives the review page's digit keys; "
+                                                         "a new tag left at 0 goes after the others.")
 
     class Meta:
         ordering = ["position", "name"]
