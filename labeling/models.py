@@ -103,6 +103,17 @@ def tag_name_problem(name: str) -> str | None:
     return None
 
 
+def parent_problem(tag_id: int | None, parent: "Tag") -> str | None:
+    """Why ``parent`` can't be the parent of the tag ``tag_id`` (None: a new tag), or None."""
+    node, seen = parent, set()  # walk up from the new parent
+    while node is not None and node.pk not in seen:
+        if tag_id is not None and node.pk == tag_id:
+            return "would make the tag its own ancestor"
+        seen.add(node.pk)
+        node = node.parent
+    return None
+
+
 class Tag(models.Model):
     taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="tags")
     name = models.CharField(max_length=200)
@@ -137,12 +148,8 @@ class Tag(models.Model):
         if self.parent_id is not None:
             if self.parent.taxonomy_id != self.taxonomy_id:
                 raise ValidationError({"parent": "not a tag of this taxonomy"})
-            node, seen = self.parent, set()  # walk up from the new parent
-            while node is not None and node.pk not in seen:
-                if self.pk is not None and node.pk == self.pk:
-                    raise ValidationError({"parent": "would make the tag its own ancestor"})
-                seen.add(node.pk)
-                node = node.parent
+            if problem := parent_problem(self.pk, self.parent):
+                raise ValidationError({"parent": problem})
 
     @property
     def path(self) -> str:

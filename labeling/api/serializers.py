@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import (Asset, BulkAction, Label, LabelEvent, ModelVersion, Role, Tag, Taxonomy, TrainingRun,
-                      tag_name_problem)
+                      parent_problem, tag_name_problem)
 from .base import MAX_ID
 
 MAX_TAGS_PER_LABEL = 100
@@ -109,13 +109,8 @@ class TagSerializer(serializers.ModelSerializer):
         parent = Tag.objects.filter(taxonomy=self.context["taxonomy"], pk=value).first()
         if parent is None:
             raise serializers.ValidationError("not a tag of this taxonomy")
-        # A tag may not sit below itself: walk up from the new parent.
-        node, seen = parent, set()
-        while node is not None and node.pk not in seen:
-            if self.instance is not None and node.pk == self.instance.pk:
-                raise serializers.ValidationError("would make the tag its own ancestor")
-            seen.add(node.pk)
-            node = node.parent
+        if problem := parent_problem(self.instance.pk if self.instance is not None else None, parent):
+            raise serializers.ValidationError(problem)
         return value
 
 
