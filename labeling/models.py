@@ -67,16 +67,12 @@ class Taxonomy(models.Model):
 
     class Meta:
         verbose_name_plural = "taxonomies"
-        constraints = [models.UniqueConstraint(fields=["client", "name"], name="taxonomy_name_per_client")]
+        # "Shoe brand" next to "shoe brand" would be two lists an operator cannot tell apart
+        constraints = [models.UniqueConstraint(Lower("name"), "client", name="taxonomy_name_per_client_ci",
+                                               violation_error_message="a taxonomy of this client already has this name")]
 
     def __str__(self) -> str:
         return f"{self.client.slug}/{self.name}"
-
-    def clean(self) -> None:
-        # "Shoe brand" next to "shoe brand" would be two lists an operator cannot tell apart
-        clash = Taxonomy.objects.filter(client_id=self.client_id, name__iexact=(self.name or "").strip())
-        if self.client_id and clash.exclude(pk=self.pk).exists():
-            raise ValidationError({"name": "a taxonomy of this client already has this name"})
 
     @property
     def multilabel(self) -> bool:

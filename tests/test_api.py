@@ -147,7 +147,7 @@ def test_a_tag_added_without_a_position_goes_last_and_leaves_the_review_keys_as_
     assert {t["name"]: t["key"] for t in tag_list(world.brand)} == {n: k for n, k in after.items() if n != "adidas"}
 
 
-def test_django_admin_forms_refuse_a_tag_under_itself_a_case_twin_taxonomy_and_a_zero_threshold(world):
+def test_a_tag_under_itself_a_case_twin_taxonomy_and_a_zero_threshold_are_refused(world):
     from django.core.exceptions import ValidationError
 
     nike, adidas = Tag.objects.get(taxonomy=world.brand, name="nike"), Tag.objects.get(taxonomy=world.brand, name="adidas")
@@ -161,6 +161,11 @@ def test_django_admin_forms_refuse_a_tag_under_itself_a_case_twin_taxonomy_and_a
         nike.full_clean()
     with pytest.raises(ValidationError, match="already has this name"):
         Taxonomy(client=world.acme, name="BRAND").full_clean()
+    r = api(world.alice).post("/api/v1/clients/acme/taxonomies/", {"name": "Brand", "kind": "single"}, format="json")
+    assert r.status_code == 400 and "already has this name" in r.json()["name"][0]
+    with pytest.raises(IntegrityError):  # and the database holds to it, whatever writes the row
+        with transaction.atomic():
+            Taxonomy.objects.create(client=world.acme, name="bRAND")
     with pytest.raises(ValidationError, match="retrain_threshold"):
         Taxonomy(client=world.acme, name="colour", retrain_threshold=0).full_clean()
     Taxonomy.objects.create(client=world.acme, name="colour")

@@ -3,25 +3,13 @@
 import django.db.models.functions.text
 from django.db import migrations, models
 
+from labeling.migration_helpers import number_case_twins
+
 
 def rename_case_duplicates(apps, schema_editor):
     """Tags whose names differ only in case (allowed before) get a number, so the new
     constraint can be added: the oldest keeps its name, labels keep their tags."""
-    Tag = apps.get_model("labeling", "Tag")
-    taken: dict[tuple[int, str], int] = {}
-    for tag in Tag.objects.order_by("id"):
-        key = (tag.taxonomy_id, tag.name.lower())
-        if key not in taken:
-            taken[key] = 1
-            continue
-        n = taken[key]
-        while True:
-            n += 1
-            name = f"{tag.name} ({n})"[:200]
-            if not Tag.objects.filter(taxonomy_id=tag.taxonomy_id, name__iexact=name).exists():
-                break
-        taken[key] = n
-        Tag.objects.filter(pk=tag.pk).update(name=name)
+    number_case_twins(apps.get_model("labeling", "Tag"), "taxonomy_id")
 
 
 class Migration(migrations.Migration):
