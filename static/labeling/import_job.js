@@ -10,7 +10,8 @@
         const s = await r.json();
         if (s.done) { location.reload(); return; }
         set("st-state", s.state); set("st-count", s.processed + " / " + s.total);
-        document.getElementById("st-bar").value = s.percent;
+        document.getElementById("st-bar").style.width = s.percent + "%";
+        document.getElementById("st-meter").setAttribute("aria-valuenow", s.percent);
         for (const k of ["created", "duplicates", "failed", "labeled"]) set("st-" + k, s[k]);
       }
     } catch (e) { /* network blip: try again next tick */ }
