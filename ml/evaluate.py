@@ -46,6 +46,7 @@ from ml.local_evidence import fuse_fold
 from ml.localmatch import cached_keypoints
 from ml.saved_runs import COLLAPSE, collapse_proba, load_blend, load_proba, save_proba  # noqa: F401 - API
 from ml.metrics import classification_metrics
+from ml.report import print_table
 
 BASELINE_SPEC = "center:mean"
 MULTICROP_SPEC = "center,flip:mean+tiles2,tiles3:max"
@@ -270,18 +271,6 @@ def evaluate(task_name: str, method: str = "head", *, backbone: str = "efficient
     }
 
 
-def format_row(r: dict) -> str:
-    lo, hi = r["accuracy_ci95"]
-    return (f"| {r['task']} | {r['method']} | {r.get('spec') or '-'} | {r['n_train']} | {r['n_test']} | "
-            f"{100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
-            f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {100 * r['top3_accuracy']:.1f} | "
-            f"{r['seconds']:.0f} |")
-
-
-TABLE_HEADER = ("| task | method | features | n_train | n_test | acc % [95 % CI] | bal. acc | "
-                "macro-F1 | top-3 % | s |\n|---|---|---|---|---|---|---|---|---|---|")
-
-
 def _ft_overrides(pairs: list[str]) -> dict:
     """--ft key=value pairs, typed after FinetuneConfig's defaults."""
     from ml.finetune import FinetuneConfig
@@ -341,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem := run_problem(a.task, a.data, a.json):
         ap.error(problem)
     if a.task == "all":
-        return _main_all(a, argv)
+        # the blend recipes are fl27 ones (all fl27 tasks share their folds): check on those
+        if a.blend and (problem := _blend_problem(a.blend, "fl27-28way", a)):
+            ap.error(problem)
+        from ml.report import main_all
+        return main_all(evaluate, a, _command(argv))
     method = "finetune" if a.finetune else a.method
     # bad options are the user's mistake: say which one, before any minutes of embedding
     if "," in a.backbone and method != "search":
@@ -372,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
                  save_to=a.save_proba, load_from=a.load_proba, fine_labels=a.fine_labels,
                  decision=a.decision, blend_from=a.blend, blend_weight=a.blend_weight,
                  local=a.local == "yes")
-    r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    r["command"] = _command(argv)
     write_json(a.json, r)
-    print(TABLE_HEADER)
-    print(format_row(r))
+    print_table([r])
     return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    return "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
 
 
 def _blend_problem(paths: str, task_name: str, a: argparse.Namespace) -> str | None:
@@ -388,25 +384,6 @@ def _blend_problem(paths: str, task_name: str, a: argparse.Namespace) -> str | N
     except ValueError as e:
         return str(e)
     return None
-
-
-def _main_all(a: argparse.Namespace, argv: list[str] | None) -> int:
-    from ml.report import format_summary, run_all
-
-    # the blend recipes are fl27 ones (all fl27 tasks share their folds): check on those
-    if a.blend and (problem := _blend_problem(a.blend, "fl27-28way", a)):
-        print(f"python -m ml.evaluate: error: {problem}", file=sys.stderr)
-        return 2
-    r = run_all(evaluate, data_dir=a.data, cache_dir=a.cache, seed=a.seed, max_folds=a.folds,
-                blend_from=a.blend)
-    r["command"] = "python -m ml.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_json(a.json, r)
-    print(TABLE_HEADER)
-    for t in r["tasks"].values():
-        print(format_row(t))
-    print()
-    print(format_summary(r["summary"]))
-    return 0
 
 
 if __name__ == "__main__":

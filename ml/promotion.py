@@ -42,6 +42,13 @@ def is_holdout(sha256: str) -> bool:
     return int(sha256[:8], 16) % HOLDOUT_BUCKETS == 0
 
 
+def can_compare(n_holdout: int) -> bool:
+    """Whether ``n_holdout`` held-out labels are enough to compare two models. Below that a
+    retrain trains on every label and is promoted unchecked. ``compare``'s paired test needs at
+    least two rows whatever MIN_HOLDOUT is set to."""
+    return n_holdout >= max(MIN_HOLDOUT, 2)
+
+
 @dataclass(frozen=True)
 class Comparison:
     n: int  # held-out labels compared

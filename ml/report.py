@@ -12,8 +12,11 @@ optimistic; the fully nested architecture search for them is reported there too.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
+
+from ml.atomic import write_json
 
 LITE0, BOTH = "efficientnet-lite0", "efficientnet-lite0+efficientnet-lite2"
 
@@ -83,3 +86,33 @@ def format_summary(summary: list[dict]) -> str:
                      f">= {fmt(s['target'])} | {fmt(s['measured'])} | {'yes' if s['met'] else 'no'} | "
                      f"`{s['recipe']}` |")
     return "\n".join(lines)
+
+
+def format_row(r: dict) -> str:
+    lo, hi = r["accuracy_ci95"]
+    return (f"| {r['task']} | {r['method']} | {r.get('spec') or '-'} | {r['n_train']} | {r['n_test']} | "
+            f"{100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+            f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {100 * r['top3_accuracy']:.1f} | "
+            f"{r['seconds']:.0f} |")
+
+
+TABLE_HEADER = ("| task | method | features | n_train | n_test | acc % [95 % CI] | bal. acc | "
+                "macro-F1 | top-3 % | s |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(TABLE_HEADER)
+    for r in rows:
+        print(format_row(r))
+
+
+def main_all(evaluate: Callable[..., dict], a: argparse.Namespace, command: str) -> int:
+    """``python -m ml.evaluate --task all``: every task with its best recipe, one JSON."""
+    r = run_all(evaluate, data_dir=a.data, cache_dir=a.cache, seed=a.seed, max_folds=a.folds,
+                blend_from=a.blend)
+    r["command"] = command
+    write_json(a.json, r)
+    print_table(list(r["tasks"].values()))
+    print()
+    print(format_summary(r["summary"]))
+    return 0

@@ -15,10 +15,11 @@ PLOTS = ["plot-time", "plot-operators", "plot-coverage", "plot-agreement", "plot
 @pytest.fixture
 def dashboard_data(transactional_db, settings, world, trained, monkeypatch):
     from labeling.services import labels, queue, training
+    from ml import promotion
 
     monkeypatch.setattr(labels, "request_retrain_check", lambda tid: False)
     # 24 images hold only a few held-out labels (by hash); evaluate the second model on them anyway.
-    monkeypatch.setattr(training, "MIN_HOLDOUT", 1)
+    monkeypatch.setattr(promotion, "MIN_HOLDOUT", 1)
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     for i, item in enumerate(queue.review_batch(world.brand, limit=50)):
         user = world.olga if i % 2 else world.alice

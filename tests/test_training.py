@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from labeling.models import ImportJob, JobState, Label, ModelVersion, Suggestion, TrainingRun
 from labeling.services import dashboard, importing, labels, training
+from ml import promotion
 from tests.conftest import BRANDS, copy_shoes
 
 
@@ -34,7 +35,7 @@ def big_library(world, shoe_paths, tmp_path):
     for a in assets:
         labels.save_label(world.brand, a, [tags[truth[a.original_name]]], source=Label.Source.IMPORTED)
     held = sum(training.is_holdout(a.sha256) for a in assets)
-    assert held >= training.MIN_HOLDOUT, "precondition: enough held-out labels to compare models"
+    assert held >= promotion.MIN_HOLDOUT, "precondition: enough held-out labels to compare models"
     return assets, truth, tags
 
 
@@ -42,7 +43,7 @@ def test_a_model_that_is_worse_on_the_held_out_labels_is_not_promoted(world, big
     assets, truth, tags = big_library
     first = training.train_now(world.brand)
     assert first.state == TrainingRun.State.PROMOTED
-    assert first.metrics["accuracy"] > 0.5 and first.metrics["n_holdout"] >= training.MIN_HOLDOUT
+    assert first.metrics["accuracy"] > 0.5 and first.metrics["n_holdout"] >= promotion.MIN_HOLDOUT
     lo, hi = first.metrics["macro_f1_ci95"]  # resampled once, at training, for the dashboard
     assert lo <= first.metrics["macro_f1"] <= hi and hi - lo > 0
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from ml.heads import LinearHead, train_head
 # the held-out split lives in ml.promotion, so bench/gate.py simulates the same one
-from ml.promotion import MIN_HOLDOUT, is_holdout
+from ml.promotion import can_compare, is_holdout
 
 from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Suggestion, Taxonomy, TrainingRun
 from . import evaluation, localmatch, suggesting, vectors
@@ -306,7 +306,7 @@ def _execute(run: TrainingRun) -> None:
     tags = taxonomy.tags.in_bulk(data.tag_ids)
     names = [tags[t].path for t in data.tag_ids]
 
-    enough_holdout = data.holdout.sum() >= max(MIN_HOLDOUT, 2)  # a paired test needs two rows
+    enough_holdout = can_compare(int(data.holdout.sum()))
     train_mask = ~data.holdout if enough_holdout else np.ones(len(data.asset_ids), dtype=bool)
     _check_learnable(data.y[train_mask], taxonomy.multilabel)
     _progress(run, 0.3, f"training on {int(train_mask.sum())} labels")

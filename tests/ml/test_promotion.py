@@ -111,3 +111,11 @@ def test_bad_arguments_are_named():
         compare(P, P[:4], y)
     with pytest.raises(ValueError, match="at least 2"):
         compare(P[:1], P[:1], y[:1])
+
+
+def test_a_comparison_needs_min_holdout_labels_and_never_fewer_than_two(monkeypatch):
+    from ml import promotion
+
+    assert not promotion.can_compare(promotion.MIN_HOLDOUT - 1) and promotion.can_compare(promotion.MIN_HOLDOUT)
+    monkeypatch.setattr(promotion, "MIN_HOLDOUT", 1)  # a deployment that compares on any holdout
+    assert not promotion.can_compare(1) and promotion.can_compare(2)  # the paired test needs two rows
