@@ -2,17 +2,42 @@
 from __future__ import annotations
 
 import mimetypes
+from functools import wraps
+from typing import Callable
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
 
 from .models import Asset
 from .permissions import get_asset
 from .services import images
+
+
+def session_or_token(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A logged-in browser, or an API client sending ``Authorization: Token ...``: the API's
+    asset and queue answers link here, and a script holding a token must be able to follow
+    those links. Anyone else is sent to the login page, as by ``login_required``."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_authenticated and request.headers.get("Authorization"):
+            try:
+                found = TokenAuthentication().authenticate(request)
+            except AuthenticationFailed as exc:
+                return JsonResponse({"detail": str(exc.detail)}, status=401)
+            if found:
+                request.user = found[0]
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return wrapped
 
 
 def _send(request: HttpRequest, storage: Storage, name: str) -> HttpResponse:
@@ -60,7 +85,7 @@ def _displayable(asset: Asset) -> str:
 
 
 @require_safe
-@login_required
+@session_or_token
 def asset_image(request: HttpRequest, asset_id: int) -> HttpResponse:
     """What a browser can show; ?original=1 gives the stored bytes as imported (sha256 matches)."""
     asset = get_asset(request.user, asset_id)
@@ -69,7 +94,7 @@ def asset_image(request: HttpRequest, asset_id: int) -> HttpResponse:
 
 
 @require_safe
-@login_required
+@session_or_token
 def asset_thumb(request: HttpRequest, asset_id: int) -> HttpResponse:
     asset = get_asset(request.user, asset_id)
     field = asset.thumbnail if asset.thumbnail else asset.file

@@ -478,7 +478,9 @@ def test_model_versions_list_with_headline_metrics_and_detail_with_everything(wo
     assert c.get(base(world, world.other_tax) + f"models/{lib.mv.pk}/").status_code == 404
 
 
-def test_admins_start_a_training_run_and_follow_its_progress(world, no_broker, django_capture_on_commit_callbacks):
+def test_admins_start_a_training_run_and_follow_its_progress(world, lib, no_broker, django_capture_on_commit_callbacks):
+    for a, tag in zip(lib.assets, ("nike", "adidas")):  # something to learn from
+        labels.save_label(world.brand, a, [lib.tags[tag]], user=world.olga)
     c = api(world.alice)
     with django_capture_on_commit_callbacks(execute=True):
         r = c.post(base(world) + "runs/")

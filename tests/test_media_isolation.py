@@ -57,3 +57,20 @@ def test_the_sendfile_header_hands_the_checked_path_to_the_web_server(client, wo
     assert r["X-Accel-Redirect"] == "/protected/" + acme_asset.file.name
     client.force_login(world.otto)
     assert client.get(reverse("asset_image", args=[acme_asset.pk])).status_code == 404
+
+
+def test_an_api_client_follows_an_assets_image_links_with_its_token(world, acme_asset):
+    from tests._helpers import api
+
+    c = api(world.vic, token=True)
+    row = c.get(f"/api/v1/clients/acme/assets/{acme_asset.pk}/").json()
+    for field in ("image", "thumbnail"):
+        assert row[field].startswith("http://testserver/media/assets/")  # absolute: usable as is
+        r = c.get(row[field])
+        assert r.status_code == 200 and b"".join(r.streaming_content)[:3] == b"\xff\xd8\xff"
+    # another client's token and a wrong token get nothing of the file
+    assert api(world.otto, token=True).get(row["image"]).status_code == 404
+    wrong = api()
+    wrong.credentials(HTTP_AUTHORIZATION="Token not-a-token")
+    r = wrong.get(row["image"])
+    assert r.status_code == 401 and "token" in r.json()["detail"].lower()

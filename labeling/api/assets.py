@@ -146,6 +146,7 @@ class AssetListAPI(ScopedAPIView):
         else:
             rows, cursor = self.by_id(request, f, limit)
         context = taxonomy_context(f["taxonomy"], [a.pk for a in rows])
+        context["request"] = request  # absolute image links
         return Response({"results": AssetSerializer(rows, many=True, context=context).data, "next_cursor": cursor})
 
     def _label_filters(self, f: dict, ref: str, after: int | None = None) -> list:
@@ -248,7 +249,8 @@ class AssetDetailAPI(ScopedAPIView):
             taxonomy = Taxonomy.objects.filter(client=self.client, pk=taxonomy_id).first()
             if taxonomy is None:
                 raise ValidationError({"taxonomy": ["not a taxonomy of this client"]})
-        return Response(AssetSerializer(asset, context=taxonomy_context(taxonomy, [asset.pk])).data)
+        context = {**taxonomy_context(taxonomy, [asset.pk]), "request": request}
+        return Response(AssetSerializer(asset, context=context).data)
 
 
 class ImportJobAPI(ScopedAPIView):

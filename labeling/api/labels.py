@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -62,12 +62,19 @@ class LabelListAPI(ScopedAPIView):
             tag_ids = suggested_tags(taxonomy, asset)
             if tag_ids is None:
                 raise ValidationError({"accept_suggestion": ["no suggestion to accept (no live model, or not scored)"]})
-        base = data["base_label"] if "base_label" in data else labels.NO_CHECK
+        if "base_label" in data:
+            base = data["base_label"]
+        else:
+            # As in bulk "accept": a suggestion never replaces a label unless the caller names the
+            # label it replaces (base_label); tags given explicitly are the caller's own decision.
+            base = None if data["accept_suggestion"] else labels.NO_CHECK
         try:
             label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base)
         except labels.LabelConflict as conflict:
             current = LabelSerializer(conflict.current).data if conflict.current else None
-            return Response({"detail": str(conflict), "current": current}, status=status.HTTP_409_CONFLICT)
+            detail = str(conflict) if "base_label" in data else (
+                "already labeled: a suggestion does not replace a label (send base_label to replace it)")
+            return Response({"detail": detail, "current": current}, status=status.HTTP_409_CONFLICT)
         return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED)
 
 
@@ -85,6 +92,28 @@ class LabelBulkAPI(ScopedAPIView):
                                           accept=data["kind"] == BulkAction.Kind.ACCEPT_SUGGESTIONS)
         body = {"bulk_action": action.pk, "n_labels": action.n_labels, "skipped": skipped}
         return Response(BulkResultSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class LabelBulkUndoAPI(ScopedAPIView):
+    """Undo a whole bulk action (its author or an admin): its labels that are still current are
+    removed; assets labeled again since keep the newer label. Undoing twice removes nothing."""
+
+    @extend_schema(request=None, responses={
+        200: inline_serializer("BulkUndoResult", {
+            "bulk_action": serializers.IntegerField(),
+            "undone": serializers.IntegerField(help_text="labels removed by this call"),
+            "assets": serializers.ListField(child=serializers.IntegerField(), help_text="their assets")}),
+        403: OpenApiResponse(description="only its author or an admin may undo it"),
+        404: OpenApiResponse(description="no such bulk action in this taxonomy")})
+    def post(self, request: Request, slug: str, taxonomy_id: int, action_id: int) -> Response:
+        action = BulkAction.objects.filter(pk=action_id, taxonomy=self.taxonomy).select_related("taxonomy__client").first()
+        if action is None:
+            raise NotFound("bulk_action: not found")
+        if not bulk.may_undo(action, request.user):
+            raise PermissionDenied("only the bulk action's author or an admin may undo it")
+        assets = list(action.labels.filter(is_current=True).values_list("asset_id", flat=True))
+        n = bulk.undo(action, request.user)
+        return Response({"bulk_action": action.pk, "undone": n, "assets": assets if n else []})
 
 
 class UndoAPI(ScopedAPIView):
@@ -132,4 +161,4 @@ class QueueAPI(ScopedAPIView):
         leases = self.role in (Role.OPERATOR, Role.ADMIN)
         items = queue.review_batch(self.taxonomy, order=order, limit=limit, exclude=exclude,
                                    user=request.user if leases else None)
-        return Response(QueueItemSerializer(items, many=True).data)
+        return Response(QueueItemSerializer(items, many=True, context={"request": request}).data)

@@ -2,7 +2,7 @@
 training runs (start one, follow its progress)."""
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.request import Request
@@ -10,8 +10,9 @@ from rest_framework.response import Response
 
 from ml.preprocess import load_rgb
 
-from ..models import ModelVersion, Role, TrainingRun
+from ..models import ModelVersion, Role, Suggestion, TrainingRun
 from ..services import images, suggesting, training, vectors
+from ..services.labels import retired_among, suggested_tag_ids
 from .assets import ranked_tags, refuse_large_body
 from .base import ScopedAPIView, get_or_404
 from .serializers import (
@@ -36,10 +37,15 @@ class PredictAPI(ScopedAPIView):
     read_role = write_role = Role.OPERATOR
     upload_field = "images"
 
-    @extend_schema(request={"multipart/form-data": PredictRequestSerializer}, responses=PredictResultSerializer)
+    @extend_schema(request={"multipart/form-data": PredictRequestSerializer}, responses={
+        200: PredictResultSerializer, 409: OpenApiResponse(description="no live model yet, or one of another backbone")})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         refuse_large_body(request, MAX_PREDICT_IMAGES * MAX_PREDICT_BYTES + 1024**2, "images")
-        serializer = PredictRequestSerializer(data=request.data)
+        data = {"images": request.data.getlist("images") if hasattr(request.data, "getlist") else request.data.get("images")}
+        top = request.data.get("top", request.query_params.get("top"))  # a form field, or ?top= as for suggestions
+        if top is not None:
+            data["top"] = top
+        serializer = PredictRequestSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         files, top = serializer.validated_data["images"], serializer.validated_data["top"]
         if len(files) > MAX_PREDICT_IMAGES:
@@ -72,8 +78,12 @@ class PredictAPI(ScopedAPIView):
             raise ValidationError({"images": errors})
         P = suggesting.predict(live, embedder.embed_images(pictures), files)
         tags = {t.pk: t for t in self.taxonomy.tags.select_related("parent")}
+        retired = retired_among(tags)
         predictions = [
-            {"index": i, "name": f.name or "", "tags": ranked_tags(live.tag_ids, P[i], tags, top)}
+            {"index": i, "name": f.name or "", "tags": ranked_tags(live.tag_ids, P[i], tags, top),
+             # what the app would suggest: top-1, or every tag over its tuned threshold (multi-label)
+             "suggested": sorted(suggested_tag_ids(self.taxonomy, Suggestion(model_version=live, probs=P[i].tolist()),
+                                                   retired))}
             for i, f in enumerate(files)
         ]
         body = {"model_version": live.pk, "version": live.version, "predictions": predictions}
@@ -108,15 +118,24 @@ class TrainingRunListAPI(ScopedAPIView):
         rows = TrainingRun.objects.filter(taxonomy=self.taxonomy).order_by("-id")[:MAX_RUNS_LISTED]
         return Response(TrainingRunSerializer(rows, many=True).data)
 
-    @extend_schema(request=None, responses={202: TrainingRunSerializer, 409: TrainingRunSerializer})
+    @extend_schema(request=None, responses={
+        202: TrainingRunSerializer,
+        409: OpenApiResponse(TrainingRunSerializer, description="a run is already active (that run), or the "
+                             "labels cannot make a model yet ({detail}: why, e.g. labels of one tag only)")})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        if not self._active() and (reason := training.not_ready(self.taxonomy)):
+            return Response({"detail": f"not started: {reason}"}, status=status.HTTP_409_CONFLICT)
         run = training.request_run(self.taxonomy, trigger="api", force=True)
         if run is None:
             # The database allows one queued/running run per taxonomy: show that one.
-            active = TrainingRun.objects.filter(taxonomy=self.taxonomy, state__in=TrainingRun.ACTIVE).first()
+            active = self._active()
             return Response(TrainingRunSerializer(active).data if active else {"detail": "a run is already active"},
                             status=status.HTTP_409_CONFLICT)
         return Response(TrainingRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+    def _active(self) -> TrainingRun | None:
+        return TrainingRun.objects.filter(taxonomy=self.taxonomy, state__in=TrainingRun.ACTIVE).first()
 
 
 class TrainingRunDetailAPI(ScopedAPIView):

@@ -146,6 +146,20 @@ class SuggestionSerializer(serializers.Serializer):
     top = ScoredTagSerializer(many=True)
 
 
+def absolute(context: dict, url: str) -> str:
+    """A media link an API client can follow as is (with its token): absolute when the
+    serializer knows the request."""
+    request = context.get("request")
+    return request.build_absolute_uri(url) if request is not None else url
+
+
+class MediaLinkField(serializers.CharField):
+    """An image or thumbnail link of the web app (session or ``Authorization: Token``)."""
+
+    def to_representation(self, value: str) -> str:
+        return absolute(self.context, str(value))
+
+
 class AssetSerializer(serializers.ModelSerializer):
     name = serializers.CharField(source="original_name")
     image = serializers.SerializerMethodField()
@@ -159,10 +173,10 @@ class AssetSerializer(serializers.ModelSerializer):
                   "image", "thumbnail", "label", "suggestion"]
 
     def get_image(self, obj: Asset) -> str:
-        return reverse("asset_image", args=[obj.pk])
+        return absolute(self.context, reverse("asset_image", args=[obj.pk]))
 
     def get_thumbnail(self, obj: Asset) -> str:
-        return reverse("asset_thumb", args=[obj.pk])
+        return absolute(self.context, reverse("asset_thumb", args=[obj.pk]))
 
     @extend_schema_field(LabelSerializer(allow_null=True))
     def get_label(self, obj: Asset) -> dict | None:
@@ -188,7 +202,9 @@ class LabelEventSerializer(serializers.ModelSerializer):
 class LabelCreateSerializer(serializers.Serializer):
     asset = IdField()
     tags = id_list(MAX_TAGS_PER_LABEL, required=False, help_text="tag ids; leave out with accept_suggestion")
-    accept_suggestion = serializers.BooleanField(default=False, help_text="store what the live model suggests")
+    accept_suggestion = serializers.BooleanField(
+        default=False, help_text="store what the live model suggests; an asset that has a label answers 409 "
+                                 "unless base_label names the label to replace")
     base_label = IdField(
         required=False, allow_null=True,
         help_text="the current label id you saw (null: none). If it changed meanwhile: 409 with the current label.",
@@ -234,8 +250,8 @@ class QueueItemSerializer(serializers.Serializer):
     uncertainty = serializers.FloatField(allow_null=True)
     suggested = serializers.ListField(child=serializers.IntegerField())
     tags = ScoredTagSerializer(many=True)
-    image = serializers.CharField()
-    thumb = serializers.CharField()
+    image = MediaLinkField()
+    thumb = MediaLinkField()
 
 
 # --- uploads, jobs, predictions -------------------------------------------------------------
@@ -267,13 +283,17 @@ class ImportJobSerializer(serializers.Serializer):
 
 class PredictRequestSerializer(serializers.Serializer):
     images = serializers.ListField(child=serializers.FileField(allow_empty_file=False), min_length=1)
-    top = serializers.IntegerField(min_value=1, max_value=MAX_TOP, default=3)
+    top = serializers.IntegerField(min_value=1, max_value=MAX_TOP, default=3,
+                                   help_text="tags per image (a form field, or ?top= in the URL)")
 
 
 class PredictionSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     name = serializers.CharField()
     tags = ScoredTagSerializer(many=True)
+    suggested = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="the tag ids the app would suggest: the top tag, or for multi-label every tag over its threshold")
 
 
 class PredictResultSerializer(serializers.Serializer):

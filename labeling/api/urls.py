@@ -57,6 +57,7 @@ urlpatterns = [
     path(T + "assets/<id:asset_id>/suggestions/", assets.SuggestionAPI.as_view(), name="api_suggestions"),
     path(T + "labels/", labels.LabelListAPI.as_view(), name="api_labels"),
     path(T + "labels/bulk/", labels.LabelBulkAPI.as_view(), name="api_labels_bulk"),
+    path(T + "labels/bulk/<id:action_id>/undo/", labels.LabelBulkUndoAPI.as_view(), name="api_labels_bulk_undo"),
     path(T + "labels/undo/", labels.UndoAPI.as_view(), name="api_labels_undo"),
     path(T + "queue/", labels.QueueAPI.as_view(), name="api_queue"),
     path(T + "predict/", models.PredictAPI.as_view(), name="api_predict"),

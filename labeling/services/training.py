@@ -31,7 +31,8 @@ from . import evaluation, localmatch, suggesting, vectors
 log = logging.getLogger(__name__)
 
 FAILED_BACKOFF = timedelta(minutes=10)  # the sweep does not hammer a run that keeps failing
-WORKER_LOST = "worker lost (no heartbeat)"  # a failure of the worker, not of the run: no backoff
+WORKER_LOST = "worker lost (no heartbeat)"
+NO_LABELS = "no labels to learn from"  # a failure of the worker, not of the run: no backoff
 
 
 # -- requesting -------------------------------------------------------------------------
@@ -188,6 +189,21 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
                    np.array(holdout, dtype=bool), y, tag_ids)
 
 
+def not_ready(taxonomy: Taxonomy) -> str | None:
+    """Why a run would be refused now (no labels, or labels of one tag only), or None. Asked
+    before a manual run is queued: a run that can only fail would hold the taxonomy's one run
+    slot, then its failure backoff would hold back the automatic retrains."""
+    watermark = Label.objects.filter(taxonomy=taxonomy).aggregate(m=Max("id"))["m"] or 0
+    data = collect(taxonomy, watermark)
+    try:
+        if len(data.asset_ids) == 0:
+            raise Refused(NO_LABELS)
+        _check_learnable(data.y, taxonomy.multilabel)
+    except Refused as exc:
+        return str(exc)
+    return None
+
+
 def _check_learnable(y: np.ndarray, multilabel: bool) -> None:
     """Refuse labels that cannot make a useful model. With one class a head is certain of it on
     every asset (uncertainty 0): the queue would show nothing useful first and bulk accept would
@@ -301,7 +317,7 @@ def _execute(run: TrainingRun) -> None:
     _progress(run, 0.05, "collecting labels")
     data = collect(taxonomy, watermark)
     if len(data.asset_ids) == 0:
-        raise Refused("no labels to learn from")
+        raise Refused(NO_LABELS)
     data, X = _embedded(run, taxonomy, data)
     tags = taxonomy.tags.in_bulk(data.tag_ids)
     names = [tags[t].path for t in data.tag_ids]

@@ -151,8 +151,10 @@
       const token = (document.cookie.match(/(?:^|; )csrftoken=([^;]+)/) || [])[1] || "";
       retrain.disabled = true; // until the run has finished (showProgress)
       const r = await fetch(retrain.dataset.url, { method: "POST", headers: { "X-CSRFToken": token, Accept: "application/json" }, credentials: "same-origin" });
-      if (!(r.ok || r.status === 409)) retrain.disabled = false;
-      else if (!timer) poll();
+      const body = await r.json().catch(() => ({}));
+      if (r.ok || (r.status === 409 && body.id)) { if (!timer) poll(); return; } // started, or one is running
+      retrain.disabled = false; // not started: say why (e.g. labels of one tag only)
+      document.getElementById("run-text").textContent = body.detail || `not started (HTTP ${r.status})`;
     });
   }
 })();

@@ -1,0 +1,118 @@
+"""The API as a script sees it: paths without their slash, JSON misses, accepting suggestions
+next to people's labels, undoing a bulk action, runs that cannot start, predict's options."""
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from labeling.models import BulkAction, Label, Tag, Taxonomy, TrainingRun
+from labeling.services import labels
+from tests._helpers import api
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker", "private_uploads")]
+
+
+def base(tax) -> str:
+    return f"/api/v1/clients/{tax.client.slug}/taxonomies/{tax.pk}/"
+
+
+def test_a_post_without_the_trailing_slash_is_redirected_with_its_method_and_the_label_is_saved(world, lib):
+    url = base(world.brand) + "labels"
+    c = api(world.olga, token=True)
+    r = c.post(url, {"asset": lib.assets[0].pk, "tags": [lib.tags["nike"]]}, format="json")
+    # 308: clients repeat the POST with its body (a 301 is followed as a GET: the label was lost)
+    assert r.status_code == 308 and r["Location"].endswith(url + "/")
+    r = c.post(url, {"asset": lib.assets[0].pk, "tags": [lib.tags["nike"]]}, format="json", follow=True)
+    assert r.status_code == 201 and r.json()["tags"] == [lib.tags["nike"]]
+    assert Label.objects.get(asset=lib.assets[0], is_current=True).tags.get().pk == lib.tags["nike"]
+
+
+def test_api_paths_that_match_nothing_answer_json_404(world, lib):
+    c = api(world.olga, token=True)
+    for path in ("/api/v1/nothing-here/", f"/api/v1/clients/acme/assets/{'9' * 20}/", "/api/v1/clients/acme/nothing"):
+        r = c.get(path)
+        assert r.status_code == 404 and r["Content-Type"] == "application/json" and r.json()["detail"], path
+    # a view's own 404 keeps its message
+    assert c.get(f"/api/v1/clients/acme/assets/{lib.other.pk}/").status_code == 404
+
+
+def test_accepting_a_suggestion_never_replaces_a_persons_label_unless_base_label_names_it(world, lib):
+    url, a = base(world.brand) + "labels/", lib.assets[0]  # suggested: adidas
+    mine = labels.save_label(world.brand, a, [lib.tags["nike"]], user=world.alice)
+    r = api(world.olga).post(url, {"asset": a.pk, "accept_suggestion": True}, format="json")
+    assert r.status_code == 409 and "does not replace a label" in r.json()["detail"]
+    assert r.json()["current"]["id"] == mine.pk
+    assert Label.objects.get(asset=a, is_current=True).pk == mine.pk  # nothing changed
+    r = api(world.olga).post(url, {"asset": a.pk, "accept_suggestion": True, "base_label": mine.pk}, format="json")
+    assert r.status_code == 201 and r.json()["tags"] == [lib.tags["adidas"]]
+    # an unlabeled asset still takes its suggestion without base_label
+    r = api(world.olga).post(url, {"asset": lib.assets[1].pk, "accept_suggestion": True}, format="json")
+    assert r.status_code == 201 and r.json()["source"] == "accepted"
+
+
+def test_a_bulk_action_is_undone_whole_by_its_author_and_no_one_else(world, lib):
+    from labeling.models import Membership, Role
+
+    ids = [a.pk for a in lib.assets[:3]]
+    done = api(world.olga).post(base(world.brand) + "labels/bulk/",
+                                {"kind": "apply_tags", "assets": ids, "tags": [lib.tags["nike"]]}, format="json")
+    assert done.status_code == 201
+    undo = base(world.brand) + f"labels/bulk/{done.json()['bulk_action']}/undo/"
+    Membership.objects.filter(user=world.alice).update(role=Role.OPERATOR)  # a colleague, not an admin
+    r = api(world.alice).post(undo)
+    assert r.status_code == 403 and "author" in r.json()["detail"]
+    assert api(world.otto).post(undo).status_code == 404  # another client's operator
+    assert api(world.vic).post(undo).status_code == 403  # viewers write nothing
+    r = api(world.olga).post(undo)
+    assert r.status_code == 200 and r.json()["undone"] == 3 and sorted(r.json()["assets"]) == ids
+    assert not Label.objects.filter(asset_id__in=ids, is_current=True).exists()
+    assert BulkAction.objects.get(pk=done.json()["bulk_action"]).undone is not None
+    again = api(world.olga).post(undo)
+    assert again.status_code == 200 and again.json()["undone"] == 0
+    missing = api(world.olga).post(base(world.brand) + "labels/bulk/999999/undo/")
+    assert missing.status_code == 404
+
+
+def test_a_manual_run_that_could_only_fail_is_refused_up_front_with_the_reason(world, lib):
+    url = base(world.brand) + "runs/"
+    r = api(world.alice).post(url)
+    assert r.status_code == 409 and r.json()["detail"] == "not started: no labels to learn from"
+    for a in lib.assets[:3]:
+        labels.save_label(world.brand, a, [lib.tags["nike"]], user=world.olga)
+    r = api(world.alice).post(url)
+    assert r.status_code == 409 and "at least 2 tags" in r.json()["detail"]
+    multi = Taxonomy.objects.create(client=world.acme, name="colours", kind=Taxonomy.Kind.MULTI)
+    red, blue = (Tag.objects.create(taxonomy=multi, name=n) for n in ("red", "blue"))
+    labels.save_label(multi, lib.assets[0], [red.pk, blue.pk], user=world.olga)
+    labels.save_label(multi, lib.assets[1], [red.pk, blue.pk], user=world.olga)
+    r = api(world.alice).post(base(multi) + "runs/")
+    assert r.status_code == 409 and "same tags" in r.json()["detail"]
+    assert not TrainingRun.objects.exists()  # nothing queued, so no failure backoff either
+    labels.save_label(world.brand, lib.assets[3], [lib.tags["adidas"]], user=world.olga)
+    r = api(world.alice).post(url)
+    assert r.status_code == 202 and TrainingRun.objects.filter(pk=r.json()["id"]).exists()
+
+
+def test_predict_takes_top_from_the_url_and_says_what_the_app_would_suggest(world, trained, shoe_paths):
+    path = shoe_paths["test"]["nike"][0]
+    files = [SimpleUploadedFile(path.name, path.read_bytes(), "image/jpeg")]
+    r = api(world.olga, token=True).post(base(world.brand) + "predict/?top=1", {"images": files}, format="multipart")
+    assert r.status_code == 200, r.content
+    (p,) = r.json()["predictions"]
+    assert len(p["tags"]) == 1 and p["suggested"] == [p["tags"][0]["tag"]]
+    files[0].seek(0)
+    r = api(world.olga).post(base(world.brand) + "predict/?top=x", {"images": files}, format="multipart")
+    assert r.status_code == 400 and "top" in r.json()
+
+
+def test_the_schema_describes_the_error_answers_and_the_token_endpoint_needs_no_token(world):
+    schema = api(world.alice).get("/api/v1/schema/?format=json").json()
+    labels_path = schema["paths"]["/api/v1/clients/{slug}/taxonomies/{taxonomy_id}/labels/"]
+    post = labels_path["post"]["responses"]
+    assert post["400"]["content"]["application/json"]["schema"]["additionalProperties"]["items"]["type"] == "string"
+    for code in ("401", "403", "404", "413"):
+        assert post[code]["content"]["application/json"]["schema"]["$ref"].endswith("/Error"), code
+    assert set(schema["components"]["schemas"]["Error"]["properties"]) == {"detail"}
+    assert labels_path["get"]["operationId"].endswith("_list")
+    token = schema["paths"]["/api/v1/auth/token/"]["post"]
+    assert not token.get("security") and "401" not in token["responses"]
