@@ -64,15 +64,19 @@ def display_name_of(asset: Asset) -> str:
 
 
 def _displayable(asset: Asset) -> str:
-    """Name of a file every browser can show: the original, or a JPEG rendition of it made
-    once, on first view (so assets imported before this existed are covered too)."""
-    if not asset.format or asset.format in images.BROWSER_FORMATS:
+    """Name of a file every browser shows as the thumbnail does: the original, or a JPEG
+    rendition of it made once, on first view (so assets imported before this existed are
+    covered too): for formats browsers can't show, and for rotated non-JPEGs."""
+    if not asset.format or asset.format in images.ORIENTED_BY_BROWSERS:
         return asset.file.name
     storage, name = asset.file.storage, display_name_of(asset)
     if storage.exists(name):
         return name
     try:
         with asset.file.open("rb") as original:
+            if asset.format in images.BROWSER_FORMATS and not images.has_orientation(original):
+                return asset.file.name
+            original.seek(0)
             rendition = images.display_jpeg(original)
     except FileNotFoundError:
         raise Http404("File missing")

@@ -74,3 +74,28 @@ def test_an_api_client_follows_an_assets_image_links_with_its_token(world, acme_
     wrong.credentials(HTTP_AUTHORIZATION="Token not-a-token")
     r = wrong.get(row["image"])
     assert r.status_code == 401 and "token" in r.json()["detail"].lower()
+
+
+def test_a_rotated_webp_is_shown_turned_like_its_thumbnail_and_a_plain_one_as_stored(client, world, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from labeling.models import Asset
+    from labeling.services import importing
+
+    src = tmp_path / "src"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, to be shown turned a quarter: portrait
+    Image.new("RGB", (90, 60), (20, 120, 200)).save(src / "turned.webp", "WEBP", exif=exif.tobytes())
+    Image.new("RGB", (90, 60), (200, 120, 20)).save(src / "plain.webp", "WEBP")
+    importing.import_paths(world.acme, src)
+    client.force_login(world.vic)
+    turned, plain = (Asset.objects.get(original_name=n) for n in ("turned.webp", "plain.webp"))
+    assert (turned.width, turned.height) == (60, 90)
+    shown = b"".join(client.get(reverse("asset_image", args=[turned.pk])).streaming_content)
+    with Image.open(io.BytesIO(shown)) as img:  # Chromium ignores a WebP's EXIF orientation
+        assert img.format == "JPEG" and img.size == (60, 90)
+    shown = b"".join(client.get(reverse("asset_image", args=[plain.pk])).streaming_content)
+    assert shown == (src / "plain.webp").read_bytes()

@@ -29,6 +29,7 @@ EXTENSION_OF = {
 # What Chrome, Firefox and Safari all show in an <img>; the others (TIFF) are shown as a JPEG
 # rendition made on first view (display_jpeg, views_media.asset_image). MPO files are JPEGs.
 BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
+ORIENTED_BY_BROWSERS = frozenset({"JPEG", "MPO"})  # EXIF orientation applied by every browser
 DISPLAY_SIZE = 2048  # longest side of that rendition: sharp on a review screen, quick to send
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 # The model centre-crops a square, so a strip thinner than this carries nothing to tag and its
@@ -155,6 +156,18 @@ def _orientation(img: Image.Image) -> int:
         return int(img.getexif().get(0x0112, 1))  # ExifTags.Base.Orientation
     except Exception:  # noqa: BLE001 - broken EXIF is common; load_rgb ignores it the same way
         return 1
+
+
+def has_orientation(fp: BinaryIO) -> bool:
+    """Whether the image carries an EXIF orientation other than "as stored". Browsers apply it
+    to JPEGs, but not all of them to other formats (Chromium ignores it in WebP): those are
+    shown as a rendition, so the large view is turned like the thumbnail and what the model saw."""
+    fp.seek(0)
+    try:
+        with _open_header(fp) as header:
+            return _orientation(header) != 1
+    except (ImageError, OSError, ValueError, SyntaxError, EOFError):
+        return False
 
 
 def decode(fp: BinaryIO, thumb_size: int | None = None) -> Decoded:
