@@ -4,6 +4,8 @@ Vectors live outside the database (see ml.vectorstore); rows hold what is querie
 """
 from __future__ import annotations
 
+import unicodedata
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
@@ -81,10 +83,24 @@ class Taxonomy(models.Model):
     def active_tags(self) -> models.QuerySet["Tag"]:
         return self.tags.filter(retired=False).order_by("position", "name")
 
+    def clean(self) -> None:
+        super().clean()
+        if problem := local_matching_problem(self.kind, self.local_matching):
+            raise ValidationError({"local_matching": problem})
+
     def kind_locked(self) -> bool:
         """Single vs multi-label is fixed once labels or models exist: they were made under its
         rules (one tag per asset, or a sigmoid head with per-tag thresholds)."""
         return self.pk is not None and (self.labels.exists() or self.versions.exists())
+
+
+def local_matching_problem(kind: str, local_matching: bool) -> str | None:
+    """Keypoint matches say which tag a photo shows: a multi-label taxonomy would need to know
+    which of a photo's tags a matched pattern is, so its runs leave matching out. Refused
+    rather than accepted and ignored."""
+    if local_matching and kind == Taxonomy.Kind.MULTI:
+        return "for single-label taxonomies only (a match can't tell which of several tags it shows)"
+    return None
 
 
 def tag_name_problem(name: str) -> str | None:
@@ -96,6 +112,8 @@ def tag_name_problem(name: str) -> str | None:
         return "may not contain ' / ' (it separates a tag from its parent in tag paths)"
     if not name.strip(" ."):
         return "needs a letter or digit"
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        return "may not contain control characters (line breaks, tabs)"
     return None
 
 

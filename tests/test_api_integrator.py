@@ -116,3 +116,18 @@ def test_the_schema_describes_the_error_answers_and_the_token_endpoint_needs_no_
     assert labels_path["get"]["operationId"].endswith("_list")
     token = schema["paths"]["/api/v1/auth/token/"]["post"]
     assert not token.get("security") and "401" not in token["responses"]
+
+
+def test_local_matching_is_refused_for_a_multi_label_taxonomy_and_tag_names_with_line_breaks(world):
+    c = api(world.alice)
+    r = c.post("/api/v1/clients/acme/taxonomies/", {"name": "colours", "kind": "multi", "local_matching": True},
+               format="json")
+    assert r.status_code == 400 and "single-label" in r.json()["local_matching"][0]
+    multi = c.post("/api/v1/clients/acme/taxonomies/", {"name": "colours", "kind": "multi"}, format="json").json()
+    r = c.patch(f"/api/v1/clients/acme/taxonomies/{multi['id']}/", {"local_matching": True}, format="json")
+    assert r.status_code == 400 and "local_matching" in r.json()
+    assert not Taxonomy.objects.get(pk=multi["id"]).local_matching
+    r = c.patch(base(world.brand), {"local_matching": True}, format="json")  # single-label: fine
+    assert r.status_code == 200 and r.json()["local_matching"] is True
+    r = c.post(base(world.brand) + "tags/", {"name": "red\nshoe"}, format="json")
+    assert r.status_code == 400 and "control characters" in r.json()["name"][0]

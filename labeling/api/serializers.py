@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import (Asset, BulkAction, Label, LabelEvent, ModelVersion, Role, Tag, Taxonomy, TrainingRun,
-                      parent_problem, tag_name_problem)
+                      local_matching_problem, parent_problem, tag_name_problem)
 from .base import MAX_ID
 
 MAX_TAGS_PER_LABEL = 100
@@ -70,6 +70,13 @@ class TaxonomySerializer(serializers.ModelSerializer):
         if clash.exists():
             raise serializers.ValidationError("a taxonomy of this client already has this name")
         return value
+
+    def validate(self, data: dict) -> dict:
+        kind = data.get("kind", self.instance.kind if self.instance else Taxonomy.Kind.SINGLE)
+        local = data.get("local_matching", self.instance.local_matching if self.instance else False)
+        if problem := local_matching_problem(kind, local):
+            raise serializers.ValidationError({"local_matching": [problem]})
+        return data
 
     def validate_kind(self, value: str) -> str:
         if self.instance is not None and value != self.instance.kind and self.instance.kind_locked():
