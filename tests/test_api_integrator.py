@@ -131,3 +131,17 @@ def test_local_matching_is_refused_for_a_multi_label_taxonomy_and_tag_names_with
     assert r.status_code == 200 and r.json()["local_matching"] is True
     r = c.post(base(world.brand) + "tags/", {"name": "red\nshoe"}, format="json")
     assert r.status_code == 400 and "control characters" in r.json()["name"][0]
+
+
+def test_a_skipped_queue_item_is_passed_on_and_its_lease_is_not_renewed(world, lib):
+    from labeling.models import Lease
+
+    c, url = api(world.olga), base(world.brand) + "queue/"
+    (first,) = [i["asset"] for i in c.get(url + "?limit=1").json()]
+    leased_until = Lease.objects.get(asset_id=first).expires
+    nxt = [i["asset"] for i in c.get(url + f"?limit=2&skipped={first}").json()]
+    assert first not in nxt and len(nxt) == 2
+    assert Lease.objects.get(asset_id=first).expires == leased_until  # left to lapse for colleagues
+    held = [i["asset"] for i in c.get(url + f"?limit=1&exclude={nxt[0]},{nxt[1]}&skipped={first}").json()]
+    assert held and not {first, *nxt} & set(held)
+    assert "skipped" in c.get(url + "?skipped=a,b").json()

@@ -133,6 +133,19 @@ class UndoAPI(ScopedAPIView):
         return Response({"undone": label.asset_id})
 
 
+def _asset_ids(request: Request, name: str) -> list[int]:
+    """A comma-separated list of asset ids in ?name=, or a 400 naming it."""
+    try:
+        ids = [int(x) for x in (request.query_params.get(name) or "").split(",") if x.strip()]
+    except ValueError:
+        raise ValidationError({name: ["comma-separated asset ids expected"]}) from None
+    if len(ids) > MAX_EXCLUDE:
+        raise ValidationError({name: [f"at most {MAX_EXCLUDE} asset ids"]})
+    if any(not 0 < x <= MAX_ID for x in ids):
+        raise ValidationError({name: [f"asset ids are whole numbers from 1 to {MAX_ID}"]})
+    return ids
+
+
 class QueueAPI(ScopedAPIView):
     """The next assets to review, most uncertain first. An operator's items are leased to them
     for a while, so operators working side by side are not shown the same assets."""
@@ -141,7 +154,10 @@ class QueueAPI(ScopedAPIView):
         parameters=[
             OpenApiParameter("order", str, enum=list(queue.ORDERS)),
             OpenApiParameter("limit", int, description=f"1..{queue.MAX_BATCH}"),
-            OpenApiParameter("exclude", str, description="comma-separated asset ids already on screen"),
+            OpenApiParameter("exclude", str, description="comma-separated asset ids already on screen "
+                                                         "(their leases are renewed)"),
+            OpenApiParameter("skipped", str, description="comma-separated asset ids passed on: left out, and "
+                                                         "their leases are left to lapse so colleagues get them"),
         ],
         responses=QueueItemSerializer(many=True),
     )
@@ -150,15 +166,10 @@ class QueueAPI(ScopedAPIView):
         if order not in queue.ORDERS:
             raise ValidationError({"order": [f"must be one of {', '.join(queue.ORDERS)}"]})
         limit = int_param(request, "limit", 1, queue.MAX_BATCH) or 10
-        try:
-            exclude = [int(x) for x in (request.query_params.get("exclude") or "").split(",") if x.strip()]
-        except ValueError:
-            raise ValidationError({"exclude": ["comma-separated asset ids expected"]}) from None
-        if len(exclude) > MAX_EXCLUDE:
-            raise ValidationError({"exclude": [f"at most {MAX_EXCLUDE} asset ids"]})
-        if any(not 0 < x <= MAX_ID for x in exclude):
-            raise ValidationError({"exclude": [f"asset ids are whole numbers from 1 to {MAX_ID}"]})
+        exclude, skipped = _asset_ids(request, "exclude"), _asset_ids(request, "skipped")
+        if len(exclude) + len(skipped) > MAX_EXCLUDE:
+            raise ValidationError({"exclude": [f"at most {MAX_EXCLUDE} asset ids with skipped"]})
         leases = self.role in (Role.OPERATOR, Role.ADMIN)
-        items = queue.review_batch(self.taxonomy, order=order, limit=limit, exclude=exclude,
+        items = queue.review_batch(self.taxonomy, order=order, limit=limit, exclude=exclude, skipped=skipped,
                                    user=request.user if leases else None)
         return Response(QueueItemSerializer(items, many=True, context={"request": request}).data)
