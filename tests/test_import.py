@@ -16,8 +16,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from labeling.models import Asset, ImportJob, JobState, Label, Tag
-from labeling.services import importing
+from labeling.models import Asset, ImportJob, JobState, Label, Tag, Taxonomy
+from labeling.services import folder_labels, importing, labels
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -288,3 +288,114 @@ def test_management_command_prints_progress_and_report(world, shoe_paths, tmp_pa
         call_command("import_assets", "acme", str(tmp_path / "missing"), stdout=out, stderr=err)
     with pytest.raises(CommandError, match="no taxonomy 'colour'"):
         call_command("import_assets", "acme", str(src), "--labels-from-folders", "colour", stdout=out, stderr=err)
+
+
+# --- files seen before: named, and never relabeled against a person ----------------------------
+
+def lines(job: ImportJob, kind: str) -> list[str]:
+    return [f"{e['file']}: {e['error']}" for e in job.errors if e["kind"] == kind]
+
+
+def current_tags(taxonomy) -> dict[str, list[str]]:
+    return {lab.asset.original_name: sorted(t.name for t in lab.tags.all())
+            for lab in Label.objects.filter(taxonomy=taxonomy, is_current=True).select_related("asset")}
+
+
+def test_each_duplicate_is_named_with_the_asset_it_repeats_and_past_the_limit_summed_up(
+        world, shoe_paths, tmp_path, monkeypatch):
+    photos = shoe_paths["train"]["nike"][:3]
+    for folder in ("first", "copies"):
+        (tmp_path / folder).mkdir()
+        for p in photos:
+            shutil.copy(p, tmp_path / folder / (p.name if folder == "first" else f"copy-{p.name}"))
+    importing.import_paths(world.acme, tmp_path / "first")
+    ids = {a.original_name: a.pk for a in Asset.objects.all()}
+
+    job = importing.import_paths(world.acme, tmp_path / "copies")
+
+    assert job.n_duplicates == 3 and lines(job, "duplicate") == [
+        f"copy-{p.name}: same bytes as asset #{ids[p.name]} ({p.name}), not stored again" for p in photos]
+    monkeypatch.setattr(importing, "MAX_DUPLICATES_NAMED", 1)
+    job = importing.import_paths(world.acme, tmp_path / "copies")
+    assert job.n_duplicates == 3 and lines(job, "duplicate") == [
+        f"copy-{photos[0].name}: same bytes as asset #{ids[photos[0].name]} ({photos[0].name}), not stored again",
+        "…: 2 more files with the same bytes as an image already stored, not stored again (not named one by one)"]
+
+
+def test_a_reimported_file_labeled_otherwise_keeps_its_label_and_the_report_says_which(world, shoe_paths, tmp_path):
+    a, b = shoe_paths["train"]["adidas"][:2]
+    (tmp_path / "first" / "adidas").mkdir(parents=True)
+    for p in (a, b):
+        shutil.copy(p, tmp_path / "first" / "adidas" / p.name)
+    importing.import_paths(world.acme, tmp_path / "first", labels_taxonomy=world.brand)
+    asset_a, asset_b = (Asset.objects.get(original_name=f"adidas/{p.name}") for p in (a, b))
+    labels.save_label(world.brand, asset_b, [world.brand.tags.get(name="converse").pk], user=world.olga)
+    again = tmp_path / "again"
+    for folder, name, photo in (("nike", "moved.jpg", a), ("adidas", "b.jpg", b), ("converse", "b-too.jpg", b)):
+        (again / folder).mkdir(parents=True)
+        shutil.copy(photo, again / folder / name)
+    out = StringIO()
+
+    call_command("import_assets", "acme", str(again), "--labels-from-folders", "brand", stdout=out, stderr=StringIO())
+
+    text = out.getvalue()
+    assert "0 created, 3 duplicates, 0 failed, 0 labeled (of 3 files)" in text
+    assert (f"nike/moved.jpg: already labeled 'adidas' (asset #{asset_a.pk}); its folder says 'nike': "
+            "kept 'adidas'") in text
+    assert (f"adidas/b.jpg: already labeled 'converse' (asset #{asset_b.pk}); its folder says 'adidas': "
+            "kept 'converse'") in text
+    assert "converse/b-too.jpg: already" not in text, "its folder agrees with the label"
+    assert current_tags(world.brand) == {asset_a.original_name: ["adidas"], asset_b.original_name: ["converse"]}
+
+
+@pytest.fixture
+def look(world) -> Taxonomy:
+    return Taxonomy.objects.create(client=world.acme, name="look", kind=Taxonomy.Kind.MULTI)
+
+
+def sorted_into(root: Path, layout: dict[str, list[Path]]) -> None:
+    for folder, photos in layout.items():
+        (root / folder).mkdir(parents=True)
+        for p in photos:
+            shutil.copy(p, root / folder / p.name)
+
+
+@pytest.mark.parametrize("batch", [200, 1], ids=["label-not-saved-yet", "label-saved-already"])
+def test_the_same_image_in_several_folders_of_a_multi_label_taxonomy_gets_every_folders_tag(
+        world, shoe_paths, tmp_path, monkeypatch, look, batch):
+    monkeypatch.setattr(folder_labels, "LABEL_BATCH", batch)
+    p, q, r = shoe_paths["train"]["converse"][:3]
+    (tmp_path / "earlier").mkdir()
+    shutil.copy(r, tmp_path / "earlier" / "r.jpg")
+    importing.import_paths(world.acme, tmp_path / "earlier")
+    person = labels.save_label(look, Asset.objects.get(), [Tag.objects.create(taxonomy=look, name="red").pk],
+                               user=world.olga)
+    sorted_into(tmp_path / "src", {"red": [p], "round": [p, q, r], "shiny": [p]})
+
+    job = importing.import_paths(world.acme, tmp_path / "src", labels_taxonomy=look)
+
+    assert (job.n_created, job.n_duplicates, job.n_labeled) == (2, 3, 2), job.errors
+    assert current_tags(look) == {f"red/{p.name}": ["red", "round", "shiny"], f"round/{q.name}": ["round"],
+                                  "r.jpg": ["red"]}
+    assert Label.objects.get(taxonomy=look, is_current=True, asset__original_name="r.jpg") == person
+    assert (f"round/{r.name}: already labeled 'red' (asset #{person.asset_id}); its folder says 'round': kept 'red'"
+            in lines(job, "note"))
+
+
+def test_a_label_a_person_changes_during_the_import_is_not_grown_by_a_later_folder(
+        world, shoe_paths, tmp_path, monkeypatch, look):
+    monkeypatch.setattr(folder_labels, "LABEL_BATCH", 1)  # each label is saved before the next file is read
+    p = shoe_paths["train"]["nike"][0]
+    sorted_into(tmp_path / "src", {"red": [p], "round": [p]})
+    shiny = Tag.objects.create(taxonomy=look, name="shiny")
+
+    def person_relabels(done: int, total: int) -> None:
+        if done == 1:  # between red/ and round/: an operator says it is shiny
+            labels.save_label(look, Asset.objects.get(), [shiny.pk], user=world.olga)
+
+    job = importing.import_paths(world.acme, tmp_path / "src", labels_taxonomy=look, progress=person_relabels)
+
+    assert current_tags(look) == {f"red/{p.name}": ["shiny"]}
+    assert Label.objects.get(taxonomy=look, is_current=True).user == world.olga
+    assert (f"round/{p.name}: already labeled 'shiny' (asset #{Asset.objects.get().pk}); its folder says 'round': "
+            "kept 'shiny'") in lines(job, "note")

@@ -21,7 +21,7 @@ from django.urls import reverse
 from PIL import Image
 
 from labeling.models import Asset, ImportJob, JobState, Label
-from labeling.services import importing
+from labeling.services import importing, labels
 from labeling.services.import_sources import NAME_BYTES, safe_relative, uploads_root
 from tests._helpers import api
 from tests.conftest import login
@@ -349,6 +349,54 @@ def test_the_same_image_in_two_label_folders_gets_one_label_and_a_note_saying_wh
     [[first]] = tags_by_name().values()  # whichever folder was read first gave the label
     second = ({"adidas", "nike"} - {first}).pop()
     assert by_file(job)[f"{second}/x.jpg"]["error"] == f"same image as a file in '{first}/': labeled '{first}', not '{second}'"
+
+
+def test_an_empty_zip_or_one_of_only_finder_litter_is_named_and_the_rest_imported(world, shoe_paths, tmp_path):
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+
+    job = importing.import_paths(world.acme, empty)
+
+    assert job.state == JobState.SUCCEEDED and job.errors == [
+        {"file": "empty.zip", "error": "no images in it", "kind": "skipped"}]
+    src = tmp_path / "src"
+    (src / "nike").mkdir(parents=True)
+    shutil.copy(shoe_paths["train"]["nike"][0], src / "nike" / "good.jpg")
+    with zipfile.ZipFile(src / "nike" / "mac.zip", "w") as z:  # what Finder's "Compress" adds beside nothing
+        z.writestr("photos/", b"")
+        z.writestr("photos/.DS_Store", b"\0\0\0\1Bud1")
+        z.writestr("__MACOSX/photos/._a.jpg", b"\0\5\26\7")
+
+    job = importing.import_paths(world.acme, src, labels_taxonomy=world.brand)
+
+    assert by_file(job)["nike/mac.zip"]["error"] == "no images in it" and job.n_failed == 0
+    assert tags_by_name() == {"nike/good.jpg": ["nike"]}
+
+
+def test_a_folder_upload_with_labels_keeps_a_persons_label_and_names_the_folder_that_disagrees(
+        client, world, shoe_paths, tmp_path, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    photo = shoe_paths["train"]["adidas"][0]
+    (tmp_path / "earlier").mkdir()
+    shutil.copy(photo, tmp_path / "earlier" / "a.jpg")
+    importing.import_paths(world.acme, tmp_path / "earlier")
+    asset = Asset.objects.get()
+    labels.save_label(world.brand, asset, [world.brand.tags.get(name="adidas").pk], user=world.olga)
+    login(client, world.alice)
+
+    client.post(reverse("import_upload", args=["acme"]), {
+        "folder": [upload("moved.jpg", photo.read_bytes())],
+        "paths": json.dumps(["picked/nike/moved.jpg"]),
+        "taxonomy": str(world.brand.pk),
+    })
+
+    job = ImportJob.objects.latest("pk")
+    assert (job.n_created, job.n_duplicates, job.n_labeled) == (0, 1, 0), job.errors
+    assert [(e["kind"], e["error"]) for e in job.errors] == [
+        ("duplicate", f"same bytes as asset #{asset.pk} (a.jpg), not stored again"),
+        ("note", f"already labeled 'adidas' (asset #{asset.pk}); its folder says 'nike': kept 'adidas'"),
+    ]
+    assert tags_by_name() == {"a.jpg": ["adidas"]}
 
 
 def test_staging_folders_nobody_will_read_are_removed_before_the_next_upload(world, shoe_paths):

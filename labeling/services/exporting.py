@@ -1,9 +1,10 @@
 """Exports of a taxonomy's labels: CSV, JSON, COCO-style classification JSON, and a ZIP of the
-images sorted into one folder per tag.
+images sorted into one folder per tag, with a manifest (labels.csv) mapping each file back.
 
 Everything is a generator of chunks for StreamingHttpResponse: rows are read in keyset pages
 of PAGE assets (three queries a page), and the ZIP is written by zipfile into a write-only
-buffer that is drained after every chunk, so memory stays flat whatever the library size.
+buffer that is drained after every chunk, so memory stays flat whatever the library size (the
+ZIP's manifest waits in a temporary file, spilled to disk past MANIFEST_IN_MEMORY).
 """
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ import csv
 import io
 import json
 import re
+import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from datetime import datetime
+from typing import BinaryIO, Iterator
 
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 
-from ..models import Asset, Label, Suggestion, Taxonomy
+from ..models import Asset, Label, Suggestion, Tag, Taxonomy
+from .labels import retired_among, suggested_tag_ids
 
 PAGE = 1000
 CHUNK = 1024 * 1024
@@ -37,11 +42,14 @@ class Record:
     tags: list[tuple[int, str]]  # (id, path) of the current label
     suggestion: Suggestion | None
     probabilities: dict[str, float]  # tag path -> probability of the live model
+    suggested: list[str]  # what the app suggests (labels.suggested_tag_ids), most probable first
 
 
 def records(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[Record]:
     """Every asset of the taxonomy's client (only labeled ones by default), by id."""
-    tag_path = {t.pk: t.path for t in taxonomy.tags.select_related("parent")}
+    tags = {t.pk: t for t in taxonomy.tags.select_related("parent")}
+    tag_path = {pk: t.path for pk, t in tags.items()}
+    retired = retired_among(tags)
     live = taxonomy.live_model
     last = 0
     while True:
@@ -62,14 +70,26 @@ def records(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[Record]:
             suggestions = {s.asset_id: s for s in Suggestion.objects.filter(model_version=live, asset_id__in=ids)}
         for asset in page:
             label, s = labels.get(asset.pk), suggestions.get(asset.pk)
-            tags = sorted((t.pk, tag_path.get(t.pk, t.name)) for t in label.tags.all()) if label else []
+            names = sorted((t.pk, tag_path.get(t.pk, t.name)) for t in label.tags.all()) if label else []
             probs = {tag_path.get(t, str(t)): round(float(p), 5) for t, p in zip(live.tag_ids, s.probs)} if s else {}
-            yield Record(asset, label, tags, s, probs)
+            if s:
+                s.model_version = live  # the row's own version, without a query per row
+            suggested = _suggested(taxonomy, s, retired, tag_path) if s else []
+            yield Record(asset, label, names, s, probs, suggested)
         last = page[-1].pk
 
 
-def _row(r: Record, live_version: int | None) -> dict:
+def _suggested(taxonomy: Taxonomy, s: Suggestion, retired: set[int], tag_path: dict[int, str]) -> list[str]:
+    """The tags the review page and the API suggest: retired tags left out, a multi-label
+    model's tags over their thresholds."""
+    prob = dict(zip(s.model_version.tag_ids, s.probs))
+    ids = sorted(suggested_tag_ids(taxonomy, s, retired), key=lambda t: (-prob.get(t, 0.0), t))
+    return [tag_path.get(t, str(t)) for t in ids]
+
+
+def _row(r: Record, live_version: int | None, multilabel: bool) -> dict:
     top = r.suggestion
+    best = r.suggested[0] if r.suggested else None
     return {
         "asset_id": r.asset.pk,
         "file": r.asset.original_name,
@@ -82,8 +102,9 @@ def _row(r: Record, live_version: int | None) -> dict:
         "labeled_at": r.label.created.isoformat() if r.label else None,
         "source": r.label.source if r.label else None,
         "model_version": live_version if top else None,
-        "suggested": next(iter(sorted(r.probabilities, key=lambda k: -r.probabilities[k])), None),
-        "suggested_prob": round(float(top.top1_prob), 5) if top else None,
+        # single-label: one tag (or None); multi-label: the list of tags over their thresholds
+        "suggested": r.suggested if multilabel else best,
+        "suggested_prob": r.probabilities.get(best) if best else None,  # multi-label: of the first
         "probabilities": r.probabilities,
     }
 
@@ -100,8 +121,10 @@ def stream_csv(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[str]:
     version = taxonomy.live_model.version if taxonomy.live_model else None
     yield writer.writerow(CSV_FIELDS)
     for r in records(taxonomy, labeled_only):
-        row = _row(r, version)
+        row = _row(r, version, taxonomy.multilabel)
         row["tags"] = "|".join(row["tags"])
+        if isinstance(row["suggested"], list):
+            row["suggested"] = "|".join(row["suggested"])
         row["tag_ids"] = "|".join(map(str, row["tag_ids"]))
         row["probabilities"] = json.dumps(row["probabilities"], separators=(",", ":"))
         yield writer.writerow([_cell(row[k]) for k in CSV_FIELDS])
@@ -136,7 +159,7 @@ def stream_json(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[str]:
     yield head[:-1] + ', "assets": ['
     version = taxonomy.live_model.version if taxonomy.live_model else None
     for i, r in enumerate(records(taxonomy, labeled_only)):
-        yield ("," if i else "") + "\n" + json.dumps(_row(r, version))
+        yield ("," if i else "") + "\n" + json.dumps(_row(r, version, taxonomy.multilabel))
     yield "\n]}\n"
 
 
@@ -186,42 +209,96 @@ class _Pipe(io.RawIOBase):
 
 
 _UNSAFE = re.compile(r"[^\w.\- ]+")
+NAME_CHARS = 120
+MANIFEST = "labels.csv"
+MANIFEST_FIELDS = ["file_in_zip", "asset_id", "original_name", "tags", "tag_ids"]
+MANIFEST_IN_MEMORY = 8 * 1024 * 1024
 
 
 def safe_name(name: str) -> str:
-    """One path component: no separators, no '..', never empty."""
+    """One path component: no separators, no '..', never empty, at most NAME_CHARS characters.
+    A long name loses the end of its stem, not its extension (which says what the file is)."""
     cleaned = _UNSAFE.sub("_", name).strip(" .")
-    return cleaned[:120] or "_"
+    stem, dot, ext = cleaned.rpartition(".")
+    if len(cleaned) > NAME_CHARS and stem and len(ext) <= 16:  # 'x.<200 chars>' has no extension to keep
+        cleaned = stem[: NAME_CHARS - len(ext) - 1].rstrip(" .") + dot + ext
+    return cleaned[:NAME_CHARS] or "_"
+
+
+def tag_folders(tags: list[Tag]) -> dict[int, str]:
+    """A folder name per tag, unique in the export whatever its case: 'C++' and 'C#' both make
+    'C_', so those get their tag id ('C_-7'). A tag whose name is already a safe folder name
+    keeps it, so an import with labels from folders gives it back its tag."""
+    natural = {t.pk: "__".join(safe_name(part) for part in t.path.split(" / ")) for t in tags}
+    count = Counter(name.lower() for name in natural.values())
+    plain = {t.pk for t in tags if count[natural[t.pk].lower()] == 1 or natural[t.pk] == t.name}
+    used: set[str] = set()
+    folders = {}
+    for t in sorted(tags, key=lambda t: (t.pk not in plain, t.pk)):
+        name = natural[t.pk] if t.pk in plain else f"{natural[t.pk]}-{t.pk}"
+        while name.lower() in used:  # a tag literally named 'C_-7'
+            name = f"{name}-{t.pk}"
+        used.add(name.lower())
+        folders[t.pk] = name
+    return folders
 
 
 def stream_zip(taxonomy: Taxonomy) -> Iterator[bytes]:
-    """images/<tag>/<asset id>-<file name>; a multi-label image sits in each of its tags' folders.
-    Files already compressed (JPEG, PNG) are stored, not deflated."""
+    """<taxonomy>/<tag folder>/<asset id>-<file name>; a multi-label image sits in each of its
+    tags' folders. labels.csv at the root has a row per file: its path in the ZIP, asset id,
+    original name and tags (what a folder name can't always spell). Files already compressed
+    (JPEG, PNG) are stored, not deflated."""
     pipe = _Pipe()
+    folders = tag_folders(list(taxonomy.tags.select_related("parent")))
+    root = _root_folder(taxonomy)
     missing: list[str] = []
-    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with tempfile.SpooledTemporaryFile(MANIFEST_IN_MEMORY) as manifest, \
+            zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        manifest.write(_csv_line(MANIFEST_FIELDS))
         for r in records(taxonomy):
             base = safe_name(r.asset.original_name.rsplit("/", 1)[-1])
-            for _, tag in r.tags:
-                folder = "__".join(safe_name(part) for part in tag.split(" / "))
-                arcname = f"{safe_name(taxonomy.name)}/{folder}/{r.asset.pk}-{base}"
+            for tag_id, _ in r.tags:
+                arcname = f"{root}/{folders[tag_id]}/{r.asset.pk}-{base}"
                 try:
                     src = r.asset.file.open("rb")
                 except (FileNotFoundError, ValueError):
                     missing.append(r.asset.original_name)
                     continue
-                with src, zf.open(zipfile.ZipInfo(arcname, date_time=_date_time(r)), "w", force_zip64=True) as dst:
-                    while chunk := src.read(CHUNK):
-                        dst.write(chunk)
-                        yield pipe.drain()
-                yield pipe.drain()
+                with src:
+                    yield from _member(zf, pipe, zipfile.ZipInfo(arcname, date_time=_date_time(r.asset.created)), src)
+                manifest.write(_csv_line([arcname, r.asset.pk, _cell(r.asset.original_name),
+                                          _cell("|".join(name for _, name in r.tags)),
+                                          "|".join(str(pk) for pk, _ in r.tags)]))
         if missing:
             zf.writestr("MISSING.txt", "\n".join(["files missing on disk:"] + missing) + "\n")
+        manifest.seek(0)
+        info = zipfile.ZipInfo(MANIFEST, date_time=_date_time(timezone.now()))
+        info.compress_type = zipfile.ZIP_DEFLATED  # text, unlike the images
+        yield from _member(zf, pipe, info, manifest)
     yield pipe.drain()
 
 
-def _date_time(r: Record) -> tuple:
-    t = r.asset.created
+def _root_folder(taxonomy: Taxonomy) -> str:
+    # Never '-...': the manifest's file_in_zip must not start like a formula, and it can't take
+    # _cell's apostrophe without no longer naming the file. Never the name of a file beside it.
+    root = safe_name(taxonomy.name).lstrip("-") or "_"
+    return root + "_" if root.lower() in (MANIFEST.lower(), "missing.txt") else root
+
+
+def _member(zf: zipfile.ZipFile, pipe: _Pipe, info: zipfile.ZipInfo, src: BinaryIO) -> Iterator[bytes]:
+    """Copy src into the ZIP as info, handing on what is written after every CHUNK."""
+    with zf.open(info, "w", force_zip64=True) as dst:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            yield pipe.drain()
+    yield pipe.drain()
+
+
+def _csv_line(cells: list) -> bytes:
+    return csv.writer(_Echo()).writerow(cells).encode()
+
+
+def _date_time(t: datetime) -> tuple:
     return (max(t.year, 1980), t.month, t.day, t.hour, t.minute, t.second)
 
 

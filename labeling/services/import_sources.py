@@ -138,6 +138,9 @@ def _zip_entries(path: Path, stack: ExitStack, prefix: str = "", outer: str | No
             entry.open = lambda info=info: zf.open(info)
         if entry:
             entries.append(entry)
+    if not entries:  # empty, or only Finder litter: say so, or the import reads "0 / 0 files"
+        shown = prefix.rstrip("/") or display_name(path.name)
+        entries.append(Entry(shown, None, refusal="no images in it", kind="skipped"))
     return entries
 
 

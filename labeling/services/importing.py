@@ -1,8 +1,9 @@
 """Import jobs: a folder tree, a ZIP file or a browser upload becomes Asset rows.
 
 One bad file never stops an import: it is named in job.errors and the rest goes on. Files are
-stored once per client (by sha256); a ZIP is read member by member, never extracted, so an
-entry's name can't place a file anywhere. Counters reach the database about once a second,
+stored once per client (by sha256), and a duplicate is named with the asset it repeats; labels
+from folder names are folder_labels' business. A ZIP is read member by member, never
+extracted, so an entry's name can't place a file anywhere. Counters reach the database about once a second,
 which is what the job page polls.
 """
 from __future__ import annotations
@@ -22,9 +23,10 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import Asset, Client, ImportJob, JobState, Label, Tag, Taxonomy, tag_name_problem
+from ..models import Asset, Client, ImportJob, JobState, Taxonomy
 from ..permissions import real_user
-from . import images, labels
+from . import images
+from .folder_labels import FolderLabels
 from .import_sources import (UPLOAD, Entry, SourceError, Uploaded, clean_stale_staging, display_name, scan,
                              stage_files, staging_dir)
 
@@ -34,8 +36,10 @@ __all__ = ["UPLOAD", "create_job", "enqueue", "import_paths", "report", "run_job
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
-LABEL_BATCH = 200
 MAX_REPORTED = 1000  # job.errors entries kept; the rest are counted in one last line
+# Duplicates named one by one; past that one line counts them, so re-importing a library of
+# 100,000 files does not fill the report (and MAX_REPORTED) with 'same bytes' lines.
+MAX_DUPLICATES_NAMED = 200
 Progress = Callable[[int, int], None]
 # What reading one file (a ZIP member above all) may raise when its bytes are damaged.
 READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError)
@@ -128,7 +132,8 @@ def run_job(job_id: int, progress: Progress | None = None) -> ImportJob:
 
 
 def report(kind: str, file: str, message: str) -> dict:
-    """One job.errors line. kind: failed (a bad file), skipped (not an image), note."""
+    """One job.errors line. kind: failed (a bad file), skipped (not an image), duplicate (bytes
+    already stored), note."""
     # PostgreSQL's JSON takes neither lone surrogates nor NUL: one odd name must not stop the
     # flush of every counter (the job would look hung until the sweep fails it).
     return {"file": display_name(file).replace("\0", ""), "error": display_name(message).replace("\0", ""),
@@ -139,16 +144,8 @@ class _Importer:
     def __init__(self, job: ImportJob, progress: Progress | None) -> None:
         self.job = job
         self.progress = progress
-        self.taxonomy = job.labels_from_folders
-        self.user = job.created_by
-        self.tags: dict[str, Tag] = {}
-        self.refused_folders: set[str] = set()  # folder names that can't be tags, noted once
-        if self.taxonomy is not None:
-            self.tags = {t.name.lower(): t for t in Tag.objects.filter(taxonomy=self.taxonomy)}
+        self.folders = FolderLabels(job, self.note) if job.labels_from_folders else None
         self.created_ids: list[int] = []
-        self.labeled: set[int] = set()  # asset ids given a label by this job
-        self.folder_of: dict[int, str] = {}  # ... and the folder that label came from
-        self.pending: list[tuple[Asset, list[int]]] = []
         self.n_dropped = 0
         self.last_flush = 0.0
         job.errors = list(job.errors or [])  # staging problems of an upload come first
@@ -162,12 +159,22 @@ class _Importer:
         else:
             self.n_dropped += 1
 
+    def note(self, file: str, message: str) -> None:
+        self.add("note", file, message)
+
+    def note_duplicate(self, entry: Entry, asset: Asset | None) -> None:
+        if self.job.n_duplicates > MAX_DUPLICATES_NAMED:  # counted in reported()
+            return
+        what = f"asset #{asset.pk} ({asset.original_name})" if asset else "an image another import stored meanwhile"
+        self.add("duplicate", entry.name, f"same bytes as {what}, not stored again")
+
     def flush(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last_flush < FLUSH_SECONDS:
             return
         self.last_flush = now
-        self.flush_labels()
+        if self.folders:
+            self.folders.flush()
         j = self.job
         ImportJob.objects.filter(pk=j.pk).update(
             total=j.total, processed=j.processed, n_created=j.n_created, n_duplicates=j.n_duplicates,
@@ -176,6 +183,10 @@ class _Importer:
 
     def reported(self) -> list[dict]:
         more = [report("note", "…", f"{self.n_dropped} more lines not kept")] if self.n_dropped else []
+        unnamed = self.job.n_duplicates - MAX_DUPLICATES_NAMED
+        if unnamed > 0:
+            more.insert(0, report("duplicate", "…", f"{unnamed} more files with the same bytes as an image already "
+                                                    "stored, not stored again (not named one by one)"))
         return self.job.errors + more
 
     def finish(self, state: str, error: str = "") -> None:
@@ -224,16 +235,15 @@ class _Importer:
                     log.exception("import %s: %s", self.job.pk, entry.name)
                     self.add("failed", entry.name, f"could not be processed ({type(exc).__name__}: {exc})")
                     return
-        if not created:
-            self.job.n_duplicates += 1
-            asset = asset or self.existing(spooled.sha256)  # None: stored by a concurrent import
-            if asset is not None and asset.pk in self.labeled:
-                self.note_second_folder(entry, asset)
-                return
-            if asset is None or self.taxonomy is None or \
-                    Label.objects.filter(asset=asset, taxonomy=self.taxonomy, is_current=True).exists():
-                return
-        self.label(entry, asset)
+        if created:
+            if self.folders:
+                self.folders.label_new(entry, asset)
+            return
+        self.job.n_duplicates += 1
+        asset = asset or self.existing(spooled.sha256)  # None: stored by a concurrent import, since deleted
+        self.note_duplicate(entry, asset)
+        if asset is not None and self.folders:
+            self.folders.label_seen(entry, asset)
 
     def existing(self, sha256: str) -> Asset | None:
         return Asset.objects.filter(client=self.job.client, sha256=sha256).first()
@@ -263,65 +273,6 @@ class _Importer:
         self.created_ids.append(asset.pk)
         self.job.n_created += 1
         return asset, True
-
-    def label(self, entry: Entry, asset: Asset) -> None:
-        if self.taxonomy is None or not entry.folder or asset.pk in self.labeled:
-            return
-        tag = self.tag_for(entry.folder.strip()[:200])
-        if tag is None:
-            return
-        if tag.retired:
-            self.add("note", entry.name, f"not labeled: tag '{tag.name}' is retired")
-            return
-        self.labeled.add(asset.pk)
-        self.folder_of[asset.pk] = entry.folder.strip()
-        self.pending.append((asset, [tag.pk]))
-        if len(self.pending) >= LABEL_BATCH:
-            self.flush_labels()
-
-    def note_second_folder(self, entry: Entry, asset: Asset) -> None:
-        """The same bytes sorted into two folders: one label wins, and the report says which."""
-        first, here = self.folder_of.get(asset.pk, ""), (entry.folder or "").strip()
-        if self.taxonomy is not None and here and first and here.lower() != first.lower():
-            self.add("note", entry.name, f"same image as a file in '{first}/': labeled '{first}', not '{here}'")
-
-    def tag_for(self, folder: str) -> Tag | None:
-        if not folder:
-            return None
-        tag = self.tags.get(folder.lower())
-        if tag is None:
-            problem = tag_name_problem(folder)
-            if problem:
-                if folder.lower() not in self.refused_folders:
-                    self.refused_folders.add(folder.lower())
-                    self.add("note", folder + "/", f"not labeled: a tag name {problem}")
-                return None
-            tag, created = Tag.objects.get_or_create(  # names are unique whatever their case
-                taxonomy=self.taxonomy, name__iexact=folder,
-                defaults={"name": folder, "position": 1 + max((t.position for t in self.tags.values()), default=-1)},
-            )
-            self.tags[folder.lower()] = tag
-            if created:
-                self.add("note", folder + "/", f"new tag '{folder}' created in taxonomy '{self.taxonomy.name}'")
-        return tag
-
-    def flush_labels(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        try:
-            self.job.n_labeled += labels.bulk_label(
-                self.taxonomy, batch, user=self.user, source=Label.Source.IMPORTED
-            )
-        except labels.LabelError as exc:
-            # One bad label rolls back its batch: retry one by one so the others still land.
-            for asset, tag_ids in batch:
-                try:
-                    labels.save_label(self.taxonomy, asset, tag_ids, user=self.user, source=Label.Source.IMPORTED)
-                    self.job.n_labeled += 1
-                except labels.LabelError as one:
-                    self.add("note", asset.original_name, f"not labeled: {one}")
-            log.info("import %s: label batch retried one by one after %s", self.job.pk, exc)
 
     def after_import(self) -> None:
         """Embed and score the new assets so they show up ranked in the review queue."""
