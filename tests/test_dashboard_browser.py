@@ -30,10 +30,10 @@ def dashboard_data(transactional_db, settings, world, trained, monkeypatch):
     return trained
 
 
-def _open_dashboard(page, base_url: str, world) -> None:
+def _open_dashboard(page, base_url: str, world, username: str = "vic") -> None:
     page.goto(base_url + "/login/")
-    page.fill("input[name=username]", "vic")
-    page.fill("input[name=password]", "vic-pass-123")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", f"{username}-pass-123")
     page.click("button[type=submit]")
     page.goto(f"{base_url}/c/acme/t/{world.brand.pk}/dashboard/")
 
@@ -105,12 +105,21 @@ def test_retrain_now_stays_disabled_while_a_run_is_queued_or_running(live_server
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     run = TrainingRun.objects.create(taxonomy=world.brand, trigger="manual")  # queued: a second press would queue a copy
     page = browser.new_page()
-    page.goto(live_server.url + "/login/")
-    page.fill("input[name=username]", "alice")
-    page.fill("input[name=password]", "alice-pass-123")
-    page.click("button[type=submit]")
-    page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/dashboard/")
+    _open_dashboard(page, live_server.url, world, "alice")
     assert page.locator("#retrain").is_disabled()
     TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.PROMOTED)  # done: the next poll frees it
     page.wait_for_function("() => !document.getElementById('retrain').disabled", timeout=15_000)
+    page.close()
+
+
+def test_retrain_now_says_why_a_run_could_not_start_and_stays_usable(live_server, browser, world, settings):
+    from labeling.models import TrainingRun
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    page = browser.new_page()
+    _open_dashboard(page, live_server.url, world, "alice")  # no labels yet
+    page.click("#retrain")
+    page.wait_for_function("() => document.getElementById('run-text').textContent.includes('not started')")
+    assert "no labels to learn from" in page.inner_text("#run-text")
+    assert not page.locator("#retrain").is_disabled() and not TrainingRun.objects.exists()
     page.close()
