@@ -6,6 +6,7 @@ Pages use taxonomy_view (404 for non-members); JSON endpoints reuse views.api_vi
 """
 from __future__ import annotations
 
+from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -86,12 +87,30 @@ def cluster_rebuild(request: HttpRequest) -> HttpResponse:
 @taxonomy_view()
 def cluster_detail(request: HttpRequest, index: int) -> HttpResponse:
     clustering = clusters.current(request.client.pk)
+    built = parse_id(request.GET.get("v"))  # the build the link was made from
+    if clustering and built and built != clustering.pk:
+        return _rebuilt(request, built, index, clustering)
     cluster = get_object_or_404(Cluster, clustering=clustering, index=index) if clustering else None
     if cluster is None:
         raise Http404("No such cluster")
     tiles = _tiles(request, clusters.members(cluster))
     stats = (cluster.stats or {}).get(str(request.taxonomy.pk), {})
     return render(request, "labeling/explore/cluster.html", _context(request, cluster=cluster, stats=stats, tiles=tiles))
+
+
+def _rebuilt(request: HttpRequest, built: int, index: int, clustering) -> HttpResponse:
+    """A link to a cluster of an earlier build (clusters are rebuilt after an import, and their
+    indexes reassigned): lead to the cluster that now holds most of its images, and say so,
+    rather than show another cluster under the same address."""
+    old = Cluster.objects.filter(clustering_id=built, clustering__client=request.client, index=index).first()
+    new = clusters.successor(old, clustering) if old else None
+    slug, t = request.client.slug, request.taxonomy.pk
+    if new is None:
+        messages.info(request, "The clusters were rebuilt since that link was made; pick one again.")
+        return redirect("clusters", slug, t)
+    messages.info(request, f"The clusters were rebuilt since that link was made: this is cluster {new.index + 1}, "
+                           f"which holds most of the images of the one you had open.")
+    return redirect(reverse("cluster", args=[slug, t, new.index]) + f"?v={clustering.pk}")
 
 
 # --- more like this, search -----------------------------------------------------------------

@@ -141,3 +141,29 @@ def test_bulk_labels_from_the_api_refresh_cluster_stats_like_the_page_does(explo
     assert r.status_code == 201 and r.json()["n_labels"] == 2
     cluster.refresh_from_db()
     assert cluster.stats[key]["n_unlabeled"] == before - 2
+
+
+def test_a_link_to_a_cluster_of_an_earlier_build_leads_to_the_one_holding_its_images_and_says_so(explored, client):
+    from labeling.models import Cluster, ClusterMember, Clustering
+    from labeling.services import clusters
+
+    login(client, explored.world.olga)
+    base, first = f"/c/acme/t/{explored.world.brand.pk}", explored.clustering
+    link = client.get(f"{base}/clusters/").content.decode()
+    old = Cluster.objects.filter(clustering=first).order_by("-size").first()
+    assert f'/clusters/{old.index}/?v={first.pk}"' in link  # the list's links name their build
+    second = clusters.recluster(explored.world.acme.pk, k=3)  # rebuilt, e.g. after an import
+    r = client.get(f"{base}/clusters/{old.index}/?v={first.pk}", follow=True)
+    new = r.context["cluster"]
+    assert new.clustering_id == second.pk and r.redirect_chain[-1][0].endswith(f"?v={second.pk}")
+    mine = set(ClusterMember.objects.filter(cluster=old).values_list("asset_id", flat=True))
+    overlap = {c.pk: len(mine & set(c.members.values_list("asset_id", flat=True))) for c in second.clusters.all()}
+    assert overlap[new.pk] == max(overlap.values()) > 0
+    assert "were rebuilt" in r.content.decode()
+    Clustering.objects.filter(pk=first.pk).delete()  # too old: no longer kept
+    r = client.get(f"{base}/clusters/{old.index}/?v={first.pk}", follow=True)
+    assert r.redirect_chain[-1][0].endswith("/clusters/") and "pick one again" in r.content.decode()
+    # another client's build id is treated as unknown, never read
+    other = clusters.recluster(explored.world.globex.pk)
+    r = client.get(f"{base}/clusters/0/?v={other.pk}", follow=True)
+    assert r.redirect_chain[-1][0].endswith("/clusters/")

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 from django.db import transaction
-from django.db.models import F, Max, QuerySet, Window
+from django.db.models import Count, F, Max, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -150,6 +150,15 @@ def recluster(client_id: int, k: int | None = None, seed: int = 0, *, version: s
     Clustering.objects.filter(pk__in=[c.pk for c in old]).delete()
     clustering.refresh_from_db()
     return clustering
+
+
+def successor(old: Cluster, clustering: Clustering) -> Cluster | None:
+    """The cluster of ``clustering`` that holds most of ``old``'s members (None when none of
+    them is in it): where a link to a cluster of an earlier build should lead."""
+    row = (ClusterMember.objects.filter(cluster__clustering=clustering,
+                                        asset_id__in=ClusterMember.objects.filter(cluster=old).values("asset_id"))
+           .values("cluster_id").annotate(n=Count("id")).order_by("-n", "cluster_id").first())
+    return Cluster.objects.get(pk=row["cluster_id"]) if row else None
 
 
 def _label_arrays(taxonomy: Taxonomy, asset_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
