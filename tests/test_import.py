@@ -399,3 +399,24 @@ def test_a_label_a_person_changes_during_the_import_is_not_grown_by_a_later_fold
     assert Label.objects.get(taxonomy=look, is_current=True).user == world.olga
     assert (f"round/{p.name}: already labeled 'shiny' (asset #{Asset.objects.get().pk}); its folder says 'round': "
             "kept 'shiny'") in lines(job, "note")
+
+
+def test_an_image_a_person_labels_while_its_import_runs_keeps_the_persons_label(world, shoe_paths, tmp_path):
+    nike, adidas = shoe_paths["train"]["nike"][0], shoe_paths["train"]["adidas"][0]
+    sorted_into(tmp_path / "src", {"nike": [nike], "adidas": [adidas]})
+    converse = Tag.objects.get(taxonomy=world.brand, name="converse")
+
+    def person_labels_the_first(done: int, total: int) -> None:
+        if done == 1:  # the import's labels are saved in batches: this one is still waiting
+            first = Asset.objects.order_by("pk").first()
+            labels.save_label(world.brand, first, [converse.pk], user=world.olga)
+
+    job = importing.import_paths(world.acme, tmp_path / "src", labels_taxonomy=world.brand,
+                                 progress=person_labels_the_first)
+
+    first = Asset.objects.order_by("pk").first()
+    tags = current_tags(world.brand)
+    assert tags[first.original_name] == ["converse"] and len(tags) == 2 and job.n_labeled == 1
+    assert Label.objects.get(asset=first, is_current=True).user == world.olga
+    assert any(f"(asset #{first.pk}); its folder says" in line and "kept 'converse'" in line
+               for line in lines(job, "note"))

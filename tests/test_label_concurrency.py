@@ -192,7 +192,7 @@ def test_a_bulk_action_over_labeled_assets_keeps_their_history_and_counts_only_r
 
 def test_labeling_the_same_asset_twice_in_one_bulk_save_keeps_both_in_order(world, trained, no_retrain_check):
     asset = trained.assets[_open(trained)[0]]
-    n = labels.bulk_label(world.brand, [(asset, [trained.tags["nike"]]), (asset, [trained.tags["adidas"]])], world.olga)
+    n = labels.save_labels(world.brand, [(asset, [trained.tags["nike"]]), (asset, [trained.tags["adidas"]])], world.olga)
     assert n == 2
     older, newer = Label.objects.filter(asset=asset).order_by("id")
     assert (older.is_current, newer.is_current) == (False, True)

@@ -94,6 +94,6 @@ def test_an_asset_of_another_client_cannot_be_labeled_in_this_taxonomy(world, as
 def test_each_label_counts_toward_the_retrain_once(world, shoe_library):
     assets, _ = shoe_library
     items = [(a, [tag(world, "nike")]) for a in list(assets.values())[:5]]
-    assert labels.bulk_label(world.brand, items, world.olga) == 5
+    assert labels.save_labels(world.brand, items, world.olga) == 5
     world.brand.refresh_from_db()
     assert world.brand.labels_since_train == 5

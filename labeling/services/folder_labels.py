@@ -149,7 +149,9 @@ class FolderLabels:
         if not self.pending:
             return
         batch, self.pending, self.unsaved = self.pending, [], set()
-        self.job.n_labeled += len(self.save(batch))
+        # Only where no label is current when its row is locked: someone may have labeled the
+        # asset since this import looked (the review queue serves new assets at once).
+        self.job.n_labeled += len(self.save(batch, fresh=True))
 
     def save_grown(self) -> None:
         """Add the tags of later folders to labels this import saved, unless a person (or
@@ -177,21 +179,42 @@ class FolderLabels:
             for asset_id in saved:
                 self.given[asset_id] = self.given[asset_id] + batch[asset_id].tag_ids
 
-    def save(self, batch: list[tuple[Asset, list[int]]]) -> list[int]:
-        """Save labels; returns the ids of the assets labeled."""
+    def save(self, batch: list[tuple[Asset, list[int]]], fresh: bool = False) -> list[int]:
+        """Save labels; returns the ids of the assets labeled. ``fresh``: labels for assets this
+        import found unlabeled; one labeled meanwhile keeps that label, and it is noted."""
         if not batch:
             return []
+        kept: set[int] | None = set() if fresh else None
         try:
-            labels.bulk_label(self.taxonomy, batch, user=self.user, source=Label.Source.IMPORTED)
-            return [asset.pk for asset, _ in batch]
+            labels.save_labels(self.taxonomy, batch, user=self.user, source=Label.Source.IMPORTED, kept=kept)
+            saved = [asset.pk for asset, _ in batch if not kept or asset.pk not in kept]
         except labels.LabelError as exc:
             # One bad label rolls back its batch: retry one by one so the others still land.
             log.info("import %s: label batch retried one by one after %s", self.job.pk, exc)
+            saved, kept = self.save_each(batch, fresh), set()
+        for asset_id in kept or ():
+            self.given.pop(asset_id, None)
+            self.note_taken(asset_id)
+        return saved
+
+    def save_each(self, batch: list[tuple[Asset, list[int]]], fresh: bool) -> list[int]:
         saved = []
         for asset, tag_ids in batch:
             try:
-                labels.save_label(self.taxonomy, asset, tag_ids, user=self.user, source=Label.Source.IMPORTED)
+                labels.save_label(self.taxonomy, asset, tag_ids, user=self.user, source=Label.Source.IMPORTED,
+                                  base_label=None if fresh else labels.NO_CHECK)
                 saved.append(asset.pk)
+            except labels.LabelConflict:
+                self.given.pop(asset.pk, None)
+                self.note_taken(asset.pk)
             except labels.LabelError as one:
                 self.note(asset.original_name, f"not labeled: {one}")
         return saved
+
+    def note_taken(self, asset_id: int) -> None:
+        """The asset was labeled by someone else while this import ran: theirs is kept."""
+        current = Label.objects.filter(asset_id=asset_id, taxonomy=self.taxonomy, is_current=True).prefetch_related(
+            "tags").select_related("asset").first()
+        if current is not None:
+            folder = self.folder_of.get(asset_id, "")
+            self.note_kept(current.asset.original_name, folder, sorted(t.name for t in current.tags.all()), asset_id)

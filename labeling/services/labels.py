@@ -129,12 +129,15 @@ def save_labels(
     source: str | None = None,
     batch: BulkAction | None = None,
     notify: bool = True,
+    kept: set[int] | None = None,
 ) -> int:
     """``save_label`` for many assets in one transaction, last write wins: the same rows (a Label,
     its tags and a SET event per item, older labels kept as history), but a few queries per
     CHUNK assets instead of a dozen per asset. The retrain counter is bumped once, as the last
     statement: that UPDATE locks the taxonomy row until commit, and every other label of the
     taxonomy waits for that lock, so it must not be taken at the start of a long action.
+    With ``kept`` (a set to fill), assets that have a label when their row is locked keep it and
+    their ids are added to ``kept`` (imports: a label given meanwhile is never replaced).
     Returns how many labels were saved. Any bad item (LabelError) saves nothing."""
     rows: list[tuple[int, list[Tag]]] = []
     valid: dict[tuple, list[Tag]] = {}
@@ -147,13 +150,15 @@ def save_labels(
         rows.append((asset.pk, valid[key]))
     if not rows:
         return 0
-    user, retired, changed = real_user(user), retired_tag_ids(taxonomy), 0
+    user, retired, changed, saved = real_user(user), retired_tag_ids(taxonomy), 0, 0
     with transaction.atomic():
         for chunk in _chunks(rows):
             for attempt in range(WRITE_ATTEMPTS):
                 try:
                     with transaction.atomic():  # a savepoint: a lost race is retried on fresh reads
-                        changed += _write(taxonomy, chunk, user, source, batch, retired)[1]
+                        todo = chunk if kept is None else _unlabeled(taxonomy, chunk, kept)
+                        changed += _write(taxonomy, todo, user, source, batch, retired)[1] if todo else 0
+                    saved += len(todo)
                     break
                 except IntegrityError:
                     # A concurrent first label of one of these assets (one_current_label).
@@ -162,7 +167,17 @@ def save_labels(
         count_changes(taxonomy, changed)
         if notify:
             transaction.on_commit(lambda: request_retrain_check(taxonomy.pk))
-    return len(rows)
+    return saved
+
+
+def _unlabeled(taxonomy: Taxonomy, chunk: list[tuple[int, list[Tag]]], kept: set[int]) -> list[tuple[int, list[Tag]]]:
+    """The rows whose asset has no current label, its label locked meanwhile (a first label saved
+    after this read loses its race in _write: IntegrityError, and the chunk is read again)."""
+    labeled = set(Label.objects.select_for_update().filter(
+        taxonomy=taxonomy, is_current=True, asset_id__in=[a for a, _ in chunk]).order_by("asset_id")
+        .values_list("asset_id", flat=True))
+    kept |= labeled
+    return [row for row in chunk if row[0] not in labeled]
 
 
 def _chunks(rows: list[tuple[int, list[Tag]]]) -> Iterator[list[tuple[int, list[Tag]]]]:
@@ -268,9 +283,7 @@ def tag_ids_of(label: Label | None) -> list[int] | None:
     return None if label is None else sorted(label.tags.values_list("id", flat=True))
 
 
-def bulk_label(taxonomy: Taxonomy, items: Iterable[tuple[Asset, list[int]]], user=None, source: str | None = None) -> int:
-    """Label many assets in one transaction (used by imports with folder labels)."""
-    return save_labels(taxonomy, items, user=user, source=source)
+
 
 
 def remove_label(label: Label, user=None, source: str = "") -> tuple[Label | None, bool]:
