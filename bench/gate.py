@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from ml.datasets import load_task  # noqa: E402
 from ml.features import make_store, spec_features, spec_views  # noqa: E402
 from ml.heads import train_head  # noqa: E402
-from ml.promotion import MIN_HOLDOUT, compare, is_holdout  # noqa: E402
+from ml.promotion import can_compare, compare, is_holdout  # noqa: E402
 from ml.selection import select_batch  # noqa: E402
 from ml.simulate import seed_set  # noqa: E402
 
@@ -93,7 +93,7 @@ def one_order(X: np.ndarray, y: np.ndarray, held_out: np.ndarray, n_classes: int
         labelled += [int(i) for i in add]
         L = np.asarray(labelled)
         held = L[held_out[L]]
-        compared = len(held) >= MIN_HOLDOUT
+        compared = can_compare(len(held))
         train = L[~held_out[L]] if compared else L
         P = train_head(X[train], y[train], n_classes, seed=k).predict_proba(X)
         acc = float(_right(P[test], y[test]).mean())

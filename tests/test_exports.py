@@ -93,6 +93,21 @@ def test_the_zip_is_streamed_in_pieces_not_built_whole(world, labeled, monkeypat
     assert len(pieces) > 10 and max(map(len, pieces)) < 400
 
 
+def test_a_tag_made_and_used_while_the_zip_streams_gets_its_own_folder(world, labeled, monkeypatch):
+    from labeling.models import Tag
+
+    monkeypatch.setattr(exporting, "PAGE", 1)  # labels are read page by page as the ZIP streams
+    stream = exporting.stream_zip(world.brand)
+    body = [next(stream)]  # the tag folders are fixed by now
+    vans = Tag.objects.create(taxonomy=world.brand, name="Vans")
+    late = Tag.objects.create(taxonomy=world.brand, name="Old Skool", parent=vans)
+    labels.save_label(world.brand, labeled.assets[2], [late.pk], user=world.olga)
+    body += list(stream)
+    with zipfile.ZipFile(io.BytesIO(b"".join(body))) as zf:
+        # its own folder (named from the tag, with its id: it was not there when the export began)
+        assert f"brand/Old Skool-{late.pk}/{labeled.assets[2].pk}-img-2.png" in zf.namelist()
+
+
 def test_unsafe_names_cannot_escape_their_folder(world):
     for evil in ("../../etc/passwd", "..", "a\\..\\b", "/abs"):
         name = exporting.safe_name(evil)

@@ -257,7 +257,9 @@ def stream_zip(taxonomy: Taxonomy) -> Iterator[bytes]:
         manifest.write(_csv_line(MANIFEST_FIELDS))
         for r in records(taxonomy):
             base = safe_name(r.asset.original_name.rsplit("/", 1)[-1])
-            for tag_id, _ in r.tags:
+            for tag_id, tag_path in r.tags:
+                if tag_id not in folders:  # a tag made while the export streams: its own folder
+                    folders[tag_id] = f"{'__'.join(safe_name(p) for p in tag_path.split(' / '))}-{tag_id}"
                 arcname = f"{root}/{folders[tag_id]}/{r.asset.pk}-{base}"
                 try:
                     src = r.asset.file.open("rb")

@@ -31,8 +31,8 @@ from . import evaluation, localmatch, suggesting, vectors
 log = logging.getLogger(__name__)
 
 FAILED_BACKOFF = timedelta(minutes=10)  # the sweep does not hammer a run that keeps failing
-WORKER_LOST = "worker lost (no heartbeat)"
-NO_LABELS = "no labels to learn from"  # a failure of the worker, not of the run: no backoff
+WORKER_LOST = "worker lost (no heartbeat)"  # a failure of the worker, not of the run: no backoff
+NO_LABELS = "no labels to learn from"
 
 
 # -- requesting -------------------------------------------------------------------------
