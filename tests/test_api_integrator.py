@@ -145,3 +145,19 @@ def test_a_skipped_queue_item_is_passed_on_and_its_lease_is_not_renewed(world, l
     held = [i["asset"] for i in c.get(url + f"?limit=1&exclude={nxt[0]},{nxt[1]}&skipped={first}").json()]
     assert held and not {first, *nxt} & set(held)
     assert "skipped" in c.get(url + "?skipped=a,b").json()
+
+
+def test_the_up_front_check_judges_the_labels_a_run_would_train_on_not_the_held_out_ones(world, lib, monkeypatch):
+    from labeling.services import training
+    from ml import promotion
+
+    adidas = {a.sha256 for a in lib.assets[4:]}
+    monkeypatch.setattr(training, "is_holdout", lambda sha: sha in adidas)  # both adidas labels held out
+    monkeypatch.setattr(promotion, "MIN_HOLDOUT", 2)  # ... and enough of them to compare
+    for a in lib.assets[:4]:
+        labels.save_label(world.brand, a, [lib.tags["nike"]], user=world.olga)
+    for a in lib.assets[4:]:
+        labels.save_label(world.brand, a, [lib.tags["adidas"]], user=world.olga)
+    r = api(world.alice).post(base(world.brand) + "runs/")
+    assert r.status_code == 409 and "all 4 training labels have one tag" in r.json()["detail"]
+    assert training.not_ready(world.brand) == training.train_now(world.brand).error  # what a run would say

@@ -190,15 +190,30 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
 
 
 def not_ready(taxonomy: Taxonomy) -> str | None:
-    """Why a run would be refused now (no labels, or labels of one tag only), or None. Asked
-    before a manual run is queued: a run that can only fail would hold the taxonomy's one run
-    slot, then its failure backoff would hold back the automatic retrains."""
-    watermark = Label.objects.filter(taxonomy=taxonomy).aggregate(m=Max("id"))["m"] or 0
-    data = collect(taxonomy, watermark)
+    """Why a run would be refused now (no labels, or training labels of one tag only), or None.
+    Asked before a manual run is queued: a run that can only fail would hold the taxonomy's one
+    run slot, then its failure backoff would hold back the automatic retrains. Checks what
+    _execute trains on (the held-out labels left out when there are enough to compare) from
+    one query of (label, asset hash, tag) rows, not from the labels themselves."""
+    active = {t: i for i, t in enumerate(taxonomy.active_tags().values_list("id", flat=True))}
+    rows = Label.tags.through.objects.filter(
+        label__taxonomy=taxonomy, label__is_current=True, tag_id__in=list(active)
+    ).values_list("label_id", "label__asset__sha256", "tag_id").order_by("label_id", "tag_id")
+    by_label: dict[int, tuple[bool, list[int]]] = {}
+    for label_id, sha, tag_id in rows.iterator(chunk_size=5000):
+        by_label.setdefault(label_id, (is_holdout(sha), []))[1].append(active[tag_id])
+    if not by_label:
+        return NO_LABELS
+    held = np.array([h for h, _ in by_label.values()], dtype=bool)
+    train = ~held if can_compare(int(held.sum())) else np.ones(len(held), dtype=bool)
+    if taxonomy.multilabel:
+        y = np.zeros((len(by_label), len(active)), dtype=np.float32)
+        for row, (_, cols) in enumerate(by_label.values()):
+            y[row, cols] = 1
+    else:
+        y = np.array([cols[0] for _, cols in by_label.values()], dtype=np.int64)
     try:
-        if len(data.asset_ids) == 0:
-            raise Refused(NO_LABELS)
-        _check_learnable(data.y, taxonomy.multilabel)
+        _check_learnable(y[train], taxonomy.multilabel)
     except Refused as exc:
         return str(exc)
     return None
