@@ -17,7 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_safe, require_POST
 
-from .api.base import MAX_ID
+from .api.base import MAX_ID, asset_id_list
 from .models import Asset, Label, Role, Taxonomy, TrainingRun
 from .permissions import RANK, clients_of, client_view, get_taxonomy, role_in, taxonomy_view
 from .services import labels, queue
@@ -175,12 +175,9 @@ def review(request: HttpRequest) -> HttpResponse:
 
 def _int_list(raw: str, field: str) -> list[int]:
     try:
-        ids = [int(x) for x in raw.split(",") if x.strip()]
-    except ValueError:
-        raise BadInput(f"{field}: comma-separated asset ids expected")
-    if not all(0 < i <= MAX_ID for i in ids):
-        raise BadInput(f"{field}: asset ids are whole numbers from 1 to {MAX_ID}")
-    return ids
+        return asset_id_list(raw)
+    except ValueError as exc:
+        raise BadInput(f"{field}: {exc}") from None
 
 
 @require_safe

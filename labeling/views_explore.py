@@ -259,5 +259,5 @@ def bulk_undo_json(request: HttpRequest) -> JsonResponse:
         return json_error("action: not found", 404, "action")
     if not bulk.may_undo(action, request.user):
         return json_error("action: only its author or an admin may undo it", 403, "action")
-    affected = list(action.labels.filter(is_current=True).values_list("asset_id", flat=True))
-    return JsonResponse({"action": action.pk, "undone": bulk.undo(action, request.user), "assets": affected})
+    assets = bulk.undo(action, request.user)
+    return JsonResponse({"action": action.pk, "undone": len(assets), "assets": assets})

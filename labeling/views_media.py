@@ -7,6 +7,7 @@ from typing import Callable
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
@@ -69,12 +70,17 @@ def _displayable(asset: Asset) -> str:
     covered too): for formats browsers can't show, and for rotated non-JPEGs."""
     if not asset.format or asset.format in images.ORIENTED_BY_BROWSERS:
         return asset.file.name
+    # Remembered per content: otherwise every view of a PNG or WebP would read its header again.
+    as_stored = f"tagloop:shown-as-stored:{asset.sha256}"
+    if asset.format in images.BROWSER_FORMATS and cache.get(as_stored):
+        return asset.file.name
     storage, name = asset.file.storage, display_name_of(asset)
     if storage.exists(name):
         return name
     try:
         with asset.file.open("rb") as original:
             if asset.format in images.BROWSER_FORMATS and not images.has_orientation(original):
+                cache.set(as_stored, True, timeout=30 * 24 * 3600)
                 return asset.file.name
             original.seek(0)
             rendition = images.display_jpeg(original)

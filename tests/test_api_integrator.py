@@ -33,7 +33,8 @@ def test_api_paths_that_match_nothing_answer_json_404(world, lib):
         r = c.get(path)
         assert r.status_code == 404 and r["Content-Type"] == "application/json" and r.json()["detail"], path
     # a view's own 404 keeps its message
-    assert c.get(f"/api/v1/clients/acme/assets/{lib.other.pk}/").status_code == 404
+    r = c.post(base(world.brand) + "labels/bulk/999999/undo/")
+    assert r.status_code == 404 and r.json()["detail"] == "bulk_action: not found"
 
 
 def test_accepting_a_suggestion_never_replaces_a_persons_label_unless_base_label_names_it(world, lib):

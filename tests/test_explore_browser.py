@@ -55,7 +55,7 @@ def test_bulk_tagging_a_cluster_in_the_browser_keeps_the_deselected_image_in_the
     page.goto(f"{live_server.url}/c/acme/t/{world.brand.pk}/clusters/")
     page.wait_for_function(ALL_IMAGES_LOADED)
     shots(page, "10-clusters")
-    page.click(f"a[href='/c/acme/t/{world.brand.pk}/clusters/{cluster.index}/']")
+    page.click(f"a[href='/c/acme/t/{world.brand.pk}/clusters/{cluster.index}/?v={cluster.clustering_id}']")
     page.wait_for_selector("#grid[data-ready]")
     page.wait_for_function(ALL_IMAGES_LOADED)
 

@@ -31,6 +31,18 @@ DEFAULT_PAGE = 50
 MAX_ID = 2**63 - 1  # bigint: a larger id would overflow the database driver (a 500, not a 404)
 
 
+def asset_id_list(raw: str) -> list[int]:
+    """Comma-separated asset ids (the review queue's exclude / skipped), or ValueError saying
+    what is wrong, for the caller to put under the field's name."""
+    try:
+        ids = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError("comma-separated asset ids expected") from None
+    if not all(0 < i <= MAX_ID for i in ids):
+        raise ValueError(f"asset ids are whole numbers from 1 to {MAX_ID}")
+    return ids
+
+
 class ScopedAPIView(APIView):
     # Views under /clients/<slug>/[taxonomies/<taxonomy_id>/]: sets self.client, self.role and
     # self.taxonomy before the handler runs. ``read_role`` guards safe methods, ``write_role``

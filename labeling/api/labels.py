@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from ..models import Asset, BulkAction, Label, Role, Taxonomy
 from ..services import bulk, labels, queue
-from .base import MAX_ID, ScopedAPIView, decode_cursor, int_param, page_limit, page_serializer, paged
+from .base import MAX_ID, ScopedAPIView, asset_id_list, decode_cursor, int_param, page_limit, page_serializer, paged
 from .serializers import (
     BulkLabelSerializer, BulkResultSerializer, LabelConflictSerializer, LabelCreateSerializer, LabelSerializer,
     QueueItemSerializer,
@@ -111,9 +111,8 @@ class LabelBulkUndoAPI(ScopedAPIView):
             raise NotFound("bulk_action: not found")
         if not bulk.may_undo(action, request.user):
             raise PermissionDenied("only the bulk action's author or an admin may undo it")
-        assets = list(action.labels.filter(is_current=True).values_list("asset_id", flat=True))
-        n = bulk.undo(action, request.user)
-        return Response({"bulk_action": action.pk, "undone": n, "assets": assets if n else []})
+        assets = bulk.undo(action, request.user)
+        return Response({"bulk_action": action.pk, "undone": len(assets), "assets": assets})
 
 
 class UndoAPI(ScopedAPIView):
@@ -136,13 +135,11 @@ class UndoAPI(ScopedAPIView):
 def _asset_ids(request: Request, name: str) -> list[int]:
     """A comma-separated list of asset ids in ?name=, or a 400 naming it."""
     try:
-        ids = [int(x) for x in (request.query_params.get(name) or "").split(",") if x.strip()]
-    except ValueError:
-        raise ValidationError({name: ["comma-separated asset ids expected"]}) from None
+        ids = asset_id_list(request.query_params.get(name) or "")
+    except ValueError as exc:
+        raise ValidationError({name: [str(exc)]}) from None
     if len(ids) > MAX_EXCLUDE:
         raise ValidationError({name: [f"at most {MAX_EXCLUDE} asset ids"]})
-    if any(not 0 < x <= MAX_ID for x in ids):
-        raise ValidationError({name: [f"asset ids are whole numbers from 1 to {MAX_ID}"]})
     return ids
 
 

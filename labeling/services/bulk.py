@@ -139,23 +139,23 @@ def may_undo(action: BulkAction, user) -> bool:
     return role is not None and RANK[role] >= RANK[Role.ADMIN]
 
 
-def undo(action: BulkAction, user) -> int:
-    """Undo a whole bulk action; returns how many labels were removed. Assets labeled again
-    since (their bulk label is no longer current) keep the newer label. Idempotent."""
+def undo(action: BulkAction, user) -> list[int]:
+    """Undo a whole bulk action; returns the assets whose label was removed (read under the
+    lock). Assets labeled again since (their bulk label is no longer current) keep the newer
+    label. Idempotent: a second call removes nothing."""
     taxonomy = action.taxonomy
     with transaction.atomic():
         locked = BulkAction.objects.select_for_update().get(pk=action.pk)
         if locked.undone is not None:
-            return 0
-        n, changed, asset_ids = 0, 0, []
+            return []
+        changed, asset_ids = 0, []
         for label in Label.objects.select_for_update().filter(batch=locked, is_current=True).order_by("id"):
             asset_ids.append(label.asset_id)
             changed += labels.remove_label(label, user, source="bulk-undo")[1]
-            n += 1
         # Each undone label changes the training data once more (see labels.undo_last), counted
         # once for the action, as late as possible: that UPDATE holds the taxonomy row to commit.
         BulkAction.objects.filter(pk=locked.pk).update(undone=timezone.now())
         labels.count_changes(taxonomy, changed)
         transaction.on_commit(lambda: after_commit(taxonomy, asset_ids))
     action.refresh_from_db()
-    return n
+    return asset_ids
