@@ -54,6 +54,26 @@ def test_applying_two_tags_in_a_multi_label_taxonomy_answers_both_tags_for_every
     assert r.json()["labels"] == {str(a): sorted([tags[0], tags[2]]) for a in picked}
 
 
+def test_a_tag_applied_in_bulk_to_a_multi_label_taxonomy_is_added_to_the_tags_each_image_has(
+        world, trained, client, checks):
+    from labeling.models import Label, Tag, Taxonomy
+    from labeling.services import bulk, labels
+
+    style = Taxonomy.objects.create(client=world.acme, name="style", kind=Taxonomy.Kind.MULTI)
+    outdoor, studio, red = (Tag.objects.create(taxonomy=style, name=n, position=i).pk
+                            for i, n in enumerate(("outdoor", "studio", "red")))
+    first, second = (trained.assets[a] for a in sorted(trained.assets)[:2])
+    labels.save_label(style, first, [outdoor, studio], user=world.alice)  # a colleague's work
+    login(client, world.olga)
+    r = _post(client, f"/c/acme/t/{style.pk}/bulk.json", {"assets": [first.pk, second.pk], "tags": [red]})
+    assert r.status_code == 200, r.content
+    assert r.json()["labels"] == {str(first.pk): [outdoor, studio, red], str(second.pk): [red]}
+    # undone, the colleague's label is back as it was
+    bulk.undo(bulk.BulkAction.objects.get(pk=r.json()["action"]), world.olga)
+    current = Label.objects.get(taxonomy=style, asset=first, is_current=True)
+    assert sorted(current.tags.values_list("pk", flat=True)) == [outdoor, studio] and current.user == world.alice
+
+
 def test_accepting_suggestions_gives_each_asset_its_own_suggested_tag(world, trained, checks):
     from labeling.models import Label, Suggestion
     from labeling.services import bulk

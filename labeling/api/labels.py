@@ -80,7 +80,8 @@ class LabelListAPI(ScopedAPIView):
 
 class LabelBulkAPI(ScopedAPIView):
     """Label many assets in one action (one BulkAction, one transaction, one retrain check):
-    ``apply_tags`` gives them all the same tags, ``accept`` takes each one's suggestion."""
+    ``apply_tags`` gives them all the same tags (multi-label: added to the tags each already has),
+    ``accept`` takes each one's suggestion (assets that have a label keep it)."""
 
     @extend_schema(request=BulkLabelSerializer, responses={201: BulkResultSerializer})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:

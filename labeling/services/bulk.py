@@ -32,7 +32,8 @@ def apply(taxonomy: Taxonomy, asset_ids: Sequence[int], user, tag_ids: Sequence[
     Assets outside the taxonomy's client are refused as a whole; with ``accept``, assets that
     have no suggestion are left out (reported by the smaller ``n_labels``), and so are assets
     already labeled: a suggestion never replaces a person's label (``action.n_kept`` counts
-    them; applying a tag the operator picked does replace it)."""
+    them). Tags the operator picked replace a single-label taxonomy's label, and are added to a
+    multi-label one's (the tags an image already has stay: the page shows only the picked tag)."""
     ids = list(dict.fromkeys(int(a) for a in asset_ids))
     if not ids:
         raise BulkError("assets: select at least one image")
@@ -90,7 +91,8 @@ def _write(taxonomy: Taxonomy, user, accept: bool, items: list[tuple[Asset, list
     kind = BulkAction.Kind.ACCEPT_SUGGESTIONS if accept else BulkAction.Kind.APPLY_TAGS
     with transaction.atomic():
         action = BulkAction.objects.create(taxonomy=taxonomy, user=real_user(user), kind=kind)
-        n = labels.save_labels(taxonomy, sorted(items, key=lambda it: it[0].pk), user=user, batch=action, notify=False)
+        n = labels.save_labels(taxonomy, sorted(items, key=lambda it: it[0].pk), user=user, batch=action, notify=False,
+                               merge=taxonomy.multilabel and not accept)
         BulkAction.objects.filter(pk=action.pk).update(n_labels=n)
         action.n_labels = n
         if n:

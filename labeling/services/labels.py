@@ -130,6 +130,7 @@ def save_labels(
     batch: BulkAction | None = None,
     notify: bool = True,
     kept: set[int] | None = None,
+    merge: bool = False,
 ) -> int:
     """``save_label`` for many assets in one transaction, last write wins: the same rows (a Label,
     its tags and a SET event per item, older labels kept as history), but a few queries per
@@ -138,6 +139,7 @@ def save_labels(
     taxonomy waits for that lock, so it must not be taken at the start of a long action.
     With ``kept`` (a set to fill), assets that have a label when their row is locked keep it and
     their ids are added to ``kept`` (imports: a label given meanwhile is never replaced).
+    ``merge`` (multi-label): the given tags are added to each asset's current ones.
     Returns how many labels were saved. Any bad item (LabelError) saves nothing."""
     rows: list[tuple[int, list[Tag]]] = []
     valid: dict[tuple, list[Tag]] = {}
@@ -157,7 +159,7 @@ def save_labels(
                 try:
                     with transaction.atomic():  # a savepoint: a lost race is retried on fresh reads
                         todo = chunk if kept is None else _unlabeled(taxonomy, chunk, kept)
-                        changed += _write(taxonomy, todo, user, source, batch, retired)[1] if todo else 0
+                        changed += _write(taxonomy, todo, user, source, batch, retired, merge=merge)[1] if todo else 0
                     saved += len(todo)
                     break
                 except IntegrityError:
@@ -202,9 +204,12 @@ def _write(
     batch: BulkAction | None,
     retired: Collection[int],
     base_label: "int | None | object" = NO_CHECK,
+    merge: bool = False,
 ) -> tuple[list[Label], int]:
     """Make ``rows`` (distinct asset ids with validated tags) the current labels; returns the new
     labels and how many of them change the training data (tags differ from the current ones).
+    ``merge`` (multi-label): each new label keeps the tags its asset's current one has, read
+    under the row lock, so a tag a colleague added meanwhile is not dropped.
     Raises IntegrityError when another writer's first label of one of the assets won the race."""
     asset_ids = [a for a, _ in rows]
     # Locked in asset order (and bulk.apply sends its assets sorted), so two bulk actions over
@@ -222,6 +227,8 @@ def _write(
             # visible to a new statement, and that is the one the writer must be shown.
             raise LabelConflict(Label.objects.filter(taxonomy=taxonomy, asset_id=asset_id, is_current=True).first())
     before = _tag_ids_by_label([label.pk for label in previous.values()])
+    if merge and previous:
+        rows = _merged(rows, {a: before[label.pk] for a, label in previous.items()})
     suggestions = live_suggestions(taxonomy, asset_ids)
     if previous:
         Label.objects.filter(pk__in=[label.pk for label in previous.values()]).update(is_current=False)
@@ -245,6 +252,16 @@ def _write(
     LabelEvent.objects.bulk_create(events)
     Suggestion.objects.filter(taxonomy=taxonomy, asset_id__in=asset_ids).update(is_labeled=True)
     return new, changed
+
+
+def _merged(rows: list[tuple[int, list[Tag]]], current: dict[int, list[int]]) -> list[tuple[int, list[Tag]]]:
+    """Each row's tags plus the ones its asset's current label has (ordered by id)."""
+    have = Tag.objects.in_bulk({t for ids in current.values() for t in ids})
+    out = []
+    for a, tags in rows:
+        union = {t.pk: t for t in tags} | {t: have[t] for t in current.get(a, ()) if t in have}
+        out.append((a, [union[t] for t in sorted(union)]))
+    return out
 
 
 def _tag_ids_by_label(label_ids: list[int]) -> dict[int, list[int]]:
