@@ -150,3 +150,19 @@ def test_a_failure_in_a_page_load_shows_the_page_with_the_error_and_is_not_repea
     html = page(client, big)  # a 200 with the error, not a server error
     assert "Scoring 24 labels failed" in html and "MemoryError" in html and 'class="card x-row"' not in html
     assert "MemoryError" in page(client, big) and calls == [24] and big.sent == []
+
+
+def test_a_multi_label_taxonomy_gets_no_scores_and_a_page_that_says_why(big, client):
+    from labeling.models import Tag, Taxonomy
+    from labeling.services import labels, second_look
+
+    style = Taxonomy.objects.create(client=big.world.acme, name="style", kind=Taxonomy.Kind.MULTI)
+    red, text = (Tag.objects.create(taxonomy=style, name=n).pk for n in ("red", "has text"))
+    for a in list(big.assets.values())[:8]:  # enough labels that a single-label taxonomy would be scored
+        labels.save_label(style, a, [red, text] if a.pk % 2 else [red], user=big.world.olga)
+    login(client, big.world.olga)
+    r = client.get(f"/c/acme/t/{style.pk}/second-look/")
+    body = r.content.decode()
+    assert r.status_code == 200 and "For single-label taxonomies" in body and "Nothing suspicious" not in body
+    assert 'data-asset="' not in body  # no row offers to "fix" a label down to one tag
+    assert big.sent == [] and big.computed == [] and not second_look.refresh(style)

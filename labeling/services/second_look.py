@@ -53,6 +53,7 @@ class Page:
     failed: str = ""  # the last computation's error, while no new one is tried
     failed_at: datetime | None = None
     retry_at: datetime | None = None
+    single_label_only: bool = False  # a multi-label taxonomy: nothing is scored (see second_look)
 
 
 def _path(taxonomy: Taxonomy, suffix: str = "npz") -> Path:
@@ -79,7 +80,7 @@ def _read(taxonomy: Taxonomy) -> tuple[str, dict[str, np.ndarray]] | None:
 
 
 def _given_labels(taxonomy: Taxonomy, col: dict[int, int], asset_ids: list[int] | None = None) -> dict[int, int]:
-    """asset id -> the tag its current label is compared by (multi-label: its first active tag)."""
+    """asset id -> the (single-label) tag of its current label, if active."""
     rows = Label.objects.filter(taxonomy=taxonomy, is_current=True)
     if asset_ids is not None:
         rows = rows.filter(asset_id__in=asset_ids)
@@ -154,6 +155,8 @@ def refresh(taxonomy: Taxonomy) -> bool:
     """Compute the scores when the stored ones are not those of the current labels (the
     worker's task; idempotent: a redelivered or repeated request finds them current). True
     when it computed; a failure is recorded for the page, then raised."""
+    if taxonomy.multilabel:
+        return False
     tag_ids = _tag_ids(taxonomy)
     try:
         key, _ = _current(taxonomy, tag_ids)
@@ -195,7 +198,11 @@ def _tag_ids(taxonomy: Taxonomy) -> list[int]:
 def second_look(taxonomy: Taxonomy, limit: int = 50) -> Page:
     """The most suspicious current labels, left out: labels confirmed with "keep" (a re-save
     of the same tags, whose event has before == after) and labels changed since the scores
-    were computed. Single-label taxonomies use their one tag; multi-label ones their first."""
+    were computed. Single-label taxonomies only: the check model and the neighbours vote for
+    one tag per image, and judging a multi-label image by one of its tags flagged labels the
+    model agreed with, then "fixed" them by dropping their other tags."""
+    if taxonomy.multilabel:
+        return Page(single_label_only=True)
     tag_ids = _tag_ids(taxonomy)
     key, n_labels = _current(taxonomy, tag_ids)
     page = Page(n_labels=n_labels)
