@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from labeling.models import ImportJob, JobState, Label, ModelVersion, Suggestion, TrainingRun
+from labeling.models import ImportJob, JobState, Label, ModelVersion, Suggestion, Taxonomy, TrainingRun
 from labeling.services import dashboard, importing, labels, training
 from ml import promotion
 from tests.conftest import BRANDS, copy_shoes
@@ -121,6 +121,24 @@ def test_a_run_without_labels_fails_with_its_reason_and_backs_off(world):
     assert training.request_run(world.brand) is None  # not again right away
     TrainingRun.objects.filter(pk=run.pk).update(finished=timezone.now() - training.FAILED_BACKOFF * 2)
     assert training.request_run(world.brand) is not None
+
+
+def test_a_run_refused_for_one_tag_is_retried_as_soon_as_a_second_tag_is_labeled(world, trained):
+    from labeling.services import labels
+
+    world.brand.live_model = None
+    world.brand.save(update_fields=["live_model"])
+    Label.objects.filter(taxonomy=world.brand).delete()
+    nike = [a for a, b in sorted(trained.truth.items()) if b == "nike"]
+    for a in nike[:3]:
+        labels.save_label(world.brand, trained.assets[a], [trained.tags["nike"]], user=world.olga, notify=False)
+    refused = training.train_now(world.brand)
+    assert refused.state == TrainingRun.State.FAILED and refused.error.startswith(training.NEEDS_TWO_TAGS)
+    Taxonomy.objects.filter(pk=world.brand.pk).update(labels_since_train=100)
+    assert training.request_run(world.brand) is None  # the same labels: still refused, so backed off
+    adidas = next(a for a, b in sorted(trained.truth.items()) if b == "adidas")
+    labels.save_label(world.brand, trained.assets[adidas], [trained.tags["adidas"]], user=world.olga, notify=False)
+    assert training.request_run(world.brand) is not None  # learnable now: no ten-minute wait
 
 
 def test_a_run_or_import_whose_worker_died_stops_blocking_after_the_stale_timeout(world, settings):

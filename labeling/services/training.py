@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 FAILED_BACKOFF = timedelta(minutes=10)  # the sweep does not hammer a run that keeps failing
 WORKER_LOST = "worker lost (no heartbeat)"  # a failure of the worker, not of the run: no backoff
 NO_LABELS = "no labels to learn from"
+NEEDS_TWO_TAGS = "needs labels of at least 2 tags"
 
 
 # -- requesting -------------------------------------------------------------------------
@@ -45,7 +46,10 @@ def request_run(taxonomy: Taxonomy, trigger: str = "threshold", force: bool = Fa
             return None
         last = TrainingRun.objects.filter(taxonomy=taxonomy).order_by("-id").first()
         if last and last.state == TrainingRun.State.FAILED and last.finished and \
-                not last.error.startswith(WORKER_LOST) and timezone.now() - last.finished < FAILED_BACKOFF:
+                not last.error.startswith(WORKER_LOST) and timezone.now() - last.finished < FAILED_BACKOFF and \
+                not (last.error.startswith((NO_LABELS, NEEDS_TWO_TAGS)) and not_ready(taxonomy) is None):
+            # A run refused for its labels is retried as soon as the labels can make a model:
+            # a first batch of one tag must not hold the next retrain back for ten minutes.
             return None
     try:
         with transaction.atomic():
@@ -226,9 +230,9 @@ def _check_learnable(y: np.ndarray, multilabel: bool) -> None:
     if multilabel:
         pos = y.sum(axis=0)
         if not ((pos > 0) & (pos < len(y))).any():
-            raise Refused("needs labels of at least 2 tags: every training label has the same tags")
+            raise Refused(f"{NEEDS_TWO_TAGS}: every training label has the same tags")
     elif len(np.unique(y)) < 2:
-        raise Refused(f"needs labels of at least 2 tags: all {len(y)} training labels have one tag")
+        raise Refused(f"{NEEDS_TWO_TAGS}: all {len(y)} training labels have one tag")
 
 
 def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset) -> tuple[Dataset, np.ndarray]:
