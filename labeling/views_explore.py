@@ -46,7 +46,7 @@ def _tiles(request: HttpRequest, asset_ids: list[int], extra: dict | None = None
         if a in rows:
             row = {**rows[a], **(extra or {}).get(a, {})}
             row["label_name"] = ", ".join(names.get(t, "?") for t in row["label"] or [])
-            row["suggested_name"] = names.get(row["suggested"], "")
+            row["suggested_name"] = ", ".join(names.get(t, "?") for t in row["suggested_tags"])
             if "alt" in row:  # second look: the check model's other tag, and the one "f" applies
                 row["alt_name"] = names.get(row["alt"], "")
                 row["fix_name"] = names.get(row.get("fix"), "")

@@ -224,3 +224,22 @@ def test_a_malformed_k_or_tag_falls_back_to_the_defaults_on_the_pages(explored, 
     r = client.get(f"{base}/similar.json?asset={asset}&k=%C2%B2")
     assert r.status_code == 200 and len(r.json()["items"]) == min(24, len(explored.assets) - 1)
     assert client.get(f"{base}/assets/{asset}/similar/?filter=tag&tag=%C2%B2").status_code == 200
+
+
+def test_a_multi_label_tile_shows_every_tag_accepting_it_would_save(explored, client):
+    from labeling.models import ModelVersion, Suggestion, Tag, Taxonomy
+
+    style = Taxonomy.objects.create(client=explored.world.acme, name="style", kind=Taxonomy.Kind.MULTI)
+    tags = [Tag.objects.create(taxonomy=style, name=n, position=i).pk for i, n in enumerate(("red", "text", "logo"))]
+    mv = ModelVersion.objects.create(taxonomy=style, version=1, backbone="test", artifact="none", tag_ids=tags,
+                                     metrics={"thresholds": [0.5, 0.3, 0.9]})
+    asset_id = sorted(explored.assets)[0]
+    # "logo" is the most probable tag, but under its threshold; red and text are over theirs
+    Suggestion.objects.create(asset_id=asset_id, taxonomy=style, model_version=mv, probs=[0.6, 0.4, 0.8],
+                              top1_tag_id=tags[2], top1_prob=0.8, margin=0.2, entropy=0.5, uncertainty=0.4)
+    style.live_model = mv
+    style.save(update_fields=["live_model"])
+    login(client, explored.world.olga)
+    r = client.get(f"/c/acme/t/{style.pk}/assets/{asset_id}/similar/")
+    tile = next(t for t in [r.context["asset"], *r.context["tiles"]] if t["asset"] == asset_id)
+    assert tile["suggested_tags"] == tags[:2] and tile["suggested_name"] == "red, text" and tile["prob"] is None

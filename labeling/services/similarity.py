@@ -138,13 +138,14 @@ def _keep(row: dict, filter: str, tag_id: int | None) -> bool:
 
 def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
     """Tile data for assets of the taxonomy's client: name, thumbnail, current label tag ids,
-    live suggestion (top-1 tag, probability, uncertainty; no tag when that tag was retired).
-    Other clients' ids are dropped."""
+    live suggestion (top-1 tag, probability, uncertainty; no tag when that tag was retired;
+    ``suggested_tags``: what accepting it saves, the top tag or, multi-label, the tags over their
+    thresholds). Other clients' ids are dropped."""
     from .queue import asset_urls
 
     assets = Asset.objects.filter(client_id=taxonomy.client_id, pk__in=asset_ids).values_list("pk", "original_name")
     out = {pk: {"asset": pk, "name": name, "label": None, "suggested": None, "prob": None,
-                "uncertainty": None, **asset_urls(pk)} for pk, name in assets}
+                "uncertainty": None, "suggested_tags": [], **asset_urls(pk)} for pk, name in assets}
     for asset_id, tag_id in Label.objects.filter(
         taxonomy=taxonomy, is_current=True, asset_id__in=list(out)
     ).values_list("asset_id", "tags"):
@@ -158,5 +159,16 @@ def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
             if top in retired:  # retired since the model was trained: not offered until it is retrained
                 top, prob = None, None
             out[asset_id].update(suggested=top, prob=None if prob is None else round(prob, 4),
-                                 uncertainty=round(unc, 4))
+                                 uncertainty=round(unc, 4), suggested_tags=[] if top is None else [top])
+        if taxonomy.multilabel:
+            _suggested_sets(taxonomy, out, retired)
     return out
+
+
+def _suggested_sets(taxonomy: Taxonomy, out: dict[int, dict], retired: set[int]) -> None:
+    """Multi-label: what accepting a tile saves is every tag over its threshold, not the top
+    one, so that is what the tile must show (with no single probability)."""
+    from .labels import live_suggestions, suggested_tag_ids
+
+    for asset_id, s in live_suggestions(taxonomy, list(out)).items():
+        out[asset_id].update(suggested_tags=sorted(suggested_tag_ids(taxonomy, s, retired)), prob=None)
