@@ -68,10 +68,29 @@ class ClientScopedAdmin(admin.ModelAdmin):
 
 
 class TagInline(admin.TabularInline):
+    """A taxonomy's tags on its own page. Client admins have no Django model permissions, so
+    the inline asks the same question as the taxonomy page: is this one of your clients?
+    Tags are retired here, not deleted (the Tags list deletes unused ones)."""
+
     model = Tag
     fk_name = "taxonomy"
-    extra = 1
+    extra = 3
     fields = ("name", "parent", "position", "retired")
+    can_delete = False
+
+    def _own(self, request, obj=None) -> bool:
+        if request.user.is_superuser:
+            return True
+        ids = admin_client_ids(request.user)
+        return obj.client_id in ids if isinstance(obj, Taxonomy) else bool(ids)
+
+    has_view_permission = has_change_permission = has_add_permission = _own
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "parent":  # a parent from this taxonomy only (new taxonomy: none yet)
+            taxonomy_id = (request.resolver_match.kwargs.get("object_id") if request.resolver_match else None)
+            kwargs["queryset"] = Tag.objects.filter(taxonomy_id=taxonomy_id if str(taxonomy_id or "").isdigit() else None)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 @admin.register(Taxonomy)

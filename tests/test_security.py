@@ -17,7 +17,7 @@ from django.core.cache import cache
 from django.test import Client as HttpClient
 from rest_framework.test import APIClient
 
-from labeling.models import Membership, ModelVersion, Role, TrainingRun
+from labeling.models import Membership, ModelVersion, Role, Taxonomy, TrainingRun
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.django_db
@@ -249,3 +249,17 @@ def test_pages_and_api_docs_forbid_inline_scripts_by_content_security_policy(wor
         csp = c.get(url)["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
         assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
+
+
+def test_a_client_admin_adds_a_taxonomy_with_its_tags_on_one_admin_page(world, client_admin):
+    page = client_admin.get(f"/admin/labeling/taxonomy/{world.brand.pk}/change/").content.decode()
+    assert 'name="tags-TOTAL_FORMS"' in page and 'value="nike"' in page  # the tags are there to edit
+    assert "tags-0-DELETE" not in page  # retired, not deleted, from here
+    form = {"client": world.acme.pk, "name": "colours", "kind": "multi", "retrain_threshold": 20,
+            "tags-TOTAL_FORMS": 2, "tags-INITIAL_FORMS": 0, "tags-MIN_NUM_FORMS": 0, "tags-MAX_NUM_FORMS": 1000,
+            "tags-0-name": "red", "tags-0-position": 0, "tags-1-name": "blue", "tags-1-position": 1}
+    assert client_admin.post("/admin/labeling/taxonomy/add/", form).status_code == 302
+    colours = Taxonomy.objects.get(client=world.acme, name="colours")
+    assert sorted(colours.tags.values_list("name", flat=True)) == ["blue", "red"]
+    other = Taxonomy.objects.filter(client=world.globex).first()
+    assert client_admin.get(f"/admin/labeling/taxonomy/{other.pk}/change/").status_code in (302, 404)
