@@ -306,4 +306,10 @@ def undo_json(request: HttpRequest) -> JsonResponse:
 @require_safe
 @api_view()
 def status_json(request: HttpRequest) -> JsonResponse:
+    # hold: the assets the open review page holds. Its poll renews the caller's own leases on
+    # them, so an operator who spends minutes on one image is not robbed of the ones buffered
+    # behind it; a closed tab stops polling and its leases lapse. A viewer holds no leases.
+    held = _int_list(request.GET.get("hold", ""), "hold")[:MAX_EXCLUDE]
+    if held and can_label(request.role):
+        queue.renew_leases(request.taxonomy, request.user, held)
     return JsonResponse(queue.queue_status(request.taxonomy))

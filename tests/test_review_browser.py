@@ -1,4 +1,5 @@
-"""The review page in a real browser: log in, accept with Enter, correct with a digit, undo.
+"""The review page in a real browser: log in, accept with Enter, correct with a digit, undo;
+a multi-label pick through the filter; an open page keeping the leases of what it holds.
 
 Real shoe images go through the real import and a first model from the real training
 service; Debian's Chromium is driven through Playwright. Screenshots go to
@@ -7,8 +8,10 @@ $TAGLOOP_SCREENSHOTS (default: the test's tmp_path) for a human to look at.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from tests._helpers import wait_for
 from tests.conftest import PER_BRAND, SEED_PER_BRAND
@@ -124,5 +127,105 @@ def test_review_keyboard_flow(reviewable, live_server, browser, shots):
         page.keyboard.press("s")
     page.wait_for_selector("#done:not([hidden])")
     shots(page, "07-all-done")
+    page.close()
+    assert errors == [], errors
+
+
+# --- a multi-label taxonomy, and the leases of an open page -----------------------------
+
+COLOURS = ("black", "blue", "green", "grey", "red", "white")  # "gre" matches two
+
+
+@pytest.fixture
+def colours(transactional_db, fast_passwords, world, shoe_paths):
+    """acme with six real shoe photos and a multi-label "colour" taxonomy, no model yet (the
+    queue comes in import order, tags in taxonomy order: digit 3 is green, 5 is red)."""
+    from labeling.models import Tag, Taxonomy
+    from tests.test_review_views import make_asset
+
+    for paths in shoe_paths["train"].values():
+        for p in paths[:2]:
+            make_asset(world.acme, p)
+    colour = Taxonomy.objects.create(client=world.acme, name="colour", kind=Taxonomy.Kind.MULTI)
+    for i, name in enumerate(COLOURS):
+        Tag.objects.create(taxonomy=colour, name=name, position=i)
+    world.colour = colour
+    return world
+
+
+def open_review(page, live_server, taxonomy) -> list[str]:
+    """Log in as olga and open the taxonomy's review page; returns the page's errors, as they come."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(30_000)
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", "olga")
+    page.fill("#id_password", "olga-pass-123")
+    page.click("button[type=submit]")
+    page.goto(f"{live_server.url}/c/acme/t/{taxonomy.pk}/review/")
+    return errors
+
+
+def pressed(page) -> set[str]:
+    return set(page.locator(".tag[aria-pressed='true'] .tag-name").all_inner_texts())
+
+
+FILTER_FOCUSED = "() => document.activeElement === document.getElementById('filter')"
+
+
+def test_multilabel_a_tag_picked_through_the_filter_gives_the_keyboard_back(colours, live_server, browser, shots):
+    world = colours
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = open_review(page, live_server, world.colour)
+    first, _ = showing(page)
+    assert pressed(page) == set()
+
+    page.keyboard.press("/")
+    page.keyboard.type("gre")
+    assert page.locator(".tag .tag-name").all_inner_texts() == ["green", "grey"]
+    page.keyboard.press("Enter")  # the highlighted first match
+    assert pressed(page) == {"green"}
+    # the filter is cleared and the keyboard is the page's again: a digit picks, not types
+    assert page.input_value("#filter") == "" and not page.evaluate(FILTER_FOCUSED)
+    assert page.locator(".tag").count() == len(COLOURS)
+    page.keyboard.press("5")
+    assert pressed(page) == {"green", "red"} and page.input_value("#filter") == ""
+    shots(page, "multilabel-filter-pick")
+
+    page.keyboard.press("Enter")  # saves the selection
+    label = wait_for(lambda: current_label(first))
+    assert sorted(t.name for t in label.tags.all()) == ["green", "red"] and label.user_id == world.olga.pk
+    page.wait_for_selector("#toast:has-text('Saved: green, red')")
+    second, _ = showing(page)
+    assert second != first
+
+    # Enter on a filter that matches nothing says so, and leaves the text there to correct.
+    page.keyboard.press("/")
+    page.keyboard.type("purple")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#toast:has-text('No tag matches')")
+    assert page.evaluate(FILTER_FOCUSED) and page.input_value("#filter") == "purple"
+    shots(page, "multilabel-filter-miss")
+    page.keyboard.press("Escape")
+    assert not page.evaluate(FILTER_FOCUSED) and current_label(second) is None
+    page.close()
+    assert errors == [], errors
+
+
+def test_an_open_review_page_keeps_the_leases_of_what_it_holds(colours, live_server, browser):
+    """The status poll renews them: minutes on one image do not hand the others to a colleague."""
+    from labeling.models import Lease
+    from labeling.services import queue
+    from tests.test_label_concurrency import _age_leases
+
+    world = colours
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = open_review(page, live_server, world.colour)
+    showing(page)
+    mine = Lease.objects.filter(taxonomy=world.colour, user=world.olga)
+    wait_for(lambda: mine.count() == 5)  # the page's buffer
+    _age_leases(queue.LEASE_SECONDS - 10)  # as if olga had looked at the first one for 110 s
+    renewed = lambda: mine.filter(expires__gt=timezone.now() + timedelta(seconds=60)).count() == 5  # noqa: E731
+    wait_for(renewed, timeout=15)  # a poll (every 4 s) named all five
     page.close()
     assert errors == [], errors

@@ -19,8 +19,9 @@ from .labels import retired_among, suggested_tag_ids
 # the least sure; "confident" is for fast accept runs and ignores the plan.
 ORDERS = {"uncertain": ("queue_rank", "-uncertainty", "id"), "confident": ("uncertainty", "id")}
 MAX_BATCH = 50
-# How long an asset shown to one operator stays out of the others' queues. Long enough to
-# look and decide; short enough that a closed tab gives its assets back soon.
+# How long an asset shown to one operator stays out of the others' queues unless renewed. An
+# open review page renews what it holds with every status poll (renew_leases), so this only
+# bounds how long a closed tab (or a crashed browser) keeps its assets from the others.
 LEASE_SECONDS = 120
 LEASE_ROUNDS = 20
 
@@ -56,13 +57,7 @@ def review_batch(
         return _batch(taxonomy, order, limit, [*exclude, *skipped], user=None)
     now = timezone.now()
     Lease.objects.filter(taxonomy=taxonomy, expires__lte=now).delete()
-    if exclude:
-        # Expired leases were just deleted, so this renews only what the user still holds; one
-        # that lapsed may be a colleague's by now, and the page's save of it gets a conflict
-        # (base_label) rather than this taking the asset back.
-        Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=list(exclude)).update(
-            expires=now + timedelta(seconds=LEASE_SECONDS)
-        )
+    renew_leases(taxonomy, user, exclude, now=now)
     items: list[dict] = []
     skip = [*exclude, *skipped]
     # Another operator may claim a candidate between our read and our insert; ask again past
@@ -84,6 +79,27 @@ def review_batch(
         if len(items) >= limit or (items and len(mine) == len(ids)):
             break
     return items
+
+
+def renew_leases(taxonomy: Taxonomy, user, asset_ids: Sequence[int], now=None) -> int:
+    """Extend ``user``'s leases on ``asset_ids`` by LEASE_SECONDS; returns how many.
+
+    The open review page calls this (through its status poll, and refill) for what it holds, so
+    an operator who looks at one image for minutes keeps the ones buffered behind it; a closed
+    tab stops asking and its leases lapse. Only rows that still name the user are touched, never
+    another operator's: a lease that lapsed and was taken by a colleague is theirs now, and the
+    page's save of that asset gets a conflict (base_label) rather than this taking it back. A
+    lapsed row that still names the user was served to nobody else since (every operator's
+    fetch deletes lapsed leases before serving), so renewing it takes nothing from anyone.
+    One UPDATE, no read: every open review tab polls. Leases are only made for the taxonomy's
+    own client's assets (review_batch, item_for), so the taxonomy filter keeps other ids out.
+    """
+    if not asset_ids:
+        return 0
+    now = now or timezone.now()
+    return Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=list(asset_ids)).update(
+        expires=now + timedelta(seconds=LEASE_SECONDS)
+    )
 
 
 def _leased_by_others(taxonomy: Taxonomy, user, now, ref: str) -> Exists:

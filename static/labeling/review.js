@@ -4,8 +4,8 @@
 // Saves are optimistic (the next image shows at once) but serialised through one promise
 // chain, so an undo always runs after every save it could be undoing.
 import { clicked, csrfToken } from "./dom.js";
-import { bindShortcuts } from "./review_keys.js";
-import { renderStatus } from "./review_status.js";
+import { bindFilter, bindShortcuts } from "./review_keys.js";
+import { renderStatus, startPolling } from "./review_status.js";
 import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as tagRows } from "./review_tags.js";
 
 (() => {
@@ -19,7 +19,6 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     status: root.dataset.statusUrl,
   };
   const BUFFER = 5;          // items held client-side, all preloaded
-  const POLL_MS = 4000;
   const $ = (id) => document.getElementById(id);
   const el = {
     img: $("current-img"), loading: $("loading"), name: $("cur-name"), meta: $("cur-meta"),
@@ -79,15 +78,19 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     return data;
   }
 
+  // What this page holds: buffered items and saves in flight. The server renews this user's
+  // leases on them (refill, poll), so nobody else is shown them; skipped ones are left to lapse.
+  function held() {
+    return [...state.buffer.map((i) => i.asset), ...state.pending];
+  }
+
   function refill() {
     if (state.fetching || state.exhausted) return state.fetching;
     const need = BUFFER - state.buffer.length;
     if (need <= 0) return null;
-    // exclude: what this page holds (the server renews its leases, so nobody else is shown
-    // them); skipped: left out too, but their leases lapse and a colleague may take them.
-    const exclude = [...state.buffer.map((i) => i.asset), ...state.pending];
+    // exclude: held (and renewed); skipped: left out too, but a colleague may take them.
     const q = new URLSearchParams({
-      order: state.order, limit: String(need), exclude: exclude.join(","), skipped: [...state.skipped].join(","),
+      order: state.order, limit: String(need), exclude: held().join(","), skipped: [...state.skipped].join(","),
     });
     const order = state.order;
     let added = 0;
@@ -297,7 +300,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
 
   // The tag rows for the current item and filter (the type-ahead indexes into these).
   function rows() {
-    return tagRows(state.tags, current(), el.filter.value);
+    return tagRows(state.tags, current(), el.filter.value, state.selected);
   }
 
   function renderTags() {
@@ -354,30 +357,15 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   document.querySelectorAll(".seg").forEach((b) => b.addEventListener("click", clicked(() => setOrder(b.dataset.order))));
 
   el.filter.addEventListener("input", () => { state.highlight = 0; renderTags(); });
-  el.filter.addEventListener("keydown", (e) => {
-    const list = rows();
-    if (e.key === "Escape") {
-      el.filter.value = "";
-      el.filter.blur();
+  bindFilter({
+    filter: el.filter, accept, pick: pickTag, render: renderTags,
+    highlighted: () => rows()[state.highlight] || null,
+    move: (step) => {
+      const n = rows().length;
+      state.highlight = (state.highlight + step + n) % Math.max(1, n);
       renderTags();
-    } else if (e.key === "ArrowDown" || e.key === "ArrowUp") {
-      const step = e.key === "ArrowDown" ? 1 : -1;
-      state.highlight = (state.highlight + step + list.length) % Math.max(1, list.length);
-      renderTags();
-    } else if (e.key === "Enter") {
-      if (el.filter.value.trim() === "") {
-        el.filter.blur();
-        accept();
-      } else if (list[state.highlight]) {
-        el.filter.value = "";
-        if (!config.multilabel) el.filter.blur();
-        pickTag(list[state.highlight].id);
-        renderTags();
-      }
-    } else {
-      return;
-    }
-    e.preventDefault();
+    },
+    miss: (text) => toast(`No tag matches “${text}”: Esc clears the filter.`, "error"),
   });
 
   bindShortcuts({
@@ -389,10 +377,13 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     },
   });
 
-  setInterval(() => {
-    if (document.hidden) return;
-    api(urls.status).then(updateStatus).catch(() => {}); // a missed poll is retried next tick
-  }, POLL_MS);
+  // The status poll also renews this page's leases on what it holds (hold=), so the images
+  // buffered behind the one the operator is looking at are not served to a colleague.
+  startPolling({
+    held: () => (config.canLabel ? held() : []),
+    poll: (hold) => api(`${urls.status}?${new URLSearchParams({ hold: hold.join(",") })}`)
+      .then(updateStatus).catch(() => {}), // a missed poll is retried next tick
+  });
 
   setTags(config.tags);
   markOrder();

@@ -1,5 +1,6 @@
-// The review page's single-key shortcuts, on the whole document. The actions come in from
-// review.js; this module only decides which key means what, and when a key is not ours.
+// The review page's keys: single-key shortcuts on the whole document, and the tag filter's
+// own keys. The actions come in from review.js; this module only decides which key means
+// what, when a key is not ours, and where the keyboard focus goes.
 
 /** Bind the shortcuts: Enter/Space accept, / filter, s skip, u/Backspace undo, ? help,
  *  1–9 pick the tag with that key (`pickKey` gets the digit). */
@@ -22,6 +23,27 @@ export function bindShortcuts({ help, filter, accept, skip, undo, pickKey }) {
     else if (e.key === "?") help.showModal();
     else if (/^[1-9]$/.test(e.key)) pickKey(e.key);
     else return;
+    e.preventDefault();
+  });
+}
+
+/** The type-ahead filter: arrows move the highlight (`move` gets +1/-1), Enter picks the
+ *  highlighted tag (`highlighted()`, null when nothing matches: `miss` gets the text) or,
+ *  with an empty filter, accepts; Esc clears. `render` redraws the tag list. */
+export function bindFilter({ filter, highlighted, move, pick, accept, miss, render }) {
+  // Clear the filter and hand the keyboard back to the page: left focused, the next digit
+  // would be typed into the filter ("No tag matches") and the next Enter do nothing, when
+  // after a pick the operator means "pick another" (multi-label) or "save".
+  const leave = () => { filter.value = ""; filter.blur(); };
+  filter.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { leave(); render(); }
+    else if (e.key === "ArrowDown" || e.key === "ArrowUp") move(e.key === "ArrowDown" ? 1 : -1);
+    else if (e.key === "Enter" && filter.value.trim() === "") { leave(); accept(); }
+    else if (e.key === "Enter") {
+      const tag = highlighted();
+      if (!tag) miss(filter.value.trim()); // focus stays, to correct the text
+      else { leave(); pick(tag.id); render(); }
+    } else return;
     e.preventDefault();
   });
 }

@@ -5,12 +5,16 @@ import { h } from "./dom.js";
 const SHOWN_TAGS = 12; // rows in the tag list without a filter; the filter reaches all
 
 // Rows: the model's ranking first (most probable on top), then the tags it has no
-// probability for, in taxonomy order; narrowed by the type-ahead filter.
-export function rows(tags, item, filter) {
+// probability for, in taxonomy order; narrowed by the type-ahead filter. Without a filter,
+// `selected` tags (multi-label) are listed past the first SHOWN_TAGS too: one picked through
+// the filter must still show as picked once the filter is cleared.
+export function rows(tags, item, filter, selected = new Set()) {
   const probs = new Map((item ? item.tags : []).map((t) => [t.tag, t.prob]));
   const ranked = [...tags].sort((a, b) => (probs.get(b.id) ?? -1) - (probs.get(a.id) ?? -1));
   const q = filter.trim().toLowerCase();
-  const list = q ? ranked.filter((t) => t.name.toLowerCase().includes(q)) : ranked.slice(0, SHOWN_TAGS);
+  const list = q
+    ? ranked.filter((t) => t.name.toLowerCase().includes(q))
+    : ranked.filter((t, i) => i < SHOWN_TAGS || selected.has(t.id));
   return list.map((t) => ({ ...t, prob: probs.get(t.id) }));
 }
 
