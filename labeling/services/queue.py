@@ -135,7 +135,10 @@ def _batch(
             rest.exclude(pk__in=seen)
             .exclude(Exists(labeled))
             .exclude(Exists(scored))
-            .order_by("id")[: limit - len(items)]
+            # By content hash, i.e. an even spread over the library: in import order a new
+            # taxonomy's first labels would all come from the first folder (often one brand),
+            # and a first retrain on labels of one tag is refused. The (client, sha256) index.
+            .order_by("sha256")[: limit - len(items)]
         )
         items += [_item(a, [], uncertainty=None, suggested=[]) for a in rest]
     return items
