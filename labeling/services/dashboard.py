@@ -2,20 +2,27 @@
 
 Counts are aggregated in the database; only the model metrics (small JSON per version) and a
 bounded scan for the misclassification gallery are handled in Python.
+
+Single- and multi-label models store different metrics (ml.metrics.classification_metrics vs
+multilabel_metrics): accuracy, a confusion matrix and "per_class", or micro/macro-F1, subset
+accuracy, "per_tag" and the tuned per-tag "thresholds". ``build`` says which kind it is, and
+each reader below picks the keys of that kind.
 """
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Callable
 
 from django.db.models import Count, Exists, OuterRef
 from django.db.models.functions import TruncDate
 from django.urls import reverse
 from django.utils import timezone
 
-from ml.metrics import macro_f1_ci
+from ml.metrics import macro_f1_ci, wilson_ci
 from ml.promotion import is_holdout
 
 from ..models import Asset, ImportJob, JobState, Label, LabelEvent, ModelVersion, Suggestion, Taxonomy, TrainingRun
+from . import labels as label_service
 
 DAYS = 90  # labels-over-time window
 GALLERY = 24  # misclassified held-out images shown
@@ -25,6 +32,7 @@ RECENT_VERSIONS = 10  # rows of the "why each version went live or not" table
 
 def build(taxonomy: Taxonomy) -> dict:
     return {
+        "multilabel": taxonomy.multilabel,  # which metrics the plots read (module docstring)
         "coverage": coverage(taxonomy),
         "over_time": labels_over_time(taxonomy),
         "by_operator": by_operator(taxonomy),
@@ -42,7 +50,7 @@ def coverage(taxonomy: Taxonomy) -> dict:
     per_tag = (
         current.values("tags__id").annotate(n=Count("id")).order_by("-n")
     )
-    names = {t.pk: t.path for t in taxonomy.tags.select_related("parent")}
+    names = _tag_paths(taxonomy)
     return {
         "assets": n_assets,
         "labeled": n_labeled,
@@ -138,8 +146,24 @@ def versions(taxonomy: Taxonomy) -> list[dict]:
             "decision": m.get("decision", ""),
             "accuracy_without_matching": (m.get("local") or {}).get("score_without"),
             "matching_weight": (m.get("local") or {}).get("weight"),
+            **(_multilabel_scores(m) if taxonomy.multilabel else {}),
         })
     return out
+
+
+def _multilabel_scores(m: dict) -> dict:
+    """A multi-label version's held-out scores. micro-F1 is the one promotion compares
+    (services.evaluation.score). Subset accuracy is a share of held-out images, so it gets a
+    Wilson interval like single-label accuracy; the F1s get none: the per-image decisions a
+    bootstrap would resample are not stored."""
+    n, subset = m.get("n") or 0, m.get("subset_accuracy")
+    return {
+        "micro_f1": m.get("micro_f1"),
+        "subset_accuracy": subset,
+        "subset_accuracy_ci95": list(wilson_ci(round(subset * n), n)) if subset is not None and n else None,
+        "hamming_loss": m.get("hamming_loss"),
+        "macro_f1_tags": m.get("macro_f1_tags"),
+    }
 
 
 def live_report(taxonomy: Taxonomy) -> dict | None:
@@ -147,47 +171,113 @@ def live_report(taxonomy: Taxonomy) -> dict | None:
     if live is None:
         return None
     m = live.metrics or {}
-    per_class = [{"tag": name, **vals} for name, vals in (m.get("per_class") or {}).items()]
-    return {"version": live.version, "labels": m.get("labels") or [], "confusion": m.get("confusion") or [],
-            "per_class": per_class, "n_holdout": m.get("n_holdout", 0), "savings": m.get("savings")}
+    if taxonomy.multilabel:
+        per_class = _per_tag_with_thresholds(taxonomy, live)
+    else:
+        per_class = [{"tag": name, **vals} for name, vals in (m.get("per_class") or {}).items()]
+    report = {"version": live.version, "labels": m.get("labels") or [], "confusion": m.get("confusion") or [],
+              "per_class": per_class, "n_holdout": m.get("n_holdout", 0), "savings": m.get("savings")}
+    if taxonomy.multilabel:
+        report["summary"] = _multilabel_scores(m) | {"macro_f1": m.get("macro_f1")}
+    return report
+
+
+def _per_tag_with_thresholds(taxonomy: Taxonomy, live: ModelVersion) -> list[dict]:
+    """One row per output of a multi-label model: held-out precision / recall / F1 / support
+    (None when it was trained on every label, too few being held out) beside the threshold it
+    says yes at. Thresholds are stored for every version, in the order of its outputs
+    (tag_ids), as are the names of the evaluated ones ("labels"): rows are matched by position,
+    so a tag renamed since keeps its numbers."""
+    m = live.metrics or {}
+    if not (names := m.get("labels")):
+        paths = _tag_paths(taxonomy)
+        names = [paths.get(t, "?") for t in live.tag_ids]
+    thresholds = m.get("thresholds") or [None] * len(names)
+    per_tag = m.get("per_tag") or {}
+    empty = {"precision": None, "recall": None, "f1": None, "support": None}
+    return [{"tag": name, **per_tag.get(name, empty), "threshold": t} for name, t in zip(names, thresholds)]
+
+
+# A judge gets a held-out suggestion and its label's tags, and returns what the gallery shows
+# of a miss (the label, the model's answer), or None when the model got it right.
+Judge = Callable[[Suggestion, list[int]], "dict | None"]
 
 
 def gallery(taxonomy: Taxonomy) -> list[dict]:
-    """Held-out assets (never trained on) whose current label the live model gets wrong. None
-    when the live model had too few held-out labels: it was trained on every label then."""
+    """Held-out assets (never trained on) whose current label the live model gets wrong: another
+    top-1 tag, or (multi-label) another set of tags over their thresholds. None when the live
+    model had too few held-out labels: it was trained on every label then."""
     live = taxonomy.live_model
-    if live is None or taxonomy.multilabel or not (live.metrics or {}).get("n_holdout"):
+    if live is None or not (live.metrics or {}).get("n_holdout"):
         return []
-    names = {t.pk: t.path for t in taxonomy.tags.select_related("parent")}
-    through = Label.tags.through
+    names = _tag_paths(taxonomy)
+    picked = _held_out_labels(taxonomy, live)
+    tags_of: dict[int, list[int]] = {}
+    for label_id, tag_id in Label.tags.through.objects.filter(label_id__in=[lb.pk for lb in picked]) \
+            .values_list("label_id", "tag_id").order_by("label_id", "tag_id"):
+        tags_of.setdefault(label_id, []).append(tag_id)
+    suggestions = {
+        s.asset_id: s for s in Suggestion.objects.filter(model_version=live, asset_id__in=[lb.asset_id for lb in picked])
+    }
+    judge = _multilabel_judge(taxonomy, live, names) if taxonomy.multilabel else _single_label_judge(names)
+    out = []
+    for lb in picked:
+        s, truth = suggestions.get(lb.asset_id), tags_of.get(lb.pk)
+        miss = judge(s, truth) if s is not None and truth else None
+        if miss is None:
+            continue
+        out.append({"asset": lb.asset_id, "name": lb.asset.original_name,
+                    "thumb": reverse("asset_thumb", args=[lb.asset_id]), **miss})
+        if len(out) >= GALLERY:
+            break
+    return out
+
+
+def _held_out_labels(taxonomy: Taxonomy, live: ModelVersion) -> list[Label]:
+    """The newest current labels of held-out assets the live model scored (bounded scan)."""
     labels = (
         Label.objects.filter(taxonomy=taxonomy, is_current=True)
         .filter(Exists(Suggestion.objects.filter(model_version=live, asset_id=OuterRef("asset_id"))))
         .select_related("asset")
         .order_by("-id")[:GALLERY_SCAN]
     )
-    picked: list[Label] = [lb for lb in labels if is_holdout(lb.asset.sha256)]
-    tag_of = dict(through.objects.filter(label_id__in=[lb.pk for lb in picked]).values_list("label_id", "tag_id"))
-    suggestions = {
-        s.asset_id: s for s in Suggestion.objects.filter(model_version=live, asset_id__in=[lb.asset_id for lb in picked])
-    }
-    out = []
-    for lb in picked:
-        s = suggestions.get(lb.asset_id)
-        truth = tag_of.get(lb.pk)
-        if s is None or truth is None or s.top1_tag_id == truth:
-            continue
-        out.append({
-            "asset": lb.asset_id,
-            "name": lb.asset.original_name,
-            "thumb": reverse("asset_thumb", args=[lb.asset_id]),
-            "label": names.get(truth, "?"),
-            "predicted": names.get(s.top1_tag_id, "?"),
-            "prob": round(float(s.top1_prob), 3),
-        })
-        if len(out) >= GALLERY:
-            break
-    return out
+    return [lb for lb in labels if is_holdout(lb.asset.sha256)]
+
+
+def _single_label_judge(names: dict[int, str]) -> Judge:
+    def judge(s: Suggestion, truth: list[int]) -> dict | None:
+        if s.top1_tag_id == truth[0]:  # a single-label label has one tag
+            return None
+        return {"label": names.get(truth[0], "?"), "predicted": names.get(s.top1_tag_id, "?"),
+                "prob": round(float(s.top1_prob), 3)}
+    return judge
+
+
+def _multilabel_judge(taxonomy: Taxonomy, live: ModelVersion, names: dict[int, str]) -> Judge:
+    """Compares the tags the review page would suggest (each over its tuned threshold) with the
+    label's. Only tags the model can answer count: one added or retired since it was trained
+    would otherwise make every image with it a "miss" nobody can act on."""
+    retired = label_service.retired_tag_ids(taxonomy)
+    answerable = set(live.tag_ids) - retired
+
+    def tag_names(ids: set[int] | list[int]) -> list[str]:
+        return sorted(names.get(t, "?") for t in ids)
+
+    def judge(s: Suggestion, truth: list[int]) -> dict | None:
+        s.model_version = live  # its own version, without a query per row
+        predicted = label_service.suggested_tag_ids(taxonomy, s, retired)
+        if predicted == set(truth) & answerable:
+            return None
+        label_tags, predicted_tags = tag_names(truth), tag_names(predicted)
+        # the difference too: two sets of several tags are slow to compare by eye
+        return {"label": ", ".join(label_tags), "predicted": ", ".join(predicted_tags) or "no tag",
+                "label_tags": label_tags, "predicted_tags": predicted_tags, "prob": None,
+                "missed": tag_names(set(truth) & answerable - predicted), "extra": tag_names(predicted - set(truth))}
+    return judge
+
+
+def _tag_paths(taxonomy: Taxonomy) -> dict[int, str]:
+    return {t.pk: t.path for t in taxonomy.tags.select_related("parent")}
 
 
 def progress(taxonomy: Taxonomy, include_imports: bool) -> dict:

@@ -3,7 +3,9 @@
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("dashboard-data").textContent);
-  const ACCENT = "#4f46e5", OK = "#12805c", WARN = "#c2410c", MUTED = "#98a2b3";
+  // Multi-label models store other scores (services.dashboard): micro-F1 decides promotion there.
+  const ML = data.multilabel;
+  const ACCENT = "#4f46e5", OK = "#12805c", WARN = "#c2410c", MUTED = "#98a2b3", INK = "#101828";
   // An x-axis title takes the row below the ticks: the legend then goes one row lower.
   const layout = (extra) => Object.assign({
     margin: { l: 48, r: 12, t: 8, b: 40 }, font: { family: "system-ui, sans-serif", size: 12 },
@@ -55,27 +57,38 @@
 
   const vs = data.versions;
   const vx = vs.map((v) => "v" + v.version + (v.live ? " (live)" : ""));
+  // ciKey null: no interval is stored for that score (multi-label F1s)
   const metric = (key, ciKey, name, color) => {
     const ys = vs.map((v) => v[key]);
-    return { type: "scatter", mode: "lines+markers", name, x: vx, y: ys, error_y: ci(ys, vs.map((v) => v[ciKey])), marker: { color } };
+    const trace = { type: "scatter", mode: "lines+markers", name, x: vx, y: ys, marker: { color } };
+    if (ciKey) trace.error_y = ci(ys, vs.map((v) => v[ciKey]));
+    return trace;
   };
   // with three tags or fewer the right tag is always among the top 3: a flat line at 100 %
   const manyTags = ((data.live && data.live.labels) || []).length > 3;
-  plot("plot-versions", [
+  const scores = ML ? [
+    metric("micro_f1", null, "micro-F1 (decides promotion)", ACCENT),
+    metric("macro_f1", null, "macro-F1", WARN),
+    metric("subset_accuracy", "subset_accuracy_ci95", "subset accuracy (every tag right)", OK),
+  ] : [
     metric("accuracy", "accuracy_ci95", "accuracy", ACCENT),
     ...(manyTags ? [metric("top3_accuracy", "top3_ci95", "top-3 accuracy", OK)] : []),
     metric("macro_f1", "macro_f1_ci95", "macro-F1", WARN),
-  ].concat(vs.some((v) => v.accuracy_without_matching != null) ? [{
+  ];
+  plot("plot-versions", scores.concat(vs.some((v) => v.accuracy_without_matching != null) ? [{
     // local matching on: what the CNN head alone scored on the same held-out labels
     type: "scatter", mode: "lines+markers", name: "accuracy without matching", x: vx,
     y: vs.map((v) => v.accuracy_without_matching), line: { dash: "dot" }, marker: { color: MUTED },
   }] : []), { yaxis: { range: [0, 1.05], tickformat: ".0%" } });
 
-  const learn = vs.filter((v) => v.accuracy != null);
-  const ly = learn.map((v) => v.accuracy);
+  // the score promotion compares, against the labels each version learned from
+  const [lkey, lname] = ML ? ["micro_f1", "held-out micro-F1"] : ["accuracy", "held-out accuracy"];
+  const learn = vs.filter((v) => v[lkey] != null);
+  const ly = learn.map((v) => v[lkey]);
   plot("plot-learning", [{
-    type: "scatter", mode: "lines+markers", name: "held-out accuracy", x: learn.map((v) => v.n_labels), y: ly,
-    text: learn.map((v) => "v" + v.version), error_y: ci(ly, learn.map((v) => v.accuracy_ci95)), marker: { color: ACCENT },
+    type: "scatter", mode: "lines+markers", name: lname, x: learn.map((v) => v.n_labels), y: ly,
+    text: learn.map((v) => "v" + v.version), marker: { color: ACCENT },
+    ...(ML ? {} : { error_y: ci(ly, learn.map((v) => v.accuracy_ci95)) }),
   }], { xaxis: { title: { text: "labels" }, rangemode: "tozero" }, yaxis: { range: [0, 1.05], tickformat: ".0%" }, showlegend: false });
 
   // Label savings: same labels, labelling order vs random orders (ml.savings, run at training)
@@ -100,8 +113,9 @@
   }
 
   const live = data.live;
-  if (live) {
-    document.getElementById("confusion-caption").textContent = `live v${live.version}, ${live.n_holdout} held-out labels`;
+  const caption = document.getElementById("confusion-caption"); // single-label only
+  if (live && caption) {
+    caption.textContent = `live v${live.version}, ${live.n_holdout} held-out labels`;
   }
   const labels = live ? live.labels : [];
   plot("plot-confusion", live && live.confusion.length ? [{
@@ -113,6 +127,10 @@
   plot("plot-prf", [
     { type: "bar", name: "precision", x: pc.map((r) => r.tag), y: pc.map((r) => r.precision), marker: { color: ACCENT } },
     { type: "bar", name: "recall", x: pc.map((r) => r.tag), y: pc.map((r) => r.recall), marker: { color: OK } },
+    // multi-label: the probability each tag is said yes at, tuned per tag at training
+    ...(ML ? [{ type: "scatter", mode: "markers", name: "threshold", x: pc.map((r) => r.tag), y: pc.map((r) => r.threshold),
+      marker: { color: INK, symbol: "line-ew-open", size: 26, line: { width: 3 } },
+      hovertemplate: "%{x}: yes at p ≥ %{y:.2f}<extra></extra>" }] : []),
   ], { barmode: "group", yaxis: { range: [0, 1.05], tickformat: ".0%" } });
 
   // --- live progress of long jobs: poll while something runs -------------------------------
