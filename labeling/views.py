@@ -33,8 +33,8 @@ class BadInput(ValueError):
     """A request parameter or body field is wrong; the message starts with the field name."""
 
 
-def json_error(message: str, status: int, field: str | None = None) -> JsonResponse:
-    body = {"error": message}
+def json_error(message: str, status: int, field: str | None = None, **extra) -> JsonResponse:
+    body = {"error": message, **extra}
     if field:
         body["field"] = field
     return JsonResponse(body, status=status)
@@ -277,11 +277,14 @@ def label_json(request: HttpRequest) -> JsonResponse:
 @api_view(at_least=Role.OPERATOR)
 def undo_json(request: HttpRequest) -> JsonResponse:
     taxonomy = request.taxonomy
+    # "before": past a refused label (below); the page posts JSON, a bare POST undoes the last
+    before = (json_body(request) if request.content_type == "application/json" else {}).get("before")
     try:
-        label = labels.undo_last(taxonomy, request.user)
+        label = labels.undo_last(taxonomy, request.user, before=before if is_id(before) else None)
     except labels.UndoRefused as refused:
-        # Not a bad request: the label was changed by a colleague; the page says so.
-        return json_error(str(refused).partition(": ")[2], 409, "undo")
+        # Not a bad request: the label was changed by a colleague; the page says so, and its
+        # next undo sends "before" so it goes on to the user's older labels.
+        return json_error(str(refused).partition(": ")[2], 409, "undo", refused=refused.label_id)
     # The asset is unlabeled again unless an older label of it became current.
     restored = (
         Label.objects.filter(asset_id=label.asset_id, taxonomy=taxonomy, is_current=True)

@@ -546,3 +546,7 @@ def test_undo_over_the_api_is_refused_when_a_colleague_changed_your_last_label(w
     assert r.status_code == 409 and "nothing was undone" in r.json()["detail"]
     current = Label.objects.get(asset=a0, is_current=True)
     assert list(current.tags.values_list("pk", flat=True)) == [lib.tags["adidas"]]
+    # past the refused label there is nothing older of olga's; a bad "before" names the field
+    past = api(world.olga).post(base(world) + "labels/undo/", {"before": r.json()["refused"]}, format="json")
+    assert past.status_code == 404
+    assert "before" in api(world.olga).post(base(world) + "labels/undo/", {"before": "x"}, format="json").json()

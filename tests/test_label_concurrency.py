@@ -299,6 +299,11 @@ def test_undo_is_refused_when_a_colleague_changed_the_users_last_label(world, tr
     assert Label.objects.get(asset_id=x, is_current=True).user == world.olga
     assert Label.objects.get(asset_id=y, is_current=True) == corrected
     assert _counter(world) == counter and not LabelEvent.objects.filter(action="undo").exists()
+    # told once, the next undo (the page sends the refused label back) goes on to olga's older label
+    again = _post(client, _url(world, "undo.json"), {"before": r.json()["refused"]})
+    assert again.status_code == 200 and again.json()["undone"] == x
+    assert not Label.objects.filter(asset_id=x, is_current=True).exists()
+    assert Label.objects.get(asset_id=y, is_current=True) == corrected  # alice's stays
 
 
 def test_repeated_undos_walk_back_through_the_users_own_labels(world, trained, no_retrain_check):

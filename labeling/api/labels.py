@@ -119,15 +119,23 @@ class LabelBulkUndoAPI(ScopedAPIView):
 class UndoAPI(ScopedAPIView):
     """Undo the caller's most recent label in the taxonomy (the one before it becomes current)."""
 
-    @extend_schema(request=None, responses={
-        200: inline_serializer("UndoResult", {"undone": serializers.IntegerField(help_text="the asset whose label was undone")}),
-        404: OpenApiResponse(description="nothing of yours to undo"),
-        409: OpenApiResponse(description="your last label was changed by someone else since; nothing was undone")})
+    @extend_schema(
+        request=inline_serializer("UndoRequest", {"before": serializers.IntegerField(
+            required=False, min_value=1, help_text="undo your last label older than this label id (the `refused` "
+                                                    "of a 409), to go on past one a colleague changed")}),
+        responses={
+            200: inline_serializer("UndoResult", {"undone": serializers.IntegerField(help_text="the asset whose label was undone")}),
+            404: OpenApiResponse(description="nothing of yours to undo"),
+            409: OpenApiResponse(description="your last label was changed by someone else since; nothing was undone "
+                                             "({detail, refused: that label's id})")})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
+        before = request.data.get("before") if hasattr(request.data, "get") else None
+        if before is not None and not (isinstance(before, int) and not isinstance(before, bool) and 0 < before <= MAX_ID):
+            raise ValidationError({"before": ["a label id expected"]})
         try:
-            label = labels.undo_last(self.taxonomy, request.user)
+            label = labels.undo_last(self.taxonomy, request.user, before=before)
         except labels.UndoRefused as refused:  # a colleague changed it since: as on the review page
-            return Response({"detail": str(refused)}, status=status.HTTP_409_CONFLICT)
+            return Response({"detail": str(refused), "refused": refused.label_id}, status=status.HTTP_409_CONFLICT)
         if label is None:
             raise NotFound("nothing of yours to undo")
         return Response({"undone": label.asset_id})

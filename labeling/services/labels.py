@@ -326,23 +326,29 @@ def remove_label(label: Label, user=None, source: str = "") -> tuple[Label | Non
 
 class UndoRefused(LabelError):
     """The user's last label is no longer the asset's current one (a colleague changed it since):
-    undoing it would remove their work, and undoing an older label instead would surprise."""
+    undoing it would remove their work, and undoing an older label instead, unasked, would
+    surprise. ``label_id``: the refused label; pass it as ``undo_last(before=...)`` to go on to
+    the older ones once the user has been told."""
+
+    def __init__(self, message: str, label_id: int) -> None:
+        super().__init__(message)
+        self.label_id = label_id
 
 
-def undo_last(taxonomy: Taxonomy, user) -> Label | None:
-    """Undo this user's last label in the taxonomy, if it is still the asset's current label, and
-    restore the one before it. Labels already undone are passed over, so repeated undos walk
-    back through the user's labels. None: nothing of theirs to undo. UndoRefused: the last one
-    was changed by someone else since (nothing is undone)."""
+def undo_last(taxonomy: Taxonomy, user, before: int | None = None) -> Label | None:
+    """Undo this user's last label in the taxonomy (with ``before``: their last one older than
+    that label id), if it is still the asset's current label, and restore the one before it.
+    Labels already undone are passed over, so repeated undos walk back through the user's
+    labels. None: nothing of theirs to undo. UndoRefused: that one was changed by someone else
+    since (nothing is undone)."""
     with transaction.atomic():
         for _ in range(WRITE_ATTEMPTS):
             # An undone label is deleted, which nulls its SET event's label.
-            event = (
-                LabelEvent.objects.filter(taxonomy=taxonomy, user=user, action=LabelEvent.Action.SET,
-                                          label__isnull=False)
-                .order_by("-id")
-                .first()
-            )
+            events = LabelEvent.objects.filter(taxonomy=taxonomy, user=user, action=LabelEvent.Action.SET,
+                                               label__isnull=False)
+            if before is not None:
+                events = events.filter(label_id__lt=before)
+            event = events.order_by("-id").first()
             if event is None:
                 return None
             label = Label.objects.select_for_update().filter(pk=event.label_id).select_related("asset").first()
@@ -354,7 +360,7 @@ def undo_last(taxonomy: Taxonomy, user) -> Label | None:
         if not label.is_current:
             raise UndoRefused(
                 f"undo: your last label ({label.asset.original_name}) was changed by someone else since; "
-                "nothing was undone"
+                "nothing was undone", label.pk
             )
         _, changed = remove_label(label, user)
         # An undo counts as one more change, never as one less: if the run that learned the

@@ -37,6 +37,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     skipped: new Set(),      // asset ids skipped this session (left out of every fetch)
     pending: new Set(),      // asset ids whose save is in flight (not yet off the queue)
     history: [],             // items labeled this session, newest last, so undo can show them
+    undoBefore: null,        // a label a colleague changed: the next undo goes past it
     selected: new Set(),     // multi-label: tags chosen for the current item
     highlight: 0,            // type-ahead: index into the filtered rows
     fetching: null,
@@ -149,6 +150,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     state.buffer.shift();
     state.pending.add(item.asset);
     state.history.push(item);
+    state.undoBefore = null; // a new label: undo starts from it again
     renderCurrent();
     refill();
     saves = saves
@@ -211,8 +213,9 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   function undo() {
     if (readOnly()) return;
     saves = saves
-      .then(() => api(urls.undo, {}))
+      .then(() => api(urls.undo, state.undoBefore ? { before: state.undoBefore } : {}))
       .then((res) => {
+        state.undoBefore = null;
         updateStatus(res.status);
         if (res.undone === null) return toast("Nothing to undo.");
         const idx = state.history.map((i) => i.asset).lastIndexOf(res.undone);
@@ -229,7 +232,9 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
         }
       })
       .catch((err) => {
-        // 409: a colleague changed that label since; the server's message says so.
+        // 409: a colleague changed that label since; the server's message says so, and the
+        // next undo goes on to the user's older labels instead of hitting the same one again.
+        if (err.status === 409 && err.data && err.data.refused) state.undoBefore = err.data.refused;
         const msg = err.message;
         toast(err.status === 409 ? `${msg[0].toUpperCase()}${msg.slice(1)}.` : `Undo failed: ${msg}`, "error");
       });
