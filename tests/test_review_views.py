@@ -306,7 +306,19 @@ def test_undo_sends_the_image_back_with_its_suggestion_and_leases_it_to_the_oper
 def test_status_json(world, model):
     s = as_user(world.vic).get(urls(world, "status_json")).json()
     assert s["live_version"] == 1 and s["live_accuracy"] == 0.875
+    assert (s["live_score"], s["live_score_name"]) == (0.875, "acc.")
     assert s["labels_until_retrain"] == 6 and s["unlabeled"] == 6 and s["run"] is None
+
+
+def test_the_status_says_why_a_run_failed_not_the_step_it_was_at(world, model):
+    from labeling.models import TrainingRun
+
+    run = TrainingRun.objects.create(taxonomy=world.brand, state=TrainingRun.State.FAILED, message="collecting labels",
+                                     error="needs labels of at least 2 tags: all 3 training labels have one tag")
+    status = lambda: as_user(world.vic).get(urls(world, "status_json")).json()["run"]  # noqa: E731
+    assert status()["message"] == "needs labels of at least 2 tags: all 3 training labels have one tag"
+    TrainingRun.objects.filter(pk=run.pk).update(error="OSError: disk full\nTraceback (most recent call last): ...")
+    assert status()["message"] == "OSError: disk full"
 
 
 def test_csrf_is_enforced_and_the_header_works(world, model, assets):

@@ -200,14 +200,26 @@ def queue_status(taxonomy: Taxonomy) -> dict:
         Asset.objects.filter(client_id=taxonomy.client_id).count()
         - Label.objects.filter(taxonomy=taxonomy, is_current=True).count()
     )
+    metrics = (live.metrics or {}) if live else {}
     return {
         "live_version": live.version if live else None,
-        "live_accuracy": (live.metrics or {}).get("accuracy") if live else None,
+        "live_accuracy": metrics.get("accuracy"),
+        # the held-out score the header shows: accuracy, or micro-F1 for a multi-label model
+        "live_score": metrics.get("micro_f1") if taxonomy.multilabel else metrics.get("accuracy"),
+        "live_score_name": "micro-F1" if taxonomy.multilabel else "acc.",
         "labels_since_train": taxonomy.labels_since_train,
         "retrain_threshold": taxonomy.retrain_threshold,
         "labels_until_retrain": max(0, taxonomy.retrain_threshold - taxonomy.labels_since_train),
         "unlabeled": unlabeled,
         "run": None
         if run is None
-        else {"id": run.pk, "state": run.state, "progress": run.progress, "message": run.message},
+        else {"id": run.pk, "state": run.state, "progress": run.progress, "message": _run_message(run)},
     }
+
+
+def _run_message(run: TrainingRun) -> str:
+    """A failed run's reason (its error's first line: a refusal's words, or the exception),
+    not the step it was at; otherwise the step."""
+    if run.state == TrainingRun.State.FAILED and run.error:
+        return run.error.splitlines()[0][:300]
+    return run.message

@@ -14,7 +14,7 @@ const RUN_TEXT = { queued: "queued", running: "running", promoted: "new model li
 
 /** Show status `s` (as the API sends it) in `panel`: {model, retrain, unlabeled, run, runText, runWhy, runBar}. */
 export function renderStatus(panel, s) {
-  const acc = s.live_accuracy == null ? "" : ` · ${Math.round(s.live_accuracy * 100)}% acc.`;
+  const acc = s.live_score == null ? "" : ` · ${Math.round(s.live_score * 100)}% ${s.live_score_name}`;
   panel.model.textContent = s.live_version == null ? "none yet" : `v${s.live_version}${acc}`;
   panel.retrain.textContent = `${s.labels_until_retrain} label${s.labels_until_retrain === 1 ? "" : "s"}`;
   panel.unlabeled.textContent = String(s.unlabeled);
@@ -22,7 +22,8 @@ export function renderStatus(panel, s) {
   panel.run.hidden = !run;
   if (run) {
     const active = run.state === "queued" || run.state === "running";
-    panel.runText.textContent = (RUN_TEXT[run.state] || run.state) + (active ? ` ${Math.round(run.progress * 100)}%` : "");
+    panel.runText.textContent = (RUN_TEXT[run.state] || run.state) + (active ? ` ${Math.round(run.progress * 100)}%` : "")
+      + (run.state === "failed" && run.message ? `: ${run.message}` : ""); // why, in view: not only on hover
     panel.run.title = run.message || "";
     // a retrain that kept the live model: the dashboard's versions table says why, in full
     panel.runWhy.hidden = run.state !== "rejected";
