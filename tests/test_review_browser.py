@@ -139,7 +139,7 @@ COLOURS = ("black", "blue", "green", "grey", "red", "white")  # "gre" matches tw
 @pytest.fixture
 def colours(transactional_db, fast_passwords, world, shoe_paths):
     """acme with six real shoe photos and a multi-label "colour" taxonomy, no model yet (the
-    queue comes in import order, tags in taxonomy order: digit 3 is green, 5 is red)."""
+    queue comes in content-hash order, tags in taxonomy order: digit 3 is green, 5 is red)."""
     from labeling.models import Tag, Taxonomy
     from tests.test_review_views import make_asset
 
@@ -229,3 +229,22 @@ def test_an_open_review_page_keeps_the_leases_of_what_it_holds(colours, live_ser
     wait_for(renewed, timeout=15)  # a poll (every 4 s) named all five
     page.close()
     assert errors == [], errors
+
+
+def test_tags_past_the_list_are_counted_with_the_way_to_reach_them(colours, live_server, browser, shots):
+    from labeling.models import Tag
+
+    world = colours
+    for i in range(15):
+        Tag.objects.create(taxonomy=world.colour, name=f"shade {i:02d}", position=100 + i)
+    total = world.colour.tags.count()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = open_review(page, live_server, world.colour)
+    showing(page)
+    assert page.locator(".tag").count() == 12
+    assert page.inner_text(".tag-more") == f"{total - 12} more tags: press / and type to find them"
+    page.keyboard.press("/")
+    page.keyboard.type("shade 14")
+    assert page.locator(".tag .tag-name").all_inner_texts() == ["shade 14"] and page.locator(".tag-more").count() == 0
+    shots(page, "review-more-tags")
+    assert not errors

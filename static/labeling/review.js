@@ -314,6 +314,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     const highlight = el.filter.value !== "" ? state.highlight : -1; // no highlight without a filter
     renderTagList(el.tags, list, {
       item: current(), selected: state.selected, highlight, multilabel: config.multilabel, canLabel: config.canLabel,
+      hidden: el.filter.value === "" ? state.tags.length - list.length : 0,
     });
   }
 

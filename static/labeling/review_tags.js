@@ -20,11 +20,13 @@ export function rows(tags, item, filter, selected = new Set()) {
 
 /** Fill `ul` with one button per row of `list`. `highlight` is the row index marked for
  *  the type-ahead (-1: none); `selected` the multi-label choice for the current item. */
-export function renderTags(ul, list, { item, selected, highlight, multilabel, canLabel }) {
+export function renderTags(ul, list, { item, selected, highlight, multilabel, canLabel, hidden = 0 }) {
   const suggested = new Set(item ? item.suggested : []);
   const opts = { selected, multilabel, canLabel };
   ul.replaceChildren(...list.map((t, i) => tagRow(t, suggested.has(t.id), i === highlight, opts)));
   if (list.length === 0) ul.append(h("li", { className: "muted small", textContent: "No tag matches." }));
+  // the least probable tags are not listed without a filter: say that they exist, and how to reach them
+  if (hidden > 0) ul.append(h("li", { className: "muted small tag-more", textContent: `${hidden} more tag${hidden === 1 ? "" : "s"}: press / and type to find ${hidden === 1 ? "it" : "them"}` }));
 }
 
 function tagRow(t, isSuggested, highlighted, { selected, multilabel, canLabel }) {
