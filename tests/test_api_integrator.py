@@ -162,3 +162,26 @@ def test_the_up_front_check_judges_the_labels_a_run_would_train_on_not_the_held_
     r = api(world.alice).post(base(world.brand) + "runs/")
     assert r.status_code == 409 and "all 4 training labels have one tag" in r.json()["detail"]
     assert training.not_ready(world.brand) == training.train_now(world.brand).error  # what a run would say
+
+
+def test_no_tag_applies_is_a_multi_label_answer_that_trains_as_a_negative(world, lib):
+    from labeling.services import training
+
+    multi = Taxonomy.objects.create(client=world.acme, name="marks", kind=Taxonomy.Kind.MULTI)
+    text = Tag.objects.create(taxonomy=multi, name="has text")
+    url = base(multi) + "labels/"
+    r = api(world.olga).post(url, {"asset": lib.assets[0].pk, "tags": []}, format="json")
+    assert r.status_code == 201 and r.json()["tags"] == []
+    r = api(world.olga).post(base(world.brand) + "labels/", {"asset": lib.assets[0].pk, "tags": []}, format="json")
+    assert r.status_code == 400 and "tags" in r.json()  # a single-label image needs its tag
+    # one tag on some images, none on the others: every image says something about "has text"
+    for a in lib.assets[1:4]:
+        labels.save_label(multi, a, [text.pk], user=world.olga)
+    for a in lib.assets[4:]:
+        labels.save_label(multi, a, [], user=world.olga)
+    assert training.not_ready(multi) is None
+    data = training.collect(multi, Label.objects.order_by("-id").first().pk)
+    assert len(data.asset_ids) == 6 and sorted(data.y[:, 0].tolist()) == [0, 0, 0, 1, 1, 1]
+    from labeling.services import dashboard
+
+    assert {r["tag"]: r["n"] for r in dashboard.coverage(multi)["per_tag"]} == {"has text": 3, "(no tag applies)": 3}

@@ -248,3 +248,19 @@ def test_tags_past_the_list_are_counted_with_the_way_to_reach_them(colours, live
     assert page.locator(".tag .tag-name").all_inner_texts() == ["shade 14"] and page.locator(".tag-more").count() == 0
     shots(page, "review-more-tags")
     assert not errors
+
+
+def test_multilabel_zero_saves_an_image_no_tag_applies_to(colours, live_server, browser, shots):
+    world = colours
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = open_review(page, live_server, world.colour)
+    first, _ = showing(page)
+    page.keyboard.press("Enter")  # nothing selected: says how to answer instead of saving
+    page.wait_for_selector("#toast:has-text('or press 0 if none applies')")
+    page.keyboard.press("0")
+    label = wait_for(lambda: current_label(first))
+    assert list(label.tags.all()) == [] and label.user_id == world.olga.pk
+    page.wait_for_selector("#toast:has-text('Saved: no tag')")
+    assert showing(page)[0] != first
+    shots(page, "multilabel-none-applies")
+    assert not errors

@@ -208,7 +208,8 @@ class LabelEventSerializer(serializers.ModelSerializer):
 
 class LabelCreateSerializer(serializers.Serializer):
     asset = IdField()
-    tags = id_list(MAX_TAGS_PER_LABEL, required=False, help_text="tag ids; leave out with accept_suggestion")
+    tags = id_list(MAX_TAGS_PER_LABEL, required=False,
+                   help_text="tag ids; leave out with accept_suggestion. Multi-label: [] = no tag applies")
     accept_suggestion = serializers.BooleanField(
         default=False, help_text="store what the live model suggests; an asset that has a label answers 409 "
                                  "unless base_label names the label to replace")
@@ -220,7 +221,9 @@ class LabelCreateSerializer(serializers.Serializer):
     def validate(self, data: dict) -> dict:
         if data.get("accept_suggestion") and data.get("tags"):
             raise serializers.ValidationError({"tags": ["leave out with accept_suggestion"]})
-        if not data.get("accept_suggestion") and not data.get("tags"):
+        if not data.get("accept_suggestion") and "tags" not in data:
+            # [] is an answer in a multi-label taxonomy ("no tag applies"); the service refuses
+            # it for a single-label one
             raise serializers.ValidationError({"tags": ["pick at least one tag (or set accept_suggestion)"]})
         return data
 

@@ -55,7 +55,9 @@ def coverage(taxonomy: Taxonomy) -> dict:
         "assets": n_assets,
         "labeled": n_labeled,
         "pct": round(100 * n_labeled / n_assets, 1) if n_assets else 0.0,
-        "per_tag": [{"tag": names.get(r["tags__id"], "?"), "n": r["n"]} for r in per_tag if r["tags__id"]],
+        # a multi-label "no tag applies" label has no tag row: shown as a bar of its own
+        "per_tag": [{"tag": names.get(r["tags__id"], "?") if r["tags__id"] else "(no tag applies)", "n": r["n"]}
+                    for r in per_tag if r["tags__id"] or taxonomy.multilabel],
     }
 
 

@@ -39,7 +39,11 @@ CHUNK = 500
 
 
 def validate_tags(taxonomy: Taxonomy, tag_ids: Sequence[int]) -> list[Tag]:
+    """The active tags ``tag_ids`` name. A multi-label image may have none: "none of these
+    tags applies" is an answer, and the negative example every tag's classifier learns from."""
     if not tag_ids:
+        if taxonomy.multilabel:
+            return []
         raise LabelError("tags: pick at least one tag")
     ids = list(dict.fromkeys(int(t) for t in tag_ids))
     tags = list(Tag.objects.filter(taxonomy=taxonomy, pk__in=ids, retired=False))

@@ -174,9 +174,10 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
     )
     ids, label_ids, holdout, ys = [], [], [], []
     for label in labels:
-        cols = [index[t.pk] for t in label.tags.all() if t.pk in index]
-        if not cols:
-            continue  # all its tags were retired since
+        tags = label.tags.all()
+        cols = [index[t.pk] for t in tags if t.pk in index]
+        if not cols and (tags or not taxonomy.multilabel):
+            continue  # all its tags were retired since (a multi-label "no tag" label is a negative)
         if taxonomy.multilabel:
             row = np.zeros(len(tag_ids), dtype=np.float32)
             row[cols] = 1
@@ -206,6 +207,10 @@ def not_ready(taxonomy: Taxonomy) -> str | None:
     by_label: dict[int, tuple[bool, list[int]]] = {}
     for label_id, sha, tag_id in rows.iterator(chunk_size=5000):
         by_label.setdefault(label_id, (is_holdout(sha), []))[1].append(active[tag_id])
+    if taxonomy.multilabel:  # "no tag applies" labels have no tag rows: negatives for every tag
+        for label_id, sha in Label.objects.filter(taxonomy=taxonomy, is_current=True, tags__isnull=True) \
+                .values_list("id", "asset__sha256"):
+            by_label[label_id] = (is_holdout(sha), [])
     if not by_label:
         return NO_LABELS
     held = np.array([h for h, _ in by_label.values()], dtype=bool)

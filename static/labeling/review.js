@@ -135,7 +135,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   }
 
   function tagNames(ids) {
-    return ids.map((id) => (state.tagById.get(id) || { name: `#${id}` }).name).join(", ");
+    return ids.map((id) => (state.tagById.get(id) || { name: `#${id}` }).name).join(", ") || "no tag";
   }
 
   function readOnly() {
@@ -187,11 +187,14 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     if (!item || readOnly()) return;
     const tags = config.multilabel ? [...state.selected] : item.suggested;
     if (tags.length === 0) {
-      toast(config.multilabel ? "Select at least one tag (1–9)." : "No suggestion yet: pick a tag with 1–9.", "error");
+      toast(config.multilabel ? "Select tags (1–9), or press 0 if none applies." : "No suggestion yet: pick a tag with 1–9.", "error");
       return;
     }
     submit(tags);
   }
+
+  // Multi-label: "none of these tags applies" is an answer (a negative for every tag).
+  const noneApplies = () => current() && !readOnly() && submit([]);
 
   function pickTag(id) {
     if (!current() || readOnly()) return;
@@ -358,6 +361,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   $("accept-btn").addEventListener("click", clicked(accept));
   $("skip-btn").addEventListener("click", clicked(skip));
   $("undo-btn").addEventListener("click", clicked(undo));
+  if (config.multilabel) $("none-btn").addEventListener("click", clicked(noneApplies));
   $("help-btn").addEventListener("click", clicked(() => el.help.showModal()));
   $("reload-btn").addEventListener("click", () => { state.skipped.clear(); state.exhausted = false; refill(); renderCurrent(); });
   document.querySelectorAll(".seg").forEach((b) => b.addEventListener("click", clicked(() => setOrder(b.dataset.order))));
@@ -375,7 +379,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   });
 
   bindShortcuts({
-    help: el.help, filter: el.filter, accept, skip, undo,
+    help: el.help, filter: el.filter, accept, skip, undo, none: config.multilabel ? noneApplies : null,
     pickKey: (key) => {
       const tag = state.tags.find((x) => x.key === key);
       if (tag) pickTag(tag.id);

@@ -3,8 +3,9 @@
 // what, when a key is not ours, and where the keyboard focus goes.
 
 /** Bind the shortcuts: Enter/Space accept, / filter, s skip, u/Backspace undo, ? help,
- *  1–9 pick the tag with that key (`pickKey` gets the digit). */
-export function bindShortcuts({ help, filter, accept, skip, undo, pickKey }) {
+ *  1–9 pick the tag with that key (`pickKey` gets the digit), 0 "none applies" (`none`,
+ *  multi-label only: null elsewhere). */
+export function bindShortcuts({ help, filter, accept, skip, undo, pickKey, none }) {
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
     if (help.open) {
@@ -22,6 +23,7 @@ export function bindShortcuts({ help, filter, accept, skip, undo, pickKey }) {
     else if (e.key === "u" || e.key === "Backspace") undo();
     else if (e.key === "?") help.showModal();
     else if (/^[1-9]$/.test(e.key)) pickKey(e.key);
+    else if (e.key === "0" && none) none();
     else return;
     e.preventDefault();
   });
