@@ -185,3 +185,18 @@ def test_no_tag_applies_is_a_multi_label_answer_that_trains_as_a_negative(world,
     from labeling.services import dashboard
 
     assert {r["tag"]: r["n"] for r in dashboard.coverage(multi)["per_tag"]} == {"has text": 3, "(no tag applies)": 3}
+
+
+def test_in_a_multi_label_taxonomy_a_tag_teaches_its_parents_too(world, lib):
+    from labeling.services import training
+
+    multi = Taxonomy.objects.create(client=world.acme, name="things", kind=Taxonomy.Kind.MULTI)
+    vehicle = Tag.objects.create(taxonomy=multi, name="vehicle", position=0)
+    car = Tag.objects.create(taxonomy=multi, name="car", parent=vehicle, position=1)
+    red = Tag.objects.create(taxonomy=multi, name="red", position=2)
+    labels.save_label(multi, lib.assets[0], [car.pk], user=world.olga)  # "vehicle / car" only
+    labels.save_label(multi, lib.assets[1], [red.pk], user=world.olga)
+    data = training.collect(multi, Label.objects.order_by("-id").first().pk)
+    rows = {int(a): dict(zip(data.tag_ids, map(int, y))) for a, y in zip(data.asset_ids, data.y)}
+    assert rows[lib.assets[0].pk] == {vehicle.pk: 1, car.pk: 1, red.pk: 0}
+    assert rows[lib.assets[1].pk] == {vehicle.pk: 0, car.pk: 0, red.pk: 1}

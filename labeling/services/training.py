@@ -163,9 +163,12 @@ class Dataset:
 
 
 def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
-    """Current labels up to ``watermark`` as a class-index target over the active tags."""
+    """Current labels up to ``watermark`` as a class-index target over the active tags. In a
+    multi-label taxonomy a tag implies its parents: an image labeled "vehicle / car" is a
+    vehicle too, and the "vehicle" classifier learns from it."""
     tag_ids = list(taxonomy.active_tags().values_list("id", flat=True))
     index = {t: i for i, t in enumerate(tag_ids)}
+    parent = dict(taxonomy.tags.values_list("id", "parent_id")) if taxonomy.multilabel else {}
     labels = (
         Label.objects.filter(taxonomy=taxonomy, is_current=True, id__lte=watermark)
         .select_related("asset")
@@ -175,7 +178,7 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
     ids, label_ids, holdout, ys = [], [], [], []
     for label in labels:
         tags = label.tags.all()
-        cols = [index[t.pk] for t in tags if t.pk in index]
+        cols = [index[t] for t in _with_ancestors([t.pk for t in tags], parent) if t in index]
         if not cols and (tags or not taxonomy.multilabel):
             continue  # all its tags were retired since (a multi-label "no tag" label is a negative)
         if taxonomy.multilabel:
@@ -192,6 +195,15 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
         y = y.reshape(-1, len(tag_ids))
     return Dataset(np.array(ids, dtype=np.int64), np.array(label_ids, dtype=np.int64),
                    np.array(holdout, dtype=bool), y, tag_ids)
+
+
+def _with_ancestors(tag_ids: list[int], parent: dict[int, int | None]) -> list[int]:
+    """The tags and every tag above them (``parent``: empty for single-label taxonomies)."""
+    out = dict.fromkeys(tag_ids)
+    for t in tag_ids:
+        while (t := parent.get(t)) is not None and t not in out:  # a parent cycle is refused on save
+            out[t] = None
+    return list(out)
 
 
 def not_ready(taxonomy: Taxonomy) -> str | None:
