@@ -225,11 +225,16 @@ def safe_name(name: str) -> str:
     return cleaned[:NAME_CHARS] or "_"
 
 
+def path_folder(tag_path: str) -> str:
+    """A tag path as one folder name: 'shoes / nike' -> 'shoes__nike'."""
+    return "__".join(safe_name(part) for part in tag_path.split(" / "))
+
+
 def tag_folders(tags: list[Tag]) -> dict[int, str]:
     """A folder name per tag, unique in the export whatever its case: 'C++' and 'C#' both make
     'C_', so those get their tag id ('C_-7'). A tag whose name is already a safe folder name
     keeps it, so an import with labels from folders gives it back its tag."""
-    natural = {t.pk: "__".join(safe_name(part) for part in t.path.split(" / ")) for t in tags}
+    natural = {t.pk: path_folder(t.path) for t in tags}
     count = Counter(name.lower() for name in natural.values())
     plain = {t.pk for t in tags if count[natural[t.pk].lower()] == 1 or natural[t.pk] == t.name}
     used: set[str] = set()
@@ -259,7 +264,7 @@ def stream_zip(taxonomy: Taxonomy) -> Iterator[bytes]:
             base = safe_name(r.asset.original_name.rsplit("/", 1)[-1])
             for tag_id, tag_path in r.tags:
                 if tag_id not in folders:  # a tag made while the export streams: its own folder
-                    folders[tag_id] = f"{'__'.join(safe_name(p) for p in tag_path.split(' / '))}-{tag_id}"
+                    folders[tag_id] = f"{path_folder(tag_path)}-{tag_id}"
                 arcname = f"{root}/{folders[tag_id]}/{r.asset.pk}-{base}"
                 try:
                     src = r.asset.file.open("rb")
