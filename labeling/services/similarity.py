@@ -151,7 +151,9 @@ def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
     ).values_list("asset_id", "tags"):
         row = out[asset_id]
         row["label"] = sorted((row["label"] or []) + ([tag_id] if tag_id else []))
-    if taxonomy.live_model_id:
+    if taxonomy.live_model_id and taxonomy.multilabel:
+        _suggested_sets(taxonomy, out)
+    elif taxonomy.live_model_id:
         retired = set(taxonomy.tags.filter(retired=True).values_list("pk", flat=True))
         for asset_id, top, prob, unc in Suggestion.objects.filter(
             model_version_id=taxonomy.live_model_id, asset_id__in=list(out)
@@ -160,15 +162,16 @@ def describe(taxonomy: Taxonomy, asset_ids: list[int]) -> dict[int, dict]:
                 top, prob = None, None
             out[asset_id].update(suggested=top, prob=None if prob is None else round(prob, 4),
                                  uncertainty=round(unc, 4), suggested_tags=[] if top is None else [top])
-        if taxonomy.multilabel:
-            _suggested_sets(taxonomy, out, retired)
     return out
 
 
-def _suggested_sets(taxonomy: Taxonomy, out: dict[int, dict], retired: set[int]) -> None:
+def _suggested_sets(taxonomy: Taxonomy, out: dict[int, dict]) -> None:
     """Multi-label: what accepting a tile saves is every tag over its threshold, not the top
     one, so that is what the tile must show (with no single probability)."""
-    from .labels import live_suggestions, suggested_tag_ids
+    from .labels import live_suggestions, retired_tag_ids, suggested_tag_ids
 
+    retired = retired_tag_ids(taxonomy)
     for asset_id, s in live_suggestions(taxonomy, list(out)).items():
-        out[asset_id].update(suggested_tags=sorted(suggested_tag_ids(taxonomy, s, retired)), prob=None)
+        top = s.top1_tag_id if s.top1_tag_id not in retired else None
+        out[asset_id].update(suggested=top, prob=None, uncertainty=round(s.uncertainty, 4),
+                             suggested_tags=sorted(suggested_tag_ids(taxonomy, s, retired)))
