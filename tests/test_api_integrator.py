@@ -200,3 +200,16 @@ def test_in_a_multi_label_taxonomy_a_tag_teaches_its_parents_too(world, lib):
     rows = {int(a): dict(zip(data.tag_ids, map(int, y))) for a, y in zip(data.asset_ids, data.y)}
     assert rows[lib.assets[0].pk] == {vehicle.pk: 1, car.pk: 1, red.pk: 0}
     assert rows[lib.assets[1].pk] == {vehicle.pk: 0, car.pk: 0, red.pk: 1}
+
+
+def test_the_up_front_check_counts_a_tags_parents_as_training_does(world, lib):
+    from labeling.services import training
+
+    multi = Taxonomy.objects.create(client=world.acme, name="things", kind=Taxonomy.Kind.MULTI)
+    vehicle = Tag.objects.create(taxonomy=multi, name="vehicle", position=0)
+    car = Tag.objects.create(taxonomy=multi, name="car", parent=vehicle, position=1)
+    labels.save_label(multi, lib.assets[0], [car.pk], user=world.olga)
+    labels.save_label(multi, lib.assets[1], [vehicle.pk, car.pk], user=world.olga)
+    # read with its parent, every label says "vehicle, car": nothing to tell apart
+    assert training.not_ready(multi) == training.train_now(multi).error
+    assert training.not_ready(multi).startswith(training.NEEDS_TWO_TAGS)

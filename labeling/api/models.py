@@ -133,7 +133,6 @@ class TrainingRunListAPI(ScopedAPIView):
                             status=status.HTTP_409_CONFLICT)
         return Response(TrainingRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
-
     def _active(self) -> TrainingRun | None:
         return TrainingRun.objects.filter(taxonomy=self.taxonomy, state__in=TrainingRun.ACTIVE).first()
 

@@ -175,26 +175,33 @@ def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
         .prefetch_related("tags")
         .order_by("asset_id")
     )
-    ids, label_ids, holdout, ys = [], [], [], []
+    ids, label_ids, holdout, rows = [], [], [], []
     for label in labels:
         tags = label.tags.all()
-        cols = [index[t] for t in _with_ancestors([t.pk for t in tags], parent) if t in index]
+        cols = _columns([t.pk for t in tags], index, parent)
         if not cols and (tags or not taxonomy.multilabel):
             continue  # all its tags were retired since (a multi-label "no tag" label is a negative)
-        if taxonomy.multilabel:
-            row = np.zeros(len(tag_ids), dtype=np.float32)
-            row[cols] = 1
-            ys.append(row)
-        else:
-            ys.append(cols[0])
+        rows.append(cols)
         ids.append(label.asset_id)
         label_ids.append(label.pk)
         holdout.append(is_holdout(label.asset.sha256))
-    y = np.array(ys, dtype=np.float32 if taxonomy.multilabel else np.int64)
-    if taxonomy.multilabel:
-        y = y.reshape(-1, len(tag_ids))
     return Dataset(np.array(ids, dtype=np.int64), np.array(label_ids, dtype=np.int64),
-                   np.array(holdout, dtype=bool), y, tag_ids)
+                   np.array(holdout, dtype=bool), _targets(rows, len(tag_ids), taxonomy.multilabel), tag_ids)
+
+
+def _columns(tag_ids: list[int], index: dict[int, int], parent: dict[int, int | None]) -> list[int]:
+    """A label's tags (and, multi-label, their parents) as output columns; inactive ones left out."""
+    return [index[t] for t in _with_ancestors(tag_ids, parent) if t in index]
+
+
+def _targets(rows: list[list[int]], n_tags: int, multilabel: bool) -> np.ndarray:
+    """(n,) class index of each row's one column, or (n, n_tags) 0/1 for multi-label."""
+    if not multilabel:
+        return np.array([cols[0] for cols in rows], dtype=np.int64)
+    y = np.zeros((len(rows), n_tags), dtype=np.float32)
+    for i, cols in enumerate(rows):
+        y[i, cols] = 1
+    return y
 
 
 def _with_ancestors(tag_ids: list[int], parent: dict[int, int | None]) -> list[int]:
@@ -212,13 +219,14 @@ def not_ready(taxonomy: Taxonomy) -> str | None:
     run slot, then its failure backoff would hold back the automatic retrains. Checks what
     _execute trains on (the held-out labels left out when there are enough to compare) from
     one query of (label, asset hash, tag) rows, not from the labels themselves."""
-    active = {t: i for i, t in enumerate(taxonomy.active_tags().values_list("id", flat=True))}
+    index = {t: i for i, t in enumerate(taxonomy.active_tags().values_list("id", flat=True))}
+    parent = dict(taxonomy.tags.values_list("id", "parent_id")) if taxonomy.multilabel else {}
     rows = Label.tags.through.objects.filter(
-        label__taxonomy=taxonomy, label__is_current=True, tag_id__in=list(active)
+        label__taxonomy=taxonomy, label__is_current=True, tag_id__in=list(index)
     ).values_list("label_id", "label__asset__sha256", "tag_id").order_by("label_id", "tag_id")
     by_label: dict[int, tuple[bool, list[int]]] = {}
     for label_id, sha, tag_id in rows.iterator(chunk_size=5000):
-        by_label.setdefault(label_id, (is_holdout(sha), []))[1].append(active[tag_id])
+        by_label.setdefault(label_id, (is_holdout(sha), []))[1].append(tag_id)
     if taxonomy.multilabel:  # "no tag applies" labels have no tag rows: negatives for every tag
         for label_id, sha in Label.objects.filter(taxonomy=taxonomy, is_current=True, tags__isnull=True) \
                 .values_list("id", "asset__sha256"):
@@ -227,12 +235,7 @@ def not_ready(taxonomy: Taxonomy) -> str | None:
         return NO_LABELS
     held = np.array([h for h, _ in by_label.values()], dtype=bool)
     train = ~held if can_compare(int(held.sum())) else np.ones(len(held), dtype=bool)
-    if taxonomy.multilabel:
-        y = np.zeros((len(by_label), len(active)), dtype=np.float32)
-        for row, (_, cols) in enumerate(by_label.values()):
-            y[row, cols] = 1
-    else:
-        y = np.array([cols[0] for _, cols in by_label.values()], dtype=np.int64)
+    y = _targets([_columns(tags, index, parent) for _, tags in by_label.values()], len(index), taxonomy.multilabel)
     try:
         _check_learnable(y[train], taxonomy.multilabel)
     except Refused as exc:
