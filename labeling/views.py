@@ -17,7 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_safe, require_POST
 
-from .api.base import MAX_ID, asset_id_list
+from .api.base import MAX_ID, asset_id_list, is_id
 from .models import Asset, Label, Role, Taxonomy, TrainingRun
 from .permissions import RANK, clients_of, client_view, get_taxonomy, role_in, taxonomy_view
 from .services import labels, queue
@@ -215,11 +215,6 @@ def json_body(request: HttpRequest) -> dict:
     if not isinstance(body, dict):
         raise BadInput("body: a JSON object expected")
     return body
-
-
-def is_id(value) -> bool:
-    # bool is an int subclass; true/false are not ids.
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
 def parse_id(raw: str | None) -> int | None:

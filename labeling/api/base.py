@@ -31,6 +31,11 @@ DEFAULT_PAGE = 50
 MAX_ID = 2**63 - 1  # bigint: a larger id would overflow the database driver (a 500, not a 404)
 
 
+def is_id(value) -> bool:
+    """A JSON id: bool is an int subclass, and true/false are not ids."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
+
+
 def asset_id_list(raw: str) -> list[int]:
     """Comma-separated asset ids (the review queue's exclude / skipped), or ValueError saying
     what is wrong, for the caller to put under the field's name."""

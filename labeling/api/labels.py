@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from ..models import Asset, BulkAction, Label, Role, Taxonomy
 from ..services import bulk, labels, queue
-from .base import MAX_ID, ScopedAPIView, asset_id_list, decode_cursor, int_param, page_limit, page_serializer, paged
+from .base import MAX_ID, ScopedAPIView, asset_id_list, is_id, decode_cursor, int_param, page_limit, page_serializer, paged
 from .serializers import (
     BulkLabelSerializer, BulkResultSerializer, LabelConflictSerializer, LabelCreateSerializer, LabelSerializer,
     QueueItemSerializer,
@@ -130,7 +130,7 @@ class UndoAPI(ScopedAPIView):
                                              "({detail, refused: that label's id})")})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         before = request.data.get("before") if hasattr(request.data, "get") else None
-        if before is not None and not (isinstance(before, int) and not isinstance(before, bool) and 0 < before <= MAX_ID):
+        if before is not None and not is_id(before):
             raise ValidationError({"before": ["a label id expected"]})
         try:
             label = labels.undo_last(self.taxonomy, request.user, before=before)
