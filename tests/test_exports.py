@@ -200,8 +200,8 @@ def test_an_exported_zip_imports_back_with_the_same_tags(world, shoe_paths, tmp_
     call_command("import_assets", "globex", str(archive), "--labels-from-folders", "brand", stdout=out,
                  stderr=StringIO())
 
-    assert "6 created, 0 duplicates, 0 failed, 6 labeled (of 7 files)" in out.getvalue()
-    assert "labels.csv: not an image type" in out.getvalue()  # the manifest is skipped, and said so
+    assert "6 created, 0 duplicates, 0 failed, 6 labeled (of 6 files)" in out.getvalue()
+    assert "labels.csv" not in out.getvalue().replace("labels.csv: new tag", ""), "the manifest is ours, not skipped"
     assert tags_by_sha(world.globex, world.other_tax) == tags_by_sha(world.acme, world.brand)
 
 

@@ -1,5 +1,6 @@
 """Exports of a taxonomy's labels: CSV, JSON, COCO-style classification JSON, and a ZIP of the
-images sorted into one folder per tag, with a manifest (labels.csv) mapping each file back.
+images sorted into one folder per tag, with a manifest (labels.csv, manifest.py) mapping each
+file back to its tags, which an import with labels reads.
 
 Everything is a generator of chunks for StreamingHttpResponse: rows are read in keyset pages
 of PAGE assets (three queries a page), and the ZIP is written by zipfile into a write-only
@@ -25,6 +26,8 @@ from django.utils.http import content_disposition_header
 
 from ..models import Asset, Label, Suggestion, Tag, Taxonomy
 from .labels import retired_among, suggested_tag_ids
+from .manifest import FIELDS as MANIFEST_FIELDS
+from .manifest import FORMULA_START, MANIFEST, NO_TAGS_FOLDER, cell
 
 PAGE = 1000
 CHUNK = 1024 * 1024
@@ -130,16 +133,13 @@ def stream_csv(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[str]:
         yield writer.writerow([_cell(row[k]) for k in CSV_FIELDS])
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 def _cell(value) -> str | int | float:
     """A CSV cell a spreadsheet shows as text: tag, file and user names come from users, and
     one starting like a formula (=HYPERLINK(...), +cmd|...) would run when the file is opened.
     Such text gets a leading apostrophe (the OWASP rule); numbers are written as they are."""
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    if isinstance(value, str) and value.startswith(FORMULA_START):
         return "'" + value
     return value
 
@@ -210,8 +210,6 @@ class _Pipe(io.RawIOBase):
 
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 NAME_CHARS = 120
-MANIFEST = "labels.csv"
-MANIFEST_FIELDS = ["file_in_zip", "asset_id", "original_name", "tags", "tag_ids"]
 MANIFEST_IN_MEMORY = 8 * 1024 * 1024
 
 
@@ -233,7 +231,8 @@ def path_folder(tag_path: str) -> str:
 def tag_folders(tags: list[Tag]) -> dict[int, str]:
     """A folder name per tag, unique in the export whatever its case: 'C++' and 'C#' both make
     'C_', so those get their tag id ('C_-7'). A tag whose name is already a safe folder name
-    keeps it, so an import with labels from folders gives it back its tag."""
+    keeps it, so an import with labels from folders gives it back its tag. None is ever
+    NO_TAGS_FOLDER: safe_name leaves no '(' in a name."""
     natural = {t.pk: path_folder(t.path) for t in tags}
     count = Counter(name.lower() for name in natural.values())
     plain = {t.pk for t in tags if count[natural[t.pk].lower()] == 1 or natural[t.pk] == t.name}
@@ -250,9 +249,9 @@ def tag_folders(tags: list[Tag]) -> dict[int, str]:
 
 def stream_zip(taxonomy: Taxonomy) -> Iterator[bytes]:
     """<taxonomy>/<tag folder>/<asset id>-<file name>; a multi-label image sits in each of its
-    tags' folders. labels.csv at the root has a row per file: its path in the ZIP, asset id,
-    original name and tags (what a folder name can't always spell). Files already compressed
-    (JPEG, PNG) are stored, not deflated."""
+    tags' folders, one saved with no tag in NO_TAGS_FOLDER. labels.csv at the root has a row per
+    file: its path in the ZIP, asset id, original name and tag paths (what a folder name can't
+    always spell; empty for no tag). Files already compressed (JPEG, PNG) are stored, not deflated."""
     pipe = _Pipe()
     folders = tag_folders(list(taxonomy.tags.select_related("parent")))
     root = _root_folder(taxonomy)
@@ -262,10 +261,8 @@ def stream_zip(taxonomy: Taxonomy) -> Iterator[bytes]:
         manifest.write(_csv_line(MANIFEST_FIELDS))
         for r in records(taxonomy):
             base = safe_name(r.asset.original_name.rsplit("/", 1)[-1])
-            for tag_id, tag_path in r.tags:
-                if tag_id not in folders:  # a tag made while the export streams: its own folder
-                    folders[tag_id] = f"{path_folder(tag_path)}-{tag_id}"
-                arcname = f"{root}/{folders[tag_id]}/{r.asset.pk}-{base}"
+            for folder in _folders_of(r, folders):
+                arcname = f"{root}/{folder}/{r.asset.pk}-{base}"
                 try:
                     src = r.asset.file.open("rb")
                 except (FileNotFoundError, ValueError):
@@ -273,8 +270,8 @@ def stream_zip(taxonomy: Taxonomy) -> Iterator[bytes]:
                     continue
                 with src:
                     yield from _member(zf, pipe, zipfile.ZipInfo(arcname, date_time=_date_time(r.asset.created)), src)
-                manifest.write(_csv_line([arcname, r.asset.pk, _cell(r.asset.original_name),
-                                          _cell("|".join(name for _, name in r.tags)),
+                manifest.write(_csv_line([arcname, r.asset.pk, cell(r.asset.original_name),
+                                          cell("|".join(name for _, name in r.tags)),
                                           "|".join(str(pk) for pk, _ in r.tags)]))
         if missing:
             zf.writestr("MISSING.txt", "\n".join(["files missing on disk:"] + missing) + "\n")
@@ -283,6 +280,15 @@ def stream_zip(taxonomy: Taxonomy) -> Iterator[bytes]:
         info.compress_type = zipfile.ZIP_DEFLATED  # text, unlike the images
         yield from _member(zf, pipe, info, manifest)
     yield pipe.drain()
+
+
+def _folders_of(r: Record, folders: dict[int, str]) -> list[str]:
+    """The folders a labeled image goes in: one per tag, or NO_TAGS_FOLDER for a multi-label
+    image saved with no tag ("none applies" is a label too, and a restore must give it back)."""
+    for tag_id, tag_path in r.tags:
+        if tag_id not in folders:  # a tag made while the export streams: its own folder
+            folders[tag_id] = f"{path_folder(tag_path)}-{tag_id}"
+    return [folders[tag_id] for tag_id, _ in r.tags] or [NO_TAGS_FOLDER]
 
 
 def _root_folder(taxonomy: Taxonomy) -> str:

@@ -1,10 +1,15 @@
-"""Labels from folder names: an import with --labels-from-folders, or a browser folder upload
-with a taxonomy picked. Which tag a folder means, and what a file seen before does to a label.
+"""Labels an import gives, from a tagloop manifest or from folder names: an import with
+--labels-from-folders, or a browser upload with a taxonomy picked. Which tags a file means, and
+what a file seen before does to a label.
 
-An import never overwrites a label a person gave (nor one an earlier import made): a folder
-that disagrees with it is named in the job's report and the label is kept. Only the label this
-import made itself may grow: in a multi-label taxonomy the same image in several folders (as
-the ZIP export writes a multi-label image) gets every folder's tag.
+A file the ZIP export's manifest lists (labels.csv, see manifest.py) gets the tags its row
+names, found by path whatever their case ('vehicle / car' is the tag car under vehicle) and
+made, parents first, when the taxonomy lacks them; any other file gets its folder's tag.
+
+An import never overwrites a label a person gave (nor one an earlier import made): a folder or
+row that disagrees with it is named in the job's report and the label is kept. Only the label
+this import made itself may grow: in a multi-label taxonomy the same image in several folders
+(as the ZIP export writes a multi-label image) gets every folder's tag.
 """
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ from django.db import transaction
 from ..models import Asset, ImportJob, Label, Tag, tag_name_problem
 from . import labels
 from .import_sources import Entry
+from .manifest import NO_TAGS_FOLDER, PATH_SEP, Manifests, Row, paths_text
 
 log = logging.getLogger(__name__)
 
 LABEL_BATCH = 200  # labels per save (and saved labels grown per save)
+NAME_CHARS = Tag._meta.get_field("name").max_length
 Note = Callable[[str, str], None]  # (file, message): one 'note' line of the job's report
 
 
@@ -28,37 +35,50 @@ def quoted(names: Iterable[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """The tags a file asks for, and how the report speaks of them. One object is shared by the
+    files of a folder (or of a tag set), as every labeled asset keeps its first one."""
+
+    tag_ids: tuple[int, ...]
+    shown: str  # "'nike'", "'vehicle / car', 'red'", "no tag"
+    says: str  # "its folder says 'nike'", "labels.csv says 'vehicle / car'"
+    where: str  # "a file in 'nike/'", "a file listed in labels.csv"
+
+
 @dataclass
 class Growth:
-    """More folders' tags for a label this import already saved (multi-label only)."""
+    """More tags for a label this import already saved (multi-label only)."""
 
     asset: Asset
     tag_ids: list[int] = field(default_factory=list)
-    files: list[tuple[str, str]] = field(default_factory=list)  # (file, its folder), for notes
+    files: list[tuple[str, Wanted]] = field(default_factory=list)  # (file, what it asked for), for notes
 
 
 class FolderLabels:
-    def __init__(self, job: ImportJob, note: Note) -> None:
-        self.job, self.note = job, note
+    def __init__(self, job: ImportJob, note: Note, manifests: Manifests | None = None) -> None:
+        self.job, self.note, self.manifests = job, note, manifests
         self.taxonomy = job.labels_from_folders
         self.user = job.created_by
-        self.tags = {t.name.lower(): t for t in Tag.objects.filter(taxonomy=self.taxonomy)}
+        self.by_pk = {t.pk: t for t in Tag.objects.filter(taxonomy=self.taxonomy)}
+        self.tags = {t.name.lower(): t for t in self.by_pk.values()}
         self.refused_folders: set[str] = set()  # folder names that can't be tags, noted once
+        self.refused_paths: dict[tuple[str, ...], str] = {}  # lower-case tag path -> why it can't be given
+        self.shared: dict[tuple[str, ...], Wanted] = {}
         self.given: dict[int, list[int]] = {}  # asset id -> tag ids this import labeled it with
-        self.folder_of: dict[int, str] = {}  # ... and the folder that label came from first
+        self.origin: dict[int, Wanted] = {}  # ... and what the file that gave them asked for
         self.pending: list[tuple[Asset, list[int]]] = []  # not saved yet; the lists are given's
         self.unsaved: set[int] = set()  # asset ids in pending
         self.grown: dict[int, Growth] = {}
 
     # what a file does
     def label_new(self, entry: Entry, asset: Asset) -> None:
-        """A file this import stored, or an unlabeled asset: its folder's tag."""
-        folder = self.folder(entry)
-        tag = self.tag_for(folder)
-        if tag is None or not self.active(entry, tag):
+        """A file this import stored, or an unlabeled asset: its row's tags, or its folder's."""
+        wanted = self.wanted(entry)
+        if wanted is None:
             return
-        self.given[asset.pk] = [tag.pk]
-        self.folder_of[asset.pk] = folder
+        self.given[asset.pk] = list(wanted.tag_ids)
+        self.origin[asset.pk] = wanted
         self.unsaved.add(asset.pk)
         self.pending.append((asset, self.given[asset.pk]))
         if len(self.pending) >= LABEL_BATCH:
@@ -67,43 +87,125 @@ class FolderLabels:
     def label_seen(self, entry: Entry, asset: Asset) -> None:
         """A file whose bytes are already an asset, stored earlier or by this import."""
         if asset.pk in self.given:
-            self.another_folder(entry, asset)
+            self.another_copy(entry, asset)
             return
         current = Label.objects.filter(asset=asset, taxonomy=self.taxonomy, is_current=True).prefetch_related(
             "tags").first()
         if current is None:
             self.label_new(entry, asset)
             return
-        names = sorted(t.name for t in current.tags.all())
-        folder = self.folder(entry)
-        if folder and self.usable(folder) and folder.lower() not in {n.lower() for n in names}:
-            self.note_kept(entry.name, folder, names, asset.pk)
+        tags = list(current.tags.all())
+        if says := self.disagreement(entry, tags):
+            self.note_kept(entry.name, says, self.paths(tags), asset.pk)
 
-    def another_folder(self, entry: Entry, asset: Asset) -> None:
-        """The same bytes twice in this import: single-label keeps the first folder's tag (and
-        says so), multi-label takes every folder's tag."""
-        folder, first = self.folder(entry), self.folder_of.get(asset.pk, "")
-        if not folder or folder.lower() == first.lower():
+    def disagreement(self, entry: Entry, tags: list[Tag]) -> str:
+        """What the file asks for when its label ``tags`` is not that ('' when it agrees, or
+        asks for nothing). Read only: no tag is made to say so."""
+        row = self.row(entry)
+        if row is not None:  # the row is the file's whole tag set
+            if {PATH_SEP.join(p).lower() for p in row.paths} != {self.path_of(t).lower() for t in tags}:
+                return f"{row.manifest} says {paths_text(row.paths)}"
+            return ""
+        folder = self.folder(entry)
+        if folder == NO_TAGS_FOLDER:
+            return f"its folder '{NO_TAGS_FOLDER}' says no tag" if tags and self.taxonomy.multilabel else ""
+        if folder and self.usable(folder) and folder.lower() not in {t.name.lower() for t in tags}:
+            return f"its folder says '{folder}'"
+        return ""
+
+    def another_copy(self, entry: Entry, asset: Asset) -> None:
+        """The same bytes twice in this import: single-label keeps the first file's tag (and
+        says so when this one asks for another), multi-label takes every file's tags."""
+        row = self.row(entry)
+        if not self.taxonomy.multilabel:  # read only: a tag this file won't get is not made
+            if self.disagreement(entry, [self.by_pk[t] for t in self.given[asset.pk]]):
+                first, asked = self.origin[asset.pk], paths_text(row.paths) if row else f"'{self.folder(entry)}'"
+                self.note(entry.name, f"same image as {first.where}: labeled {first.shown}, not {asked}")
             return
-        if not self.taxonomy.multilabel:
-            self.note(entry.name, f"same image as a file in '{first}/': labeled '{first}', not '{folder}'")
-            return
-        tag = self.tag_for(folder)
-        if tag is None or tag.pk in self.given[asset.pk] or not self.active(entry, tag):
+        wanted = self.from_row(entry, row) if row else self.from_folder(entry, self.folder(entry))
+        new = [t for t in wanted.tag_ids if t not in self.given[asset.pk]] if wanted else []
+        if not new:
             return
         if asset.pk in self.unsaved:
-            self.given[asset.pk].append(tag.pk)  # the list pending holds: saved with it
+            self.given[asset.pk].extend(new)  # the list pending holds: saved with it
             return
         growth = self.grown.setdefault(asset.pk, Growth(asset))
-        if tag.pk not in growth.tag_ids:
-            growth.tag_ids.append(tag.pk)
-            growth.files.append((entry.name, folder))
+        if added := [t for t in new if t not in growth.tag_ids]:
+            growth.tag_ids.extend(added)
+            growth.files.append((entry.name, wanted))
         if len(self.grown) >= LABEL_BATCH:
             self.save_grown()
 
-    def note_kept(self, file: str, folder: str, names: list[str], asset_id: int) -> None:
-        self.note(file, f"already labeled {quoted(names)} (asset #{asset_id}); its folder says '{folder}': "
-                        f"kept {quoted(names)}")
+    def note_kept(self, file: str, says: str, names: list[str], asset_id: int) -> None:
+        kept = quoted(names) or "no tag"
+        self.note(file, f"already labeled {kept} (asset #{asset_id}); {says}: kept {kept}")
+
+    # what a file asks for
+    def row(self, entry: Entry) -> Row | None:
+        return self.manifests.row(entry) if self.manifests else None
+
+    def wanted(self, entry: Entry) -> Wanted | None:
+        """The tags for the file: its manifest row's, else its folder's; None: no label (noted
+        when something is wrong)."""
+        row = self.row(entry)
+        if row is not None:
+            return self.from_row(entry, row)
+        return self.from_folder(entry, self.folder(entry))
+
+    def from_folder(self, entry: Entry, folder: str) -> Wanted | None:
+        if not folder:
+            return None
+        if folder == NO_TAGS_FOLDER:  # an export's images saved with no tag, its manifest left out
+            return self.no_tags_folder()
+        tag = self.tag_for(folder)
+        if tag is None or not self.active(entry, tag):
+            return None
+        return self.share(("folder", folder), (tag,), f"'{folder}'", f"its folder says '{folder}'",
+                          f"a file in '{folder}/'")
+
+    def no_tags_folder(self) -> Wanted | None:
+        if self.taxonomy.multilabel:
+            return self.share(("folder", NO_TAGS_FOLDER), (), "no tag", f"its folder '{NO_TAGS_FOLDER}' says no tag",
+                              f"a file in '{NO_TAGS_FOLDER}/'")
+        if NO_TAGS_FOLDER not in self.refused_folders:
+            self.refused_folders.add(NO_TAGS_FOLDER)
+            self.note(NO_TAGS_FOLDER + "/", f"not labeled: the export's folder of images with no tag, and taxonomy "
+                                            f"'{self.taxonomy.name}' takes exactly one tag per image")
+        return None
+
+    def from_row(self, entry: Entry, row: Row) -> Wanted | None:
+        """The tags a manifest row names. Any of them that can't be given leaves the file
+        unlabeled, noted: in a multi-label taxonomy a label also says that each tag it lacks is
+        absent, which the row did not say (a tag refused as retired, or found under another
+        parent here, is a tag of the taxonomy that would learn a false 'no')."""
+        paths = row.paths
+        if not self.taxonomy.multilabel and len(paths) != 1:
+            # Not labeled rather than given the first tag: a single-label label says "this tag
+            # and no other", and the row lists its tags by id, not by importance, so the first
+            # would be a guess the model then learns as truth. Unlabeled, the image goes to the
+            # review queue, where a person picks.
+            self.note(entry.name, f"not labeled: {row.manifest} (line {row.line}) gives it {paths_text(paths)}, and "
+                                  f"taxonomy '{self.taxonomy.name}' takes exactly one tag per image")
+            return None
+        tags = []
+        for path in paths:
+            tag = self.tag_at(path, row)
+            if isinstance(tag, str):
+                self.note(entry.name, f"not labeled: tag '{PATH_SEP.join(path)}' ({row.manifest} line {row.line}) "
+                                      f"{tag}")
+                return None
+            if not self.active(entry, tag):
+                return None
+            tags.append(tag)
+        tags.sort(key=lambda t: t.pk)
+        text = paths_text(paths)
+        return self.share((row.manifest, *map(str, (t.pk for t in tags))), tuple(tags), text,
+                          f"{row.manifest} says {text}", f"a file listed in {row.manifest}")
+
+    def share(self, key: tuple[str, ...], tags: tuple[Tag, ...], shown: str, says: str, where: str) -> Wanted:
+        if key not in self.shared:
+            self.shared[key] = Wanted(tuple(t.pk for t in tags), shown, says, where)
+        return self.shared[key]
 
     # folders and tags
     @staticmethod
@@ -128,17 +230,75 @@ class FolderLabels:
         if not folder:
             return None
         tag = self.tags.get(folder.lower())
-        if tag is None:
-            if not self.usable(folder):
-                return None
-            tag, created = Tag.objects.get_or_create(  # names are unique whatever their case
-                taxonomy=self.taxonomy, name__iexact=folder,
-                defaults={"name": folder, "position": 1 + max((t.position for t in self.tags.values()), default=-1)},
-            )
-            self.tags[folder.lower()] = tag
-            if created:
-                self.note(folder + "/", f"new tag '{folder}' created in taxonomy '{self.taxonomy.name}'")
+        if tag is None and self.usable(folder):
+            tag = self.make(folder, None, folder + "/")
         return tag
+
+    def tag_at(self, path: tuple[str, ...], row: Row) -> Tag | str:
+        """The tag at a manifest's tag path, made with its missing parents; or why it can't be
+        given (then nothing is made)."""
+        key = tuple(name.lower() for name in path)
+        if key in self.refused_paths:
+            return self.refused_paths[key]
+        parent: Tag | None = None
+        missing: list[str] = []  # the end of the path the taxonomy lacks
+        for name in path:
+            tag = self.tags.get(name.lower())
+            if tag is None:
+                if len(name) > NAME_CHARS:
+                    problem = f"is longer than {NAME_CHARS} characters"
+                else:
+                    problem = tag_name_problem(name)
+                if problem:
+                    self.refused_paths[key] = f"can't be made: a tag name {problem}"
+                    return self.refused_paths[key]
+                missing.append(name)
+            elif missing or tag.parent_id != (parent.pk if parent else None):
+                self.refused_paths[key] = self.elsewhere(tag)
+                return self.refused_paths[key]
+            else:
+                parent = tag
+        for name in missing:
+            tag = self.make(name, parent, row.manifest)
+            if tag.parent_id != (parent.pk if parent else None):  # made elsewhere by someone meanwhile
+                self.refused_paths[key] = self.elsewhere(tag)
+                return self.refused_paths[key]
+            parent = tag
+        return parent
+
+    def elsewhere(self, tag: Tag) -> str:
+        return (f"can't be given: this taxonomy's tag '{tag.name}' is '{self.path_of(tag)}' (a tag name is used "
+                "once per taxonomy)")
+
+    def make(self, name: str, parent: Tag | None, where: str) -> Tag:
+        """The tag ``name`` (under ``parent``), made unless someone made one of that name meanwhile."""
+        tag, created = Tag.objects.get_or_create(  # names are unique whatever their case
+            taxonomy=self.taxonomy, name__iexact=name,
+            defaults={"name": name, "parent": parent,
+                      "position": 1 + max((t.position for t in self.tags.values()), default=-1)},
+        )
+        self.remember(tag)
+        if created:
+            self.note(where, f"new tag '{self.path_of(tag)}' created in taxonomy '{self.taxonomy.name}'")
+        return tag
+
+    def remember(self, tag: Tag) -> None:
+        self.tags[tag.name.lower()] = self.by_pk[tag.pk] = tag
+
+    def path_of(self, tag: Tag) -> str:
+        """Tag.path from the tags already read (a parent made since this import began is read once)."""
+        parts, node, seen = [], tag, set()
+        while node is not None and node.pk not in seen:
+            seen.add(node.pk)
+            parts.append(node.name)
+            if node.parent_id is not None and node.parent_id not in self.by_pk:
+                if (parent := Tag.objects.filter(pk=node.parent_id).first()) is not None:
+                    self.remember(parent)
+            node = self.by_pk.get(node.parent_id) if node.parent_id is not None else None
+        return PATH_SEP.join(reversed(parts))
+
+    def paths(self, tags: Iterable[Tag]) -> list[str]:
+        return sorted(self.path_of(t) for t in tags)
 
     # saving
     def flush(self) -> None:
@@ -154,8 +314,8 @@ class FolderLabels:
         self.job.n_labeled += len(self.save(batch, fresh=True))
 
     def save_grown(self) -> None:
-        """Add the tags of later folders to labels this import saved, unless a person (or
-        another import) has labeled the asset since: then their label is kept, and noted."""
+        """Add the tags of later files to labels this import saved, unless a person (or another
+        import) has labeled the asset since: then their label is kept, and noted."""
         if not self.grown:
             return
         batch, self.grown = self.grown, {}
@@ -169,12 +329,12 @@ class FolderLabels:
                 if label.source == Label.Source.IMPORTED and tag_ids == set(self.given[label.asset_id]):
                     ours.add(label.asset_id)
                     continue
-                names = sorted(t.name for t in label.tags.all())
-                for file, folder in batch.pop(label.asset_id).files:
-                    self.note_kept(file, folder, names, label.asset_id)
+                names = self.paths(label.tags.all())
+                for file, wanted in batch.pop(label.asset_id).files:
+                    self.note_kept(file, wanted.says, names, label.asset_id)
             for asset_id in set(batch) - ours:  # its label was undone meanwhile: left unlabeled
-                for file, folder in batch.pop(asset_id).files:
-                    self.note(file, f"not labeled '{folder}': the label of asset #{asset_id} was removed meanwhile")
+                for file, wanted in batch.pop(asset_id).files:
+                    self.note(file, f"not labeled {wanted.shown}: the label of asset #{asset_id} was removed meanwhile")
             saved = self.save([(g.asset, self.given[a] + g.tag_ids) for a, g in batch.items()])
             for asset_id in saved:
                 self.given[asset_id] = self.given[asset_id] + batch[asset_id].tag_ids
@@ -216,5 +376,6 @@ class FolderLabels:
         current = Label.objects.filter(asset_id=asset_id, taxonomy=self.taxonomy, is_current=True).prefetch_related(
             "tags").select_related("asset").first()
         if current is not None:
-            folder = self.folder_of.get(asset_id, "")
-            self.note_kept(current.asset.original_name, folder, sorted(t.name for t in current.tags.all()), asset_id)
+            wanted = self.origin.get(asset_id)
+            says = wanted.says if wanted else "this import says otherwise"
+            self.note_kept(current.asset.original_name, says, self.paths(current.tags.all()), asset_id)

@@ -6,6 +6,7 @@ under staging_dir(job) with names we sanitise, so a browser can't place a file e
 """
 from __future__ import annotations
 
+import lzma
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import time
 import unicodedata
 import uuid
 import zipfile
+import zlib
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +31,11 @@ UPLOAD = "upload"  # ImportJob.source of browser uploads; the files wait in stag
 # declared sizes, and members that inflate suspiciously well (real photos barely compress).
 MAX_ZIP_RATIO = 200
 RATIO_CHECK_ABOVE = 1024 * 1024
+# What reading one file (a ZIP member above all) may raise when its bytes are damaged.
+READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError)
+# The ZIP export's manifest (manifest.py). One at the root of a folder or ZIP is offered to the
+# import's Manifests, which takes it if it is a tagloop manifest; else it is skipped like any file.
+MANIFEST = "labels.csv"
 
 
 class SourceError(Exception):
@@ -60,6 +67,9 @@ class Entry:
     open: Callable[[], BinaryIO] | None = None
     refusal: str = ""  # set: not read, reported as kind (see report())
     kind: str = ""
+    # A root labels.csv (that may be a tagloop manifest): the prefix of the names of the files
+    # beside it, which its rows name relative to ('' at the source's root, 'x.zip/' in a ZIP).
+    scope: str | None = None
 
 
 _LITTER = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
@@ -84,6 +94,15 @@ def _classify(parts: tuple[str, ...], name: str, folder: str | None) -> Entry | 
         what = f"'{suffix}' files" if suffix else "files without an extension"
         return Entry(name, folder, refusal=f"not an image type ({what} are not imported)", kind="skipped")
     return Entry(name, folder)
+
+
+def _offer_as_manifest(entry: Entry, parts: tuple[str, ...], prefix: str) -> bool:
+    """Mark a labels.csv at the root of a folder or ZIP as a possible manifest (it keeps its
+    refusal: reported skipped unless the import finds it is one)."""
+    if parts != (MANIFEST,):
+        return False
+    entry.scope = prefix
+    return True
 
 
 def _zip_member_problem(info: zipfile.ZipInfo, parts: tuple[str, ...]) -> str:
@@ -134,7 +153,7 @@ def _zip_entries(path: Path, stack: ExitStack, prefix: str = "", outer: str | No
                                  kind="skipped"))
             continue
         entry = _classify(parts, name, _folder_of(parts, outer))
-        if entry and not entry.refusal:
+        if entry and (not entry.refusal or _offer_as_manifest(entry, parts, prefix)):
             entry.open = lambda info=info: zf.open(info)
         if entry:
             entries.append(entry)
@@ -168,7 +187,7 @@ def _folder_entries(root: Path, stack: ExitStack) -> list[Entry]:
                     entries.append(Entry(name, None, refusal=str(exc), kind="failed"))
                 continue
             entry = _classify(parts, name, _folder_of(parts))
-            if entry and not entry.refusal:
+            if entry and (not entry.refusal or _offer_as_manifest(entry, parts, "")):
                 entry.open = lambda path=path: open(path, "rb")
             if entry:
                 entries.append(entry)

@@ -2,18 +2,15 @@
 
 One bad file never stops an import: it is named in job.errors and the rest goes on. Files are
 stored once per client (by sha256), and a duplicate is named with the asset it repeats; labels
-from folder names are folder_labels' business. A ZIP is read member by member, never
-extracted, so an entry's name can't place a file anywhere. Counters reach the database about once a second,
-which is what the job page polls.
+from folder names, or from a ZIP export's labels.csv, are folder_labels' and manifest's
+business. A ZIP is read member by member, never extracted, so an entry's name can't place a file
+anywhere. Counters reach the database about once a second, which is what the job page polls.
 """
 from __future__ import annotations
 
 import logging
-import lzma
 import shutil
 import time
-import zipfile
-import zlib
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,8 +24,9 @@ from ..models import Asset, Client, ImportJob, JobState, Taxonomy
 from ..permissions import real_user
 from . import images
 from .folder_labels import FolderLabels
-from .import_sources import (UPLOAD, Entry, SourceError, Uploaded, clean_stale_staging, display_name, scan,
-                             stage_files, staging_dir)
+from .import_sources import (READ_ERRORS, UPLOAD, Entry, SourceError, Uploaded, clean_stale_staging, display_name,
+                             scan, stage_files, staging_dir)
+from .manifest import Manifests
 
 __all__ = ["UPLOAD", "create_job", "enqueue", "import_paths", "report", "run_job", "stage_upload", "staging_dir",
            "summary"]
@@ -41,8 +39,6 @@ MAX_REPORTED = 1000  # job.errors entries kept; the rest are counted in one last
 # 100,000 files does not fill the report (and MAX_REPORTED) with 'same bytes' lines.
 MAX_DUPLICATES_NAMED = 200
 Progress = Callable[[int, int], None]
-# What reading one file (a ZIP member above all) may raise when its bytes are damaged.
-READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError)
 
 
 def create_job(client: Client, source: str, user=None, labels_taxonomy: Taxonomy | None = None) -> ImportJob:
@@ -144,7 +140,8 @@ class _Importer:
     def __init__(self, job: ImportJob, progress: Progress | None) -> None:
         self.job = job
         self.progress = progress
-        self.folders = FolderLabels(job, self.note) if job.labels_from_folders else None
+        self.manifests = Manifests(self.note, beat=self.flush)
+        self.folders = FolderLabels(job, self.note, self.manifests) if job.labels_from_folders else None
         self.created_ids: list[int] = []
         self.n_dropped = 0
         self.last_flush = 0.0
@@ -198,17 +195,21 @@ class _Importer:
 
     # the work
     def run(self, entries: list[Entry]) -> None:
-        self.job.total = self.job.processed + len(entries)  # processed: files that failed staging
-        self.flush(force=True)
-        for entry in entries:
-            if entry.refusal:
-                self.add(entry.kind, entry.name, entry.refusal)
-            else:
-                self.import_one(entry)
-            self.job.processed += 1
-            if self.progress:
-                self.progress(self.job.processed, self.job.total)
-            self.flush()
+        with self.manifests:
+            # First: a ZIP export's manifest comes last in the ZIP, and decides the labels of the
+            # files before it. Ours, it is not one of the files counted and reported.
+            entries = self.manifests.take(entries, apply=self.folders is not None)
+            self.job.total = self.job.processed + len(entries)  # processed: files that failed staging
+            self.flush(force=True)
+            for entry in entries:
+                if entry.refusal:
+                    self.add(entry.kind, entry.name, entry.refusal)
+                else:
+                    self.import_one(entry)
+                self.job.processed += 1
+                if self.progress:
+                    self.progress(self.job.processed, self.job.total)
+                self.flush()
         self.flush(force=True)
 
     def import_one(self, entry: Entry) -> None:
