@@ -110,6 +110,9 @@ def tag_name_problem(name: str) -> str | None:
         return "may not contain '|' (it joins several tags in CSV exports)"
     if " / " in name:
         return "may not contain ' / ' (it separates a tag from its parent in tag paths)"
+    if name.endswith(" /") or name.startswith("/ "):
+        # 'a /' under nothing and 'b' under it make the path 'a / / b', read back as 'a' and '/ b'
+        return "may not end with ' /' or start with '/ ' (tag paths would not read back)"
     if not name.strip(" ."):
         return "needs a letter or digit"
     if any(unicodedata.category(ch) == "Cc" for ch in name):

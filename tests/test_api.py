@@ -126,7 +126,8 @@ def test_the_kind_of_a_taxonomy_is_fixed_once_it_has_labels_or_models(world, lib
     assert c.patch(base(world), {"kind": "single", "retrain_threshold": 7}, format="json").status_code == 200
 
 
-@pytest.mark.parametrize("name, says", [("a | b", "'|'"), ("shoe / sneaker", "' / '"), ("..", "letter or digit")])
+@pytest.mark.parametrize("name, says", [("a | b", "'|'"), ("shoe / sneaker", "' / '"), ("..", "letter or digit"),
+                                         ("shoe /", "end with ' /'"), ("/ sneaker", "start with '/ '")])
 def test_tag_names_that_would_read_as_two_tags_are_refused(world, name, says):
     r = api(world.alice).post(base(world) + "tags/", {"name": name}, format="json")
     assert r.status_code == 400 and says in r.json()["name"][0]
