@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.shortcuts import redirect
 
-from .models import Client, ImportJob, Label, Membership, ModelVersion, Role, Tag, Taxonomy, TrainingRun
+from .models import Client, ImportJob, Membership, ModelVersion, Role, Tag, Taxonomy, TrainingRun
 from .services import members
 
 
@@ -14,12 +14,6 @@ def admin_client_ids(user) -> list[int]:
     if not user.is_authenticated:  # e.g. the login page after a wrong password asks for the app list
         return []
     return list(Membership.objects.filter(user=user, role=Role.ADMIN).values_list("client_id", flat=True))
-
-
-def tag_in_use(tag: Tag) -> bool:
-    """Carried by a label (current or not), predicted by a model version, or a parent."""
-    return (Label.tags.through.objects.filter(tag_id=tag.pk).exists() or tag.children.exists()
-            or any(tag.pk in (v.tag_ids or []) for v in ModelVersion.objects.filter(taxonomy_id=tag.taxonomy_id).only("tag_ids")))
 
 
 class ClientScopedAdmin(admin.ModelAdmin):
@@ -117,11 +111,11 @@ class TagAdmin(ClientScopedAdmin):
         # deleting it would take it off every label that carries it and out of the models.
         if request.user.is_superuser:
             return True
-        return obj is not None and self._own(request, obj) and not tag_in_use(obj)
+        return obj is not None and self._own(request, obj) and not obj.in_use()
 
     def delete_view(self, request, object_id, extra_context=None):
         tag = self.get_object(request, object_id)
-        if tag is not None and not request.user.is_superuser and tag_in_use(tag):
+        if tag is not None and not request.user.is_superuser and tag.in_use():
             # say why, rather than a bare "not allowed" that reads like a role problem
             messages.error(request, f"“{tag.path}” is used by labels or models, so it can't be deleted: "
                                     "tick Retired instead (it is no longer offered; its labels stay).")

@@ -168,6 +168,13 @@ class Tag(models.Model):
             if problem := parent_problem(self.pk, self.parent):
                 raise ValidationError({"parent": problem})
 
+    def in_use(self) -> bool:
+        """Carried by a label (current or not), predicted by a model version, or a parent: then
+        it is retired, never deleted (deleting would take it off labels and out of models)."""
+        return (Label.tags.through.objects.filter(tag_id=self.pk).exists() or self.children.exists()
+                or any(self.pk in (v.tag_ids or []) for v in ModelVersion.objects.filter(taxonomy_id=self.taxonomy_id)
+                       .only("tag_ids")))
+
     @property
     def path(self) -> str:
         parts, node, seen = [], self, set()

@@ -133,6 +133,24 @@ def test_tag_names_that_would_read_as_two_tags_are_refused(world, name, says):
     assert r.status_code == 400 and says in r.json()["name"][0]
 
 
+def test_an_unused_tag_is_deleted_and_one_in_use_is_refused_with_the_way_to_retire_it(world, lib):
+    c = api(world.alice)
+    typo = c.post(base(world) + "tags/", {"name": "nkie"}, format="json").json()
+    assert api(world.olga).delete(base(world) + f"tags/{typo['id']}/").status_code == 403  # operators don't
+    assert c.delete(base(world) + f"tags/{typo['id']}/").status_code == 204
+    assert not Tag.objects.filter(pk=typo["id"]).exists()
+    labels.save_label(world.brand, lib.assets[0], [lib.tags["nike"]])
+    used = c.delete(base(world) + f"tags/{lib.tags['nike']}/")
+    assert used.status_code == 409 and "retire it instead" in used.json()["detail"]
+    assert Label.objects.filter(taxonomy=world.brand, is_current=True, tags=lib.tags["nike"]).count() == 1
+    parent = c.post(base(world) + "tags/", {"name": "sneaker"}, format="json").json()
+    c.post(base(world) + "tags/", {"name": "runner", "parent": parent["id"]}, format="json")
+    assert c.delete(base(world) + f"tags/{parent['id']}/").status_code == 409  # its child would lose its place
+    foreign = Tag.objects.filter(taxonomy=world.other_tax).first()
+    assert c.delete(base(world) + f"tags/{foreign.pk}/").status_code == 404
+    assert Tag.objects.filter(pk=foreign.pk).exists()
+
+
 def test_a_tag_added_without_a_position_goes_last_and_leaves_the_review_keys_as_they_were(world):
     from labeling.views import tag_list
 

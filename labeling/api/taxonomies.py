@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -93,7 +93,8 @@ class TagListAPI(ScopedAPIView):
 
 
 class TagDetailAPI(ScopedAPIView):
-    """Retire a tag (``retired: true``) instead of deleting it: its labels stay."""
+    """PATCH: rename, move or retire a tag (``retired: true``: its labels stay). DELETE: only a
+    tag nothing uses yet (a typo, a test); one in use answers 409 and is to be retired."""
 
     write_role = Role.ADMIN
 
@@ -110,3 +111,18 @@ class TagDetailAPI(ScopedAPIView):
         serializer.is_valid(raise_exception=True)
         serializer.save()
         return Response(serializer.data)
+
+    @extend_schema(responses={204: None, 409: OpenApiResponse(description="the tag is used by labels, models or "
+                                                                          "child tags: retire it instead")})
+    def delete(self, request: Request, slug: str, taxonomy_id: int, tag_id: int) -> Response:
+        with transaction.atomic():
+            # Locked, so two deletes (or a delete and a rename) don't interleave; a label saved in
+            # the same instant is the rare race the admin's delete has as well.
+            tag = self.tag(tag_id)
+            Tag.objects.select_for_update().filter(pk=tag.pk).first()
+            if tag.in_use():
+                return Response({"detail": f"'{tag.path}' is used by labels, models or child tags, so it can't be "
+                                           "deleted: retire it instead (PATCH retired: true; its labels stay)"},
+                                status=status.HTTP_409_CONFLICT)
+            tag.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
