@@ -247,7 +247,10 @@ def test_assets_filter_by_tag_state_uncertainty_and_cluster(world, lib):
     clustering = Clustering.objects.create(client=world.acme, backbone="test", k=2, state="succeeded", is_current=True)
     cluster = Cluster.objects.create(clustering=clustering, index=1, size=1)
     ClusterMember.objects.create(cluster=cluster, asset=lib.assets[5], distance=0.1)
-    assert walk(c, "/api/v1/clients/acme/assets/?cluster=1") == [lib.assets[5].pk]
+    # numbered as the pages show it: index 1 is "Cluster 2"
+    assert walk(c, "/api/v1/clients/acme/assets/?cluster=2") == [lib.assets[5].pk]
+    assert walk(c, "/api/v1/clients/acme/assets/?cluster=1") == []
+    assert c.get("/api/v1/clients/acme/assets/?cluster=0").status_code == 400
     row = c.get(url + "&tag=" + str(lib.tags["nike"])).json()["results"][0]
     assert row["label"]["tags"] == [lib.tags["nike"]] and row["suggestion"]["top"][0]["prob"] == 0.8
 

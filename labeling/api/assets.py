@@ -93,7 +93,8 @@ LIST_PARAMS = [
     OpenApiParameter("state", str, enum=["labeled", "unlabeled"], description="label state (needs taxonomy)"),
     OpenApiParameter("uncertainty_min", float, description="live suggestion's uncertainty >= (0..1)"),
     OpenApiParameter("uncertainty_max", float, description="live suggestion's uncertainty <= (0..1)"),
-    OpenApiParameter("cluster", int, description="member of this cluster index of the current clustering"),
+    OpenApiParameter("cluster", int, description="member of this cluster of the current clustering, numbered "
+                                                "as the explore pages show it (1 = 'Cluster 1')"),
     OpenApiParameter("order", str, enum=["id", "uncertain"], description="id (default) or most uncertain first"),
     OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
     OpenApiParameter("limit", int, description="1..200, default 50"),
@@ -120,7 +121,7 @@ class AssetListAPI(ScopedAPIView):
             "state": p.get("state") or None,
             "umin": float_param(request, "uncertainty_min", 0.0, 1.0),
             "umax": float_param(request, "uncertainty_max", 0.0, 1.0),
-            "cluster": int_param(request, "cluster", 0, 1_000_000),
+            "cluster": int_param(request, "cluster", 1, 1_000_000),
             "order": p.get("order") or "id",
         }
         if f["state"] not in (None, "labeled", "unlabeled"):
@@ -161,7 +162,8 @@ class AssetListAPI(ScopedAPIView):
         if f["cluster"] is None:
             return []
         members = ClusterMember.objects.filter(
-            asset_id=OuterRef(ref), cluster__index=f["cluster"],
+            # the pages number clusters from 1, Cluster.index from 0
+            asset_id=OuterRef(ref), cluster__index=f["cluster"] - 1,
             cluster__clustering__client=self.client, cluster__clustering__is_current=True,
         )
         return [Exists(members)]
