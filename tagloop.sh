@@ -38,6 +38,17 @@ chromium_setup() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Celery's warm shutdown waits for a running task (a retrain, an import); Ctrl-C should not hang
+# on it. After 10 s the worker is killed: the sweep fails that run as "worker lost" (no backoff,
+# so the next start retrains), and an import the same way (run again, it skips what is stored).
+stop_worker() {
+  trap - EXIT INT TERM
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 20); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.5; done
+  log "the worker is still finishing a task: stopping it"
+  pkill -KILL -P "$1" 2>/dev/null; kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null
+}
+
 demo() {
   setup
   export DEBUG=${DEBUG:-1}
@@ -47,7 +58,7 @@ demo() {
   "$VENV/bin/celery" -A tagloop worker -B -Q default,import,train --concurrency 2 --loglevel INFO \
     > "${TAGLOOP_VAR:-var}/worker.log" 2>&1 &
   local worker=$!
-  trap 'kill $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT INT TERM
+  trap "stop_worker $worker" EXIT INT TERM
   log "worker log: ${TAGLOOP_VAR:-var}/worker.log"
   "$VENV/bin/python" manage.py runserver --noreload "${HOST:-127.0.0.1}:${PORT:-8000}"
 }
