@@ -6,8 +6,9 @@
 The labelling loop as the product runs it, on cached real embeddings (EfficientNet-Lite0,
 centre crop): an operator labels 20 photos at a time (the default retrain threshold) in the
 queue's order (``--strategy``, default the product's ``diverse``); one label in five is held
-out by its photo's sha256 (as labeling.services.training does; below 10 held-out labels the
-product promotes without a comparison); after each 20 a head is trained on the rest and
+out by its photo's sha256 (``ml.promotion.holdout_split``, as the product: a class whose only
+labels are held out trains on them; below 10 held-out labels the product promotes without a
+comparison); after each 20 a head is trained on the rest and
 compared with the live model on the held-out labels by each rule, each rule with its own live
 model. The truth is the task's test split, never labelled. Printed per rule:
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from ml.datasets import load_task  # noqa: E402
 from ml.features import make_store, spec_features, spec_views  # noqa: E402
 from ml.heads import train_head  # noqa: E402
-from ml.promotion import can_compare, compare, is_holdout  # noqa: E402
+from ml.promotion import can_compare, compare, holdout_split, is_holdout  # noqa: E402
 from ml.selection import select_batch  # noqa: E402
 from ml.simulate import seed_set  # noqa: E402
 
@@ -92,9 +93,11 @@ def one_order(X: np.ndarray, y: np.ndarray, held_out: np.ndarray, n_classes: int
             add = rest[np.asarray(select_batch(P_rest, X[rest], BATCH, args.strategy, k * 1000 + len(labelled)))]
         labelled += [int(i) for i in add]
         L = np.asarray(labelled)
-        held = L[held_out[L]]
+        # the product's split: a class whose only labels are in the bucket trains on them
+        bucket, _, _ = holdout_split(held_out[L], y[L][:, None] == np.arange(n_classes))
+        held = L[bucket]
         compared = can_compare(len(held))
-        train = L[~held_out[L]] if compared else L
+        train = L[~bucket] if compared else L
         P = train_head(X[train], y[train], n_classes, seed=k).predict_proba(X)
         acc = float(_right(P[test], y[test]).mean())
         out["newest"].append(acc)

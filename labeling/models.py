@@ -9,7 +9,7 @@ import unicodedata
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.db.models.functions import Lower
 
@@ -139,6 +139,10 @@ class Tag(models.Model):
     retired = models.BooleanField(default=False)
     position = models.IntegerField(default=0, help_text="Order in lists, which gives the review page's digit keys; "
                                                          "a new tag left at 0 goes after the others.")
+    # A multi-label label made before its taxonomy had this tag says nothing about it: training
+    # and the held-out scores treat that "no" as unknown (services.training_data). Null for
+    # tags made before this was recorded: their labels' answers are all kept, as before.
+    created = models.DateTimeField(auto_now_add=True, null=True)
 
     class Meta:
         ordering = ["position", "name"]
@@ -156,7 +160,19 @@ class Tag(models.Model):
             last = Tag.objects.filter(taxonomy_id=self.taxonomy_id).aggregate(m=models.Max("position"))["m"]
             if last is not None:
                 self.position = last + 1
+        # Every way a tag is retired or brought back (the API's PATCH, the admin's inline and tag
+        # pages) saves it here: the live model's stored suggestions were computed over the old
+        # set of active tags (their top tag, the uncertainty the queue sorts on), so a worker
+        # recomputes them once this commits.
+        fields = kwargs.get("update_fields")
+        was_retired = None if self._state.adding or (fields is not None and "retired" not in fields) else \
+            Tag.objects.filter(pk=self.pk).values_list("retired", flat=True).first()
         super().save(*args, **kwargs)
+        if was_retired is not None and was_retired != self.retired:
+            from . import tasks  # tasks import the models
+
+            taxonomy_id = self.taxonomy_id
+            transaction.on_commit(lambda: tasks.enqueue_rescore(taxonomy_id))
 
     def clean(self) -> None:
         problem = tag_name_problem(self.name or "")

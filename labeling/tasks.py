@@ -114,6 +114,28 @@ def enqueue_recluster(client_id: int) -> bool:
     return send(recluster, client_id, f"recluster of client {client_id}")
 
 
+@shared_task(name="labeling.tasks.rescore_live")
+def rescore_live(taxonomy_id: int) -> int:
+    """The live model's suggestions over the tags active now, after a tag was retired or brought
+    back (Tag.save asks on commit); idempotent: a second run writes the same rows."""
+    from .services import suggesting
+
+    taxonomy = Taxonomy.objects.filter(pk=taxonomy_id).first()
+    if taxonomy is None:
+        return 0
+    n = suggesting.rescore_live(taxonomy)
+    if n:
+        enqueue_recluster(taxonomy.client_id)  # cluster stats follow the rows (clusters._stats_key)
+    return n
+
+
+def enqueue_rescore(taxonomy_id: int) -> bool:
+    """False when the broker is unreachable: the review page and API still leave the retired
+    tag out of each row they show (suggesting.current_view); the order follows at the next
+    promotion, or the next change of a tag."""
+    return send(rescore_live, taxonomy_id, f"rescore of taxonomy {taxonomy_id}")
+
+
 @shared_task(name="labeling.tasks.second_look")
 def second_look(taxonomy_id: int) -> bool:
     """Fresh second-look scores for a taxonomy with too many labels to score in a page load

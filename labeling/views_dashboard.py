@@ -5,10 +5,10 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from .models import Role
+from .models import ModelVersion, Role
 from .permissions import RANK, taxonomy_view
 from .services import dashboard as dashboard_service
-from .services import exporting
+from .services import exporting, rollback
 
 
 @require_safe
@@ -17,6 +17,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     taxonomy = request.taxonomy
     is_admin = request.role == Role.ADMIN
     data = dashboard_service.build(taxonomy)
+    # newest first, for the table only (the plots' JSON holds them all once)
+    recent = [dict(v) for v in data["versions"][::-1][:dashboard_service.RECENT_VERSIONS]]
+    if is_admin:  # the "Make live" buttons, and why a version can't be on the disabled ones
+        versions = ModelVersion.objects.in_bulk([v["id"] for v in recent])
+        for row in recent:
+            row["cannot_go_live"] = rollback.why_not(taxonomy, versions[row["id"]])
     return render(
         request,
         "labeling/dashboard.html",
@@ -27,8 +33,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "can_label": RANK[request.role] >= RANK[Role.OPERATOR],
             "kinds": exporting.KINDS,
             "data": data,
-            # newest first, for the table only (the plots' JSON holds them all once)
-            "recent_versions": data["versions"][::-1][:dashboard_service.RECENT_VERSIONS],
+            "recent_versions": recent,
             "progress": dashboard_service.progress(taxonomy, include_imports=is_admin),
         },
     )

@@ -15,6 +15,8 @@ Conventions
 - Classes (or tags) without a single training example cannot be learned: they get a fixed
   probability of 0 (a multi-label tag present on every example gets 1) instead of whatever an
   unconstrained bias would drift to.
+- Multi-label ``known`` (n, k): entries that are False (a label made before its tag existed)
+  carry no weight in the loss, the balanced weights, the CV's L2 choice or the thresholds.
 """
 
 from __future__ import annotations
@@ -216,27 +218,33 @@ def _fit(
     return [(W[:, g * k : (g + 1) * k].contiguous(), bb[g * k : (g + 1) * k]) for g in range(G)]
 
 
-def _learnable(y: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
-    """Classes that can be learned from ``y``: seen at least once (and, for tags, not on every row)."""
+def _learnable(y: np.ndarray, n_classes: int, multilabel: bool, known: np.ndarray | None = None) -> np.ndarray:
+    """Classes that can be learned from ``y``: seen at least once (and, for tags, with a known "no")."""
     if multilabel:
-        pos = y.sum(axis=0)
-        return (pos > 0) & (pos < len(y))
+        return (y.sum(axis=0) > 0) & ((_known(y, known) & (y == 0)).sum(axis=0) > 0)
     return np.bincount(y, minlength=n_classes) > 0
 
 
+def _known(y: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """(n, k) bool: every entry when no mask was given; a "yes" is always known."""
+    return np.ones(y.shape, dtype=bool) if known is None else known | (y > 0)
+
+
 def _targets(
-    y: np.ndarray, multilabel: bool, class_weight: ClassWeight, learned: np.ndarray
+    y: np.ndarray, multilabel: bool, class_weight: ClassWeight, learned: np.ndarray,
+    known: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Y, M) for the learned columns only, with 'balanced' weights as in scikit-learn."""
+    """(Y, M) for the learned columns only, 'balanced' weights as in scikit-learn; unknown entries weigh 0."""
     n = len(y)
     if multilabel:
         Y = y[:, learned].astype(np.float32)
+        K = _known(y, known)[:, learned]
         if class_weight == "balanced":
-            n_pos = Y.sum(axis=0)  # 0 < n_pos < n for learned tags
-            M = np.where(Y > 0, n / (2 * n_pos), n / (2 * (n - n_pos)))
+            n_pos, n_neg = Y.sum(axis=0), (K & (Y == 0)).sum(axis=0)  # both > 0 for learned tags
+            M = np.where(Y > 0, n / (2 * n_pos), n / (2 * np.maximum(n_neg, 1)))
         else:
             M = np.ones_like(Y)
-        return torch.from_numpy(Y), torch.from_numpy(M.astype(np.float32))
+        return torch.from_numpy(Y), torch.from_numpy((M * K).astype(np.float32))
     yl = (np.cumsum(learned) - 1)[y]  # original class -> column among learned classes
     k = int(learned.sum())
     Y = np.zeros((n, k), dtype=np.float32)
@@ -253,6 +261,7 @@ def _proba(Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, multilabel: bool)
 def _cross_validate(
     Xs: torch.Tensor, y: np.ndarray, multilabel: bool, class_weight: ClassWeight,
     learned: np.ndarray, l2_grid: list[float], seed: int, groups: np.ndarray | None = None,
+    known: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray | None]:  # fmt: skip
     """Pick the L2 strength by held-out log-loss; also return the out-of-fold probabilities
     (n, k_learned) for the chosen strength (NaN where a sample could not be scored)."""
@@ -263,12 +272,13 @@ def _cross_validate(
         tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         # classes missing from this training fold are treated like unseen classes: their
         # held-out samples cannot be scored (single-label) / the fold is skipped (multi-label)
-        fold_learned = learned & _learnable(y[tr], len(learned), multilabel)
+        fold_known = None if known is None else known[tr]
+        fold_learned = learned & _learnable(y[tr], len(learned), multilabel, fold_known)
         if multilabel and not np.array_equal(fold_learned, learned):
             continue
         if fold_learned.sum() < 2 and not multilabel:
             continue
-        Yt, Mt = _targets(y[tr], multilabel, class_weight, fold_learned)
+        Yt, Mt = _targets(y[tr], multilabel, class_weight, fold_learned, fold_known)
         cols = np.flatnonzero(fold_learned[learned])
         Xtr, Xte = Xs[torch.from_numpy(tr)], Xs[torch.from_numpy(te)]
         for g, (W, b) in enumerate(_fit(Xtr, Yt, Mt, l2_grid, multilabel, max_iter=CV_MAX_ITER)):
@@ -281,7 +291,9 @@ def _cross_validate(
         else:
             ok = ~np.isnan(oof[g][np.arange(n), Ytrue])
         P = np.nan_to_num(oof[g][ok], nan=0.0)
-        losses.append(float(per_label_log_loss(P, Ytrue[ok], multilabel, eps=1e-7).mean()) if ok.sum() >= 10 else np.inf)
+        K = None if known is None or not multilabel else known[:, learned][ok]
+        losses.append(float(per_label_log_loss(P, Ytrue[ok], multilabel, eps=1e-7, known=K).mean())
+                      if ok.sum() >= 10 else np.inf)
     if not np.isfinite(min(losses)):
         return default_l2(n), None
     best = int(np.argmin(losses))
@@ -311,10 +323,13 @@ def train_head(
     seed: int = 0,
     l2: float | None = None,
     groups: np.ndarray | None = None,
+    known: np.ndarray | None = None,
 ) -> LinearHead:
     """Train a linear head. ``l2=None`` chooses the strength by internal CV (or the default).
 
     Single-label ``y``: ints (n,) in [0, n_classes); multi-label ``y``: (n, n_classes) of {0, 1}.
+    ``known`` (multi-label, (n, n_classes) bool): False where a row says nothing about a tag (a
+    label older than the tag): no loss, no threshold tuning there. A 1 in ``y`` is always known.
     ``groups`` (n,): rows from one source image (augmented views, box crops) are kept in one
     internal CV fold, so the L2 choice is not rewarded for memorising near-duplicates.
     """
@@ -327,12 +342,15 @@ def train_head(
         raise ValueError(f"groups: {len(groups)} entries for {n} rows")
     if class_weight not in ("balanced", None):
         raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if known is not None and (not multilabel or np.shape(known) != (n, n_classes)):
+        raise ValueError(f"known must be a multi-label (n, n_classes) mask, got {np.shape(known)}")
     if multilabel:
         if y.shape != (n, n_classes):
             raise ValueError(f"multi-label y must have shape {(n, n_classes)}, got {y.shape}")
         y = (y > 0).astype(np.int64)
-        learned = _learnable(y, n_classes, multilabel)
-        fixed = np.where(learned, np.nan, (y.sum(axis=0) == n).astype(np.float64))
+        known = None if known is None else _known(y, np.asarray(known, dtype=bool))
+        learned = _learnable(y, n_classes, multilabel, known)
+        fixed = np.where(learned, np.nan, (y.sum(axis=0) > 0).astype(np.float64))
     else:
         y = y.astype(np.int64).reshape(-1)
         if len(y) != n or y.min() < 0 or y.max() >= n_classes:
@@ -348,13 +366,13 @@ def train_head(
     # OpenMP thread made training 3-5x slower in CPU *and* wall time (2,000 x 1280: 0.6 s vs
     # 4.6 s with other processes running); it also leaves the other core to the web app.
     with torch_threads(1):
-        return _train(X, y, n_classes, multilabel, class_weight, seed, l2, learned, fixed, groups)
+        return _train(X, y, n_classes, multilabel, class_weight, seed, l2, learned, fixed, groups, known)
 
 
 def _train(
     X: np.ndarray, y: np.ndarray, n_classes: int, multilabel: bool, class_weight: ClassWeight,
     seed: int, l2: float | None, learned: np.ndarray, fixed: np.ndarray,
-    groups: np.ndarray | None = None,
+    groups: np.ndarray | None = None, known: np.ndarray | None = None,
 ) -> LinearHead:  # fmt: skip
     n = len(X)
     torch.manual_seed(seed)
@@ -370,11 +388,11 @@ def _train(
         oof = None
         if l2 is None and n >= MIN_CV_SAMPLES:
             grid = [default_l2(n) * f for f in L2_GRID_FACTORS]
-            chosen_l2, oof = _cross_validate(Xs, y, multilabel, class_weight, learned, grid, seed, groups)
-        [(W, b)] = _fit(Xs, *_targets(y, multilabel, class_weight, learned), [chosen_l2], multilabel)
+            chosen_l2, oof = _cross_validate(Xs, y, multilabel, class_weight, learned, grid, seed, groups, known)
+        [(W, b)] = _fit(Xs, *_targets(y, multilabel, class_weight, learned, known), [chosen_l2], multilabel)
         weight[:, learned], bias[learned] = W.numpy(), b.numpy()
         if multilabel:
-            thresholds[learned] = tune_tag_thresholds(oof, y[:, learned])
+            thresholds[learned] = tune_tag_thresholds(oof, y[:, learned], None if known is None else known[:, learned])
     return LinearHead(mean, scale, weight, bias, multilabel, thresholds, fixed, chosen_l2)
 
 

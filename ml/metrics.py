@@ -97,17 +97,20 @@ def macro_f1_ci(cm: np.ndarray, reps: int = 400, seed: int = 0) -> tuple[float, 
     return float(lo), float(hi)
 
 
-def per_label_log_loss(P: np.ndarray, y: np.ndarray, multilabel: bool = False, eps: float = 1e-6) -> np.ndarray:
+def per_label_log_loss(P: np.ndarray, y: np.ndarray, multilabel: bool = False, eps: float = 1e-6,
+                       known: np.ndarray | None = None) -> np.ndarray:
     """(n,) log-loss of each held-out row: -log P(true tag); multi-label: the sum over tags of
-    the binary cross-entropy (y (n, k) of {0, 1}). A non-finite probability (a diverged model)
-    counts as the worst answer (ml.promotion: such a model is never promoted over a working one).
+    the binary cross-entropy (y (n, k) of {0, 1}), over the ``known`` (n, k) entries only when
+    given. A non-finite probability (a diverged model) counts as the worst answer
+    (ml.promotion: such a model is never promoted over a working one).
     Probabilities are clipped to [eps, 1 - eps]."""
     P = np.asarray(P, dtype=np.float64)
     finite = np.isfinite(P)
     if multilabel:
         Y = np.asarray(y) > 0
         P = np.clip(np.where(finite, P, ~Y), eps, 1 - eps)  # worst: 0 for a true tag, 1 for a false one
-        return -np.where(Y, np.log(P), np.log1p(-P)).sum(axis=1)
+        loss = -np.where(Y, np.log(P), np.log1p(-P))
+        return (loss if known is None else np.where(known, loss, 0.0)).sum(axis=1)
     y = np.asarray(y, dtype=np.int64).reshape(-1)
     P = np.clip(np.where(finite, P, 0.0), eps, 1 - eps)
     return -np.log(P[np.arange(len(y)), y])
@@ -202,9 +205,12 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequen
 
 
 def multilabel_metrics(
-    Y_true: np.ndarray, P: np.ndarray, thresholds: np.ndarray | float | None, labels: Sequence[str]
+    Y_true: np.ndarray, P: np.ndarray, thresholds: np.ndarray | float | None, labels: Sequence[str],
+    known: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Multi-label report: a tag is predicted when P >= its threshold (0.5 if None).
+    """Multi-label report: a tag is predicted when P >= its threshold (0.5 if None). Entries
+    not ``known`` ((n, k) bool; a label made before its tag existed) count for nothing: not
+    as a miss, a false positive, or a right answer.
 
     ``macro_f1`` averages over tags that are true or predicted at least once, the multi-label
     counterpart of the single-label rule (``f1_score(average="macro", labels=those tags)``);
@@ -215,9 +221,10 @@ def multilabel_metrics(
     if Y.shape != P.shape or P.shape[1] != len(labels):
         raise ValueError(f"Y_true {Y.shape} and P {P.shape} must both be (n, {len(labels)})")
     t = 0.5 if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    K = np.ones(Y.shape, dtype=bool) if known is None else np.asarray(known, dtype=bool) | Y
     pred = P >= t
     tp = (pred & Y).sum(axis=0)
-    n_pred, support = pred.sum(axis=0), Y.sum(axis=0)
+    n_pred, support = (pred & K).sum(axis=0), Y.sum(axis=0)
     precision, recall, f1 = _prf(tp, n_pred, support)
     seen = (n_pred + support) > 0
     _, _, micro = _prf(tp.sum(), n_pred.sum(), support.sum())
@@ -227,8 +234,8 @@ def multilabel_metrics(
         "micro_f1": float(micro),
         "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
         "macro_f1_tags": int(seen.sum()),
-        "subset_accuracy": float((pred == Y).all(axis=1).mean()) if n else 0.0,
-        "hamming_loss": float((pred != Y).mean()) if n else 0.0,
+        "subset_accuracy": float(((pred == Y) | ~K).all(axis=1).mean()) if n else 0.0,
+        "hamming_loss": float(((pred != Y) & K).sum() / K.sum()) if K.any() else 0.0,
         "per_tag": _per_label(labels, precision, recall, f1, support),
         "labels": [str(x) for x in labels],
     }

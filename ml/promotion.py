@@ -42,6 +42,18 @@ def is_holdout(sha256: str) -> bool:
     return int(sha256[:8], 16) % HOLDOUT_BUCKETS == 0
 
 
+def holdout_split(bucket: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(held out, moved, untaught): the rows of ``bucket`` (n,) bool (``is_holdout``, and
+    whatever else the caller keeps out) are held out, except those saying yes to a tag that
+    no other row does (``positives`` (n, k) bool, one-hot for single-label): that tag would
+    never be learned, and its held-out labels would only count errors no model can avoid.
+    ``moved`` marks them (they train), ``untaught`` (k,) their tags. Moving rows only adds
+    training positives, so one pass settles it; deterministic."""
+    untaught = positives[bucket].any(axis=0) & ~positives[~bucket].any(axis=0)
+    moved = bucket & positives[:, untaught].any(axis=1)
+    return bucket & ~moved, moved, untaught
+
+
 def can_compare(n_holdout: int) -> bool:
     """Whether ``n_holdout`` held-out labels are enough to compare two models. Below that a
     retrain trains on every label and is promoted unchecked. ``compare``'s paired test needs at
@@ -69,18 +81,18 @@ class Comparison:
 
 
 def compare(P_new: np.ndarray, P_live: np.ndarray, y: np.ndarray, *, multilabel: bool = False,
-            alpha: float = ALPHA) -> Comparison:
+            alpha: float = ALPHA, known: np.ndarray | None = None) -> Comparison:
     """Promote unless the new model's held-out log-loss is higher than the live model's with
     one-sided p < ``alpha``. A larger alpha refuses more often (0.5: about whenever the mean
-    log-loss is higher at all)."""
+    log-loss is higher at all). ``known`` (multi-label (n, k) bool): only those answers count."""
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     if not len(P_new) == len(P_live) == len(y):
         raise ValueError(f"{len(P_new)} rows of new probabilities, {len(P_live)} of live ones, {len(y)} labels")
     if len(y) < 2:
         raise ValueError(f"need at least 2 held-out rows to compare, got {len(y)}")
-    new = per_label_log_loss(P_new, y, multilabel, eps=EPS)
-    live = per_label_log_loss(P_live, y, multilabel, eps=EPS)
+    new = per_label_log_loss(P_new, y, multilabel, eps=EPS, known=known)
+    live = per_label_log_loss(P_live, y, multilabel, eps=EPS, known=known)
     d = new - live
     if np.ptp(d) > SAME:
         p = float(ttest_1samp(d, 0.0, alternative="greater").pvalue)

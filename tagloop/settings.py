@@ -278,6 +278,8 @@ CELERY_TASK_ROUTES = {
     "labeling.tasks.run_import": {"queue": "import"},
     "labeling.tasks.embed_assets": {"queue": "import"},
     "labeling.tasks.train": {"queue": "train"},
+    # the library scoring a promotion does, so where promotions run (one at a time there)
+    "labeling.tasks.rescore_live": {"queue": "train"},
 }
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "labeling.tasks.sweep", "schedule": float(TAGLOOP_SWEEP_SECONDS)},

@@ -149,19 +149,23 @@ def test_a_skipped_queue_item_is_passed_on_and_its_lease_is_not_renewed(world, l
 
 
 def test_the_up_front_check_judges_the_labels_a_run_would_train_on_not_the_held_out_ones(world, lib, monkeypatch):
-    from labeling.services import training
+    from labeling.services import training, training_data
     from ml import promotion
 
-    adidas = {a.sha256 for a in lib.assets[4:]}
-    monkeypatch.setattr(training, "is_holdout", lambda sha: sha in adidas)  # both adidas labels held out
+    # A held-out label of a tag no training label has trains instead (training_data), so what
+    # can still be held out of a run is the "no" of a multi-label tag: here every "no".
+    multi = Taxonomy.objects.create(client=world.acme, name="marks", kind=Taxonomy.Kind.MULTI)
+    text = Tag.objects.create(taxonomy=multi, name="has text")
+    blank = {a.sha256 for a in lib.assets[4:]}
+    monkeypatch.setattr(training_data, "is_holdout", lambda sha: sha in blank)  # both "no" labels held out
     monkeypatch.setattr(promotion, "MIN_HOLDOUT", 2)  # ... and enough of them to compare
     for a in lib.assets[:4]:
-        labels.save_label(world.brand, a, [lib.tags["nike"]], user=world.olga)
+        labels.save_label(multi, a, [text.pk], user=world.olga)
     for a in lib.assets[4:]:
-        labels.save_label(world.brand, a, [lib.tags["adidas"]], user=world.olga)
-    r = api(world.alice).post(base(world.brand) + "runs/")
-    assert r.status_code == 409 and "all 4 training labels have one tag" in r.json()["detail"]
-    assert training.not_ready(world.brand) == training.train_now(world.brand).error  # what a run would say
+        labels.save_label(multi, a, [], user=world.olga)
+    r = api(world.alice).post(base(multi) + "runs/")
+    assert r.status_code == 409 and "every training label has the same tags" in r.json()["detail"]
+    assert training.not_ready(multi) == training.train_now(multi).error  # what a run would say
 
 
 def test_no_tag_applies_is_a_multi_label_answer_that_trains_as_a_negative(world, lib):

@@ -123,3 +123,35 @@ def test_retrain_now_says_why_a_run_could_not_start_and_stays_usable(live_server
     assert "no labels to learn from" in page.inner_text("#run-text")
     assert not page.locator("#retrain").is_disabled() and not TrainingRun.objects.exists()
     page.close()
+
+
+def test_an_admin_makes_the_other_version_live_from_the_versions_table(live_server, browser, shots, world,
+                                                                         dashboard_data, monkeypatch):
+    from labeling import tasks
+    from labeling.services import training
+
+    # No worker here: the queued run executes on commit of the request, as the worker would.
+    monkeypatch.setattr(training, "enqueue", training.execute_run)
+    monkeypatch.setattr(tasks, "enqueue_recluster", lambda client_id: False)
+    world.brand.refresh_from_db()
+    target = world.brand.versions.exclude(pk=world.brand.live_model_id).get()
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _open_dashboard(page, live_server.url, world, "alice")
+    rows = page.locator("#versions-table tbody tr")
+    live_row = rows.filter(has=page.locator(".pill"))
+    assert live_row.locator(".make-live").count() == 0  # the live one has no button
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+    page.locator("#versions-table").scroll_into_view_if_needed()
+    shots(page, "dashboard-make-live")
+    page.click(f".make-live[data-version='{target.version}']")
+    # the run finishes, the page reloads: the row says who made it live, with the live pill
+    page.wait_for_selector(f"#versions-table tr:has-text('v{target.version} made live by alice') .pill", timeout=20_000)
+    assert asked and asked[0].startswith(f"Make v{target.version} live?")
+    world.brand.refresh_from_db()
+    assert world.brand.live_model_id == target.pk
+    assert "made live by alice" in page.inner_text("#run-text")
+    assert not errors, errors
+    page.close()

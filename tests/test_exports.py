@@ -253,8 +253,11 @@ def test_after_a_tag_is_retired_the_suggested_column_is_what_the_app_suggests(wo
     rows = list(csv.DictReader(io.StringIO("".join(exporting.stream_csv(world.brand, labeled_only=False)))))
 
     assert len(rows) == 24
-    argmax = [max(json.loads(r["probabilities"]).items(), key=lambda kv: kv[1])[0] for r in rows]
-    assert argmax.count(retired.name) == top1[retired.pk] > 0, "raw probabilities still favour the retired tag"
+    # The stored rows still favour the retired tag (the rescore task has not run: no commit in
+    # this test); the export shows them as that rescore will write them, like the review page.
+    assert top1[retired.pk] > 0
+    probabilities = [json.loads(r["probabilities"]) for r in rows]
+    assert all(p[retired.name] == 0 and sum(p.values()) == pytest.approx(1, abs=1e-4) for p in probabilities)
     assert retired.name not in {r["suggested"] for r in rows}
     for row in rows:
         assert [row["suggested"]] == api_suggested(world, world.brand, int(row["asset_id"]))

@@ -13,6 +13,16 @@ def migrate(target: tuple[str, str]):
     return executor.loader.project_state([target]).apps
 
 
+@pytest.fixture(autouse=True)
+def back_to_the_latest():
+    """Each test leaves the schema where it found it: the tests after it (live-server ones
+    above all) need every migration applied, not the one a test stopped at."""
+    yield
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
 @pytest.mark.django_db(transaction=True)
 def test_local_matching_is_switched_off_for_multi_label_taxonomies_and_kept_for_single_label_ones():
     apps = migrate(("labeling", "0010_taxonomy_name_case_insensitive"))

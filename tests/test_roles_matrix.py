@@ -41,6 +41,7 @@ ROLE_TABLE = {
     ("api_taxonomies", "post"): Role.ADMIN, ("api_taxonomy", "patch"): Role.ADMIN, ("api_tags", "post"): Role.ADMIN,
     ("api_tag", "patch"): Role.ADMIN, ("api_assets", "post"): Role.ADMIN, ("api_import", "get"): Role.ADMIN,
     ("api_runs", "get"): Role.VIEWER, ("api_labels", "post"): Role.OPERATOR, ("api_labels_bulk", "post"): Role.OPERATOR,
+    ("api_model_promote", "post"): Role.ADMIN,
     ("api_predict", "post"): Role.OPERATOR, ("api_labels", "get"): Role.VIEWER, ("api_assets", "get"): Role.VIEWER,
     ("dashboard", "get"): Role.VIEWER, ("export", "get"): Role.VIEWER, ("import_upload", "get"): Role.ADMIN,
     ("import_job", "get"): Role.ADMIN, ("label_json", "post"): Role.OPERATOR, ("undo_json", "post"): Role.OPERATOR,

@@ -34,7 +34,7 @@ def big_library(world, shoe_paths, tmp_path):
     assets = list(world.acme.assets.all())
     for a in assets:
         labels.save_label(world.brand, a, [tags[truth[a.original_name]]], source=Label.Source.IMPORTED)
-    held = sum(training.is_holdout(a.sha256) for a in assets)
+    held = sum(promotion.is_holdout(a.sha256) for a in assets)
     assert held >= promotion.MIN_HOLDOUT, "precondition: enough held-out labels to compare models"
     return assets, truth, tags
 
@@ -49,7 +49,7 @@ def test_a_model_that_is_worse_on_the_held_out_labels_is_not_promoted(world, big
 
     # Someone relabels every training asset with the wrong brand: the next model must lose.
     for a in assets:
-        if not training.is_holdout(a.sha256):
+        if not promotion.is_holdout(a.sha256):
             wrong = BRANDS[(BRANDS.index(truth[a.original_name]) + 1) % 3]
             labels.save_label(world.brand, a, [tags[wrong]], world.olga)
     second = training.train_now(world.brand)

@@ -56,12 +56,15 @@ def ranked_tags(tag_ids: list[int], probs, tags: dict[int, Tag], top: int) -> li
 
 def suggestion_data(taxonomy: Taxonomy, s: Suggestion, tags: dict[int, Tag], top: int) -> dict:
     from ..services.labels import retired_among, suggested_tag_ids
+    from ..services.suggesting import current_view
 
+    retired = retired_among(tags)
+    s = current_view(s, retired, taxonomy.multilabel)  # as the review page shows it
     return {
         "model_version": s.model_version_id,
         "version": s.model_version.version,
         "uncertainty": round(float(s.uncertainty), 4),
-        "suggested": sorted(suggested_tag_ids(taxonomy, s, retired_among(tags))),
+        "suggested": sorted(suggested_tag_ids(taxonomy, s, retired)),
         "top": ranked_tags(s.model_version.tag_ids, s.probs, tags, top),
     }
 

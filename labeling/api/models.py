@@ -10,8 +10,8 @@ from rest_framework.response import Response
 
 from ml.preprocess import load_rgb
 
-from ..models import ModelVersion, Role, Suggestion, TrainingRun
-from ..services import images, suggesting, training, vectors
+from ..models import ModelVersion, Role, Suggestion, Taxonomy, TrainingRun
+from ..services import images, rollback, suggesting, training, vectors
 from ..services.labels import retired_among, suggested_tag_ids
 from .assets import ranked_tags, refuse_large_body
 from .base import ScopedAPIView, get_or_404
@@ -79,6 +79,8 @@ class PredictAPI(ScopedAPIView):
         P = suggesting.predict(live, embedder.embed_images(pictures), files)
         tags = {t.pk: t for t in self.taxonomy.tags.select_related("parent")}
         retired = retired_among(tags)
+        # as the library's rows are stored: retired tags at 0, single-label renormalised over the rest
+        P = suggesting.without_retired(P, live.tag_ids, retired, self.taxonomy.multilabel)
         predictions = [
             {"index": i, "name": f.name or "", "tags": ranked_tags(live.tag_ids, P[i], tags, top),
              # what the app would suggest: top-1, or every tag over its tuned threshold (multi-label)
@@ -108,6 +110,36 @@ class ModelVersionDetailAPI(ScopedAPIView):
         return Response(ModelVersionDetailSerializer(mv).data)
 
 
+class ModelVersionPromoteAPI(ScopedAPIView):
+    """POST (admins): make this version live again, a rollback or a roll-forward (e.g. after a
+    bulk action its live model learned from was undone). A worker scores the library with it and
+    switches the live pointer; the job is a training run (trigger ``rollback``): poll it (202)."""
+
+    write_role = Role.ADMIN
+
+    @extend_schema(request=None, responses={
+        202: TrainingRunSerializer,
+        404: OpenApiResponse(description="no such version in this taxonomy"),
+        409: OpenApiResponse(TrainingRunSerializer, description="a run is already active (that run), or the version "
+                             "can't be made live ({detail}: already live, model file missing, another backbone)")})
+    def post(self, request: Request, slug: str, taxonomy_id: int, version_id: int) -> Response:
+        mv = get_or_404(ModelVersion.objects.filter(taxonomy=self.taxonomy), pk=version_id)
+        if reason := rollback.why_not(self.taxonomy, mv):
+            return Response({"detail": f"not started: {reason}"}, status=status.HTTP_409_CONFLICT)
+        run = rollback.request(self.taxonomy, mv, request.user)
+        if run is None:
+            return active_run_conflict(self.taxonomy)
+        return Response(TrainingRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+def active_run_conflict(taxonomy: Taxonomy) -> Response:
+    """409 with the run that holds the taxonomy's one slot (the database allows one queued or
+    running run per taxonomy): the caller follows that one instead."""
+    active = TrainingRun.objects.filter(taxonomy=taxonomy, state__in=TrainingRun.ACTIVE).first()
+    return Response(TrainingRunSerializer(active).data if active else {"detail": "a run is already active"},
+                    status=status.HTTP_409_CONFLICT)
+
+
 class TrainingRunListAPI(ScopedAPIView):
     """GET: recent runs. POST (admins): retrain now, whatever the label counter says (202)."""
 
@@ -127,10 +159,7 @@ class TrainingRunListAPI(ScopedAPIView):
             return Response({"detail": f"not started: {reason}"}, status=status.HTTP_409_CONFLICT)
         run = training.request_run(self.taxonomy, trigger="api", force=True)
         if run is None:
-            # The database allows one queued/running run per taxonomy: show that one.
-            active = self._active()
-            return Response(TrainingRunSerializer(active).data if active else {"detail": "a run is already active"},
-                            status=status.HTTP_409_CONFLICT)
+            return active_run_conflict(self.taxonomy)
         return Response(TrainingRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     def _active(self) -> TrainingRun | None:

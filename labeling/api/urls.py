@@ -63,6 +63,7 @@ urlpatterns = [
     path(T + "predict/", models.PredictAPI.as_view(), name="api_predict"),
     path(T + "models/", models.ModelVersionListAPI.as_view(), name="api_models"),
     path(T + "models/<id:version_id>/", models.ModelVersionDetailAPI.as_view(), name="api_model"),
+    path(T + "models/<id:version_id>/promote/", models.ModelVersionPromoteAPI.as_view(), name="api_model_promote"),
     path(T + "runs/", models.TrainingRunListAPI.as_view(), name="api_runs"),
     path(T + "runs/<id:run_id>/", models.TrainingRunDetailAPI.as_view(), name="api_run"),
     path(T + "export/<str:kind>/", exports.ExportAPI.as_view(), name="api_export"),

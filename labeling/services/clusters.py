@@ -55,11 +55,14 @@ def store_version(client_id: int) -> str:
 
 
 def _stats_key(client_id: int) -> str:
-    """What cluster stats are derived from besides the members: each taxonomy's live model and
-    the labels (every save and undo writes a LabelEvent). Equal key, equal stats."""
+    """What cluster stats are derived from besides the members: each taxonomy's live model, the
+    labels (every save and undo writes a LabelEvent) and the retired tags (a retire rescores the
+    live model's rows: tasks.rescore_live). Equal key, equal stats."""
     models = list(Taxonomy.objects.filter(client_id=client_id).order_by("pk").values_list("pk", "live_model_id"))
     last = LabelEvent.objects.filter(taxonomy__client_id=client_id).aggregate(m=Max("pk"))["m"]
-    return f"{models}|{last}"
+    retired = list(Tag.objects.filter(taxonomy__client_id=client_id, retired=True).order_by("pk")
+                   .values_list("pk", flat=True))
+    return f"{models}|{last}|{retired}"
 
 
 def update(client_id: int) -> Update:

@@ -19,10 +19,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ml.metrics import macro_f1_ci, wilson_ci
-from ml.promotion import is_holdout
 
 from ..models import Asset, ImportJob, JobState, Label, LabelEvent, ModelVersion, Suggestion, Taxonomy, TrainingRun
 from . import labels as label_service
+from .training import ROLLBACK
+from .training_data import may_hold_out
 
 DAYS = 90  # labels-over-time window
 GALLERY = 24  # misclassified held-out images shown
@@ -125,16 +126,24 @@ def _macro_f1_ci(m: dict) -> list[float] | None:
 
 
 def versions(taxonomy: Taxonomy) -> list[dict]:
-    # a version's own run says whether it went live (a rejected one is kept for the record)
-    went_live = dict(TrainingRun.objects.filter(taxonomy=taxonomy, model_version__isnull=False)
-                     .values_list("model_version_id", "state"))
+    # A version went live through its own run (a rejected one is kept for the record) or a
+    # rollback's; the newest rollback of each says who made it live by hand.
+    went_live, made_live = set(), {}
+    for mv_id, trigger, message in TrainingRun.objects.filter(
+            taxonomy=taxonomy, model_version__isnull=False, state=TrainingRun.State.PROMOTED) \
+            .order_by("id").values_list("model_version_id", "trigger", "message"):
+        went_live.add(mv_id)
+        if trigger == ROLLBACK:
+            made_live[mv_id] = message
     out = []
     for mv in ModelVersion.objects.filter(taxonomy=taxonomy).order_by("version"):
         m = mv.metrics or {}
         out.append({
+            "id": mv.pk,
             "version": mv.version,
             "live": mv.pk == taxonomy.live_model_id,
-            "went_live": went_live.get(mv.pk) == TrainingRun.State.PROMOTED,
+            "went_live": mv.pk in went_live,
+            "made_live": made_live.get(mv.pk, ""),
             "created": mv.created.isoformat(),
             "n_labels": mv.n_labels,
             "n_train": m.get("n_train"),
@@ -240,10 +249,12 @@ def _held_out_labels(taxonomy: Taxonomy, live: ModelVersion) -> list[Label]:
     labels = (
         Label.objects.filter(taxonomy=taxonomy, is_current=True)
         .filter(Exists(Suggestion.objects.filter(model_version=live, asset_id=OuterRef("asset_id"))))
-        .select_related("asset")
+        .select_related("asset", "batch")
         .order_by("-id")[:GALLERY_SCAN]
     )
-    return [lb for lb in labels if is_holdout(lb.asset.sha256)]
+    moved = set((live.metrics or {}).get("holdout_moved") or ())  # trained on after all (training_data)
+    return [lb for lb in labels if lb.asset_id not in moved
+            and may_hold_out(lb.asset.sha256, lb.batch.kind if lb.batch else None)]
 
 
 def _single_label_judge(names: dict[int, str]) -> Judge:

@@ -20,12 +20,14 @@ if TYPE_CHECKING:
     from .training import Dataset
 
 
-def score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, names: list[str], thresholds=None) -> dict:
-    """Held-out metrics; multi-label decisions use each model's own tuned thresholds."""
+def score(taxonomy: Taxonomy, P: np.ndarray, y: np.ndarray, names: list[str], thresholds=None,
+          known: np.ndarray | None = None) -> dict:
+    """Held-out metrics; multi-label decisions use each model's own tuned thresholds, and
+    answers ``known`` leaves out (a tag newer than the label) count for nothing."""
     if taxonomy.multilabel:
         from ml.metrics import multilabel_metrics
 
-        m = multilabel_metrics(y, P, thresholds, names)
+        m = multilabel_metrics(y, P, thresholds, names, known)
         m["score"] = m.get("micro_f1", 0.0)
         return m
     m = classification_metrics(y, P, names)
@@ -93,6 +95,7 @@ def evaluate(
     model at the weight it was saved with, 0 when it had none. The head alone is reported as
     ``local.score_without``, so the evidence's share of the score is visible."""
     hold, y, live = data.holdout, data.y, taxonomy.live_model
+    known = None if data.known is None else data.known[hold]  # multi-label: tags newer than a label
     # services.training trains on everything when the holdout is too small to compare
     enough_holdout = bool(hold.any() and not train_mask[hold].any())
     metrics: dict = {"n_train": int(train_mask.sum()), "n_holdout": int(hold.sum()) if enough_holdout else 0}
@@ -105,9 +108,9 @@ def evaluate(
         evidence = local.scores(data.asset_ids[hold]) if local is not None else None
         if evidence is not None:
             local.remember(data.asset_ids[hold], evidence)
-            metrics["local"]["score_without"] = score(taxonomy, P_new, y[hold], names)["score"]
+            metrics["local"]["score_without"] = score(taxonomy, P_new, y[hold], names, known=known)["score"]
             P_new = fuse(P_new, evidence, local.weight)
-        new = score(taxonomy, P_new, y[hold], names, head.thresholds)
+        new = score(taxonomy, P_new, y[hold], names, head.thresholds, known)
         metrics.update(new)
         if "confusion" in new:  # single-label: the dashboard's interval, resampled once here
             metrics["macro_f1_ci95"] = list(macro_f1_ci(new["confusion"]) or (0.0, 0.0))
@@ -115,12 +118,12 @@ def evaluate(
             P_live, live_thresholds = _live_on(taxonomy, X[hold], data.tag_ids)
             if evidence is not None:
                 P_live = fuse(P_live, evidence, localmatch.weight_of(live))
-            old = score(taxonomy, P_live, y[hold], names, live_thresholds)
+            old = score(taxonomy, P_live, y[hold], names, live_thresholds, known)
             metrics["live_score_same_holdout"] = old["score"]
             # not "new score >= live score": on a few dozen labels that refuses better models
             # by chance (ml.promotion); refused only when shown worse
             verdict = promotion.compare(P_new, P_live, y[hold], multilabel=taxonomy.multilabel,
-                                        alpha=settings.TAGLOOP_PROMOTION_ALPHA)
+                                        alpha=settings.TAGLOOP_PROMOTION_ALPHA, known=known)
             metrics["promotion"] = verdict.as_dict()
             promote = verdict.promote
             reason = f"holdout score {new['score']:.4f} vs live {old['score']:.4f}; {verdict.describe()}"

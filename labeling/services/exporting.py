@@ -28,6 +28,7 @@ from ..models import Asset, Label, Suggestion, Tag, Taxonomy
 from .labels import retired_among, suggested_tag_ids
 from .manifest import FIELDS as MANIFEST_FIELDS
 from .manifest import FORMULA_START, MANIFEST, NO_TAGS_FOLDER, cell
+from .suggesting import current_view
 
 PAGE = 1000
 CHUNK = 1024 * 1024
@@ -74,9 +75,10 @@ def records(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[Record]:
         for asset in page:
             label, s = labels.get(asset.pk), suggestions.get(asset.pk)
             names = sorted((t.pk, tag_path.get(t.pk, t.name)) for t in label.tags.all()) if label else []
-            probs = {tag_path.get(t, str(t)): round(float(p), 5) for t, p in zip(live.tag_ids, s.probs)} if s else {}
             if s:
                 s.model_version = live  # the row's own version, without a query per row
+                s = current_view(s, retired, taxonomy.multilabel)  # as the review page shows it
+            probs = {tag_path.get(t, str(t)): round(float(p), 5) for t, p in zip(live.tag_ids, s.probs)} if s else {}
             suggested = _suggested(taxonomy, s, retired, tag_path) if s else []
             yield Record(asset, label, names, s, probs, suggested)
         last = page[-1].pk

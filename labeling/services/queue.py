@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from ..models import Asset, Label, Lease, Suggestion, Taxonomy, TrainingRun
 from .labels import retired_among, suggested_tag_ids
+from .suggesting import current_view
 
 # "uncertain": the planned diverse pages of the live model first (suggesting.plan_queue), then
 # the least sure; "confident" is for fast accept runs and ignores the plan.
@@ -161,13 +162,15 @@ def item_for(taxonomy: Taxonomy, asset: Asset, user) -> dict:
 
 
 def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict) -> dict:
+    retired = retired_among(tags)
+    s = current_view(s, retired, taxonomy.multilabel)  # a tag retired since the row was written
     ranked = sorted(zip(s.model_version.tag_ids, s.probs), key=lambda tp: -tp[1])
     return _item(
         s.asset,
         [{"tag": tid, "name": tags[tid].path, "prob": round(float(p), 4)}
          for tid, p in ranked if tid in tags and not tags[tid].retired],
         uncertainty=s.uncertainty,
-        suggested=sorted(suggested_tag_ids(taxonomy, s, retired_among(tags))),
+        suggested=sorted(suggested_tag_ids(taxonomy, s, retired)),
     )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 from django.conf import settings
@@ -61,12 +61,14 @@ def score(
     wanted = store.ids() if asset_ids is None else np.asarray(list(asset_ids), dtype=np.int64)
     head, local = load_head(mv), localmatch.for_version(mv)
     chunk = localmatch.SCORE_CHUNK if local else SCORE_CHUNK  # matching is ~100x slower per asset
+    # read once: a tag retired during the scoring enqueues rescore_live, which scores again
+    retired = set(taxonomy.tags.filter(retired=True).values_list("pk", flat=True))
     n = 0
     for start in range(0, len(wanted), chunk):
         ids, X = store.get(_existing(taxonomy.client_id, wanted[start : start + chunk]))
         if len(ids):
             P = head.predict_proba(X)
-            n += _write(taxonomy, mv, head, ids, local.fuse_assets(P, ids) if local else P)
+            n += _write(taxonomy, mv, head, ids, local.fuse_assets(P, ids) if local else P, retired)
         if progress:
             progress(min(start + chunk, len(wanted)), len(wanted))
     return n
@@ -80,30 +82,62 @@ def _existing(client_id: int, ids: np.ndarray) -> np.ndarray:
     return np.fromiter(alive, dtype=np.int64)
 
 
-def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarray, P: np.ndarray) -> int:
-    unc = uncertainty_score(P, multilabel=head.multilabel, thresholds=head.thresholds)
+def without_retired(P: np.ndarray, tag_ids: Sequence[int], retired: Collection[int], multilabel: bool) -> np.ndarray:
+    """``P`` with retired tags' columns at 0. Single-label rows are renormalised over the active
+    tags: the share a retired tag held would otherwise leave the runner-up as a "sure" top tag
+    at 1 % (1 - margin near 0 sorted it first in the confident queue). A row whose active tags
+    all had 0 stays 0: margin 0, so it is shown as unsure, not as sure."""
+    cols = [j for j, t in enumerate(tag_ids) if t in retired]
+    if not cols:
+        return P
+    P = np.array(P, dtype=np.float64)
+    P[:, cols] = 0.0
+    if not multilabel:
+        total = P.sum(axis=1, keepdims=True)
+        np.divide(P, total, out=P, where=total > 0)
+    return P
+
+
+def _fields(P: np.ndarray, tag_ids: Sequence[int], multilabel: bool, thresholds) -> list[dict]:
+    """The stored fields of each row of ``P`` (already without retired tags): the queue's keys."""
+    unc = uncertainty_score(P, multilabel=multilabel, thresholds=thresholds)
     ent, mar = entropy(P), margin(P)
     top = P.argmax(axis=1)
+    return [
+        {"probs": [round(float(p), 5) for p in P[r]], "top1_tag_id": tag_ids[int(top[r])],
+         "top1_prob": float(P[r, top[r]]), "margin": float(mar[r]), "entropy": float(ent[r]),
+         "uncertainty": float(unc[r])}
+        for r in range(len(P))
+    ]
+
+
+def current_view(s: Suggestion, retired: Collection[int], multilabel: bool) -> Suggestion:
+    """``s`` as the rescore after a retire will write it (rescore_live), computed in memory and
+    never saved: until the worker has run, a row written while a tag was still active must not
+    offer a 1 % runner-up as a sure suggestion. ``s.model_version`` is read, so pass rows with it
+    loaded. A row that gives retired tags nothing is returned as it is."""
+    mv = s.model_version
+    if not any(p > 0 for t, p in zip(mv.tag_ids, s.probs) if t in retired):
+        return s
+    P = without_retired(np.array([s.probs], dtype=np.float64), mv.tag_ids, retired, multilabel)
+    thresholds = (mv.metrics or {}).get("thresholds") if multilabel else None
+    for name, value in _fields(P, mv.tag_ids, multilabel, thresholds)[0].items():
+        setattr(s, name, value)
+    return s
+
+
+def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarray, P: np.ndarray,
+           retired: Collection[int]) -> int:
+    P = without_retired(P, mv.tag_ids, retired, head.multilabel)
+    fields = _fields(P, mv.tag_ids, head.multilabel, head.thresholds)
     asset_ids = [int(i) for i in ids]
     labeled = set(
         Label.objects.filter(taxonomy=taxonomy, is_current=True, asset_id__in=asset_ids).values_list(
             "asset_id", flat=True
         )
     )
-    tag_ids = mv.tag_ids
     rows = [
-        Suggestion(
-            asset_id=a,
-            taxonomy=taxonomy,
-            model_version=mv,
-            probs=[round(float(p), 5) for p in P[r]],
-            top1_tag_id=tag_ids[int(top[r])],
-            top1_prob=float(P[r, top[r]]),
-            margin=float(mar[r]),
-            entropy=float(ent[r]),
-            uncertainty=float(unc[r]),
-            is_labeled=a in labeled,
-        )
+        Suggestion(asset_id=a, taxonomy=taxonomy, model_version=mv, is_labeled=a in labeled, **fields[r])
         for r, a in enumerate(asset_ids)
     ]
     with transaction.atomic():
@@ -177,6 +211,25 @@ def reconcile_labeled(taxonomy: Taxonomy, mv: ModelVersion) -> int:
     labeled asset again, or hide an unlabeled one, until the next retrain."""
     current = Exists(Label.objects.filter(taxonomy=taxonomy, is_current=True, asset_id=OuterRef("asset_id")))
     return Suggestion.objects.filter(model_version=mv).exclude(is_labeled=current).update(is_labeled=current)
+
+
+def rescore_live(taxonomy: Taxonomy) -> int:
+    """After a tag was retired or brought back: the live model's rows again, over the tags active
+    now (_write), with the queue planned again, so the order (the confident one above all)
+    follows. The head runs again rather than the stored rows being re-weighted: a tag brought
+    back needs the share its rows no longer hold. A promotion meanwhile (the live pointer moved)
+    scores the new live model too. Returns the rows written."""
+    n, done = 0, None
+    for _ in range(3):  # bounded: a promotion takes a retrain, not seconds
+        taxonomy.refresh_from_db(fields=["live_model"])
+        mv = taxonomy.live_model
+        if mv is None or mv.pk == done:
+            break
+        n += score(taxonomy, mv)
+        plan_queue(taxonomy, mv)
+        reconcile_labeled(taxonomy, mv)  # labels committed while its rows were written
+        done = mv.pk
+    return n
 
 
 def delete_suggestions(rows: QuerySet[Suggestion]) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -22,11 +21,11 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from ml.heads import LinearHead, train_head
-# the held-out split lives in ml.promotion, so bench/gate.py simulates the same one
-from ml.promotion import can_compare, is_holdout
 
 from ..models import Asset, ImportJob, JobState, Label, ModelVersion, Suggestion, Taxonomy, TrainingRun
 from . import evaluation, localmatch, suggesting, vectors
+# what a run learns from and is judged on, in one place (the run and the up-front check)
+from .training_data import Dataset, collect
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,7 @@ FAILED_BACKOFF = timedelta(minutes=10)  # the sweep does not hammer a run that k
 WORKER_LOST = "worker lost (no heartbeat)"  # a failure of the worker, not of the run: no backoff
 NO_LABELS = "no labels to learn from"
 NEEDS_TWO_TAGS = "needs labels of at least 2 tags"
+ROLLBACK = "rollback"  # trigger of a run that makes an earlier version live (services.rollback)
 
 
 # -- requesting -------------------------------------------------------------------------
@@ -44,7 +44,8 @@ def request_run(taxonomy: Taxonomy, trigger: str = "threshold", force: bool = Fa
     if not force:
         if taxonomy.labels_since_train < max(1, taxonomy.retrain_threshold):
             return None
-        last = TrainingRun.objects.filter(taxonomy=taxonomy).order_by("-id").first()
+        # a failed rollback says nothing about the labels: it must not hold a retrain back
+        last = TrainingRun.objects.filter(taxonomy=taxonomy).exclude(trigger=ROLLBACK).order_by("-id").first()
         if last and last.state == TrainingRun.State.FAILED and last.finished and \
                 not last.error.startswith(WORKER_LOST) and timezone.now() - last.finished < FAILED_BACKOFF and \
                 not (last.error.startswith((NO_LABELS, NEEDS_TWO_TAGS)) and not_ready(taxonomy) is None):
@@ -153,106 +154,44 @@ def execute_run(run_id: int) -> TrainingRun:
     return run
 
 
-@dataclass
-class Dataset:
-    asset_ids: np.ndarray
-    label_ids: np.ndarray  # creation order of the current labels (for the savings replay)
-    holdout: np.ndarray  # bool mask
-    y: np.ndarray  # (n,) class index, or (n, k) 0/1 for multi-label
-    tag_ids: list[int]
-
-
-def collect(taxonomy: Taxonomy, watermark: int) -> Dataset:
-    """Current labels up to ``watermark`` as a class-index target over the active tags. In a
-    multi-label taxonomy a tag implies its parents: an image labeled "vehicle / car" is a
-    vehicle too, and the "vehicle" classifier learns from it."""
-    tag_ids = list(taxonomy.active_tags().values_list("id", flat=True))
-    index = {t: i for i, t in enumerate(tag_ids)}
-    parent = dict(taxonomy.tags.values_list("id", "parent_id")) if taxonomy.multilabel else {}
-    labels = (
-        Label.objects.filter(taxonomy=taxonomy, is_current=True, id__lte=watermark)
-        .select_related("asset")
-        .prefetch_related("tags")
-        .order_by("asset_id")
-    )
-    ids, label_ids, holdout, rows = [], [], [], []
-    for label in labels:
-        tags = label.tags.all()
-        cols = _columns([t.pk for t in tags], index, parent)
-        if not cols and (tags or not taxonomy.multilabel):
-            continue  # all its tags were retired since (a multi-label "no tag" label is a negative)
-        rows.append(cols)
-        ids.append(label.asset_id)
-        label_ids.append(label.pk)
-        holdout.append(is_holdout(label.asset.sha256))
-    return Dataset(np.array(ids, dtype=np.int64), np.array(label_ids, dtype=np.int64),
-                   np.array(holdout, dtype=bool), _targets(rows, len(tag_ids), taxonomy.multilabel), tag_ids)
-
-
-def _columns(tag_ids: list[int], index: dict[int, int], parent: dict[int, int | None]) -> list[int]:
-    """A label's tags (and, multi-label, their parents) as output columns; inactive ones left out."""
-    return [index[t] for t in _with_ancestors(tag_ids, parent) if t in index]
-
-
-def _targets(rows: list[list[int]], n_tags: int, multilabel: bool) -> np.ndarray:
-    """(n,) class index of each row's one column, or (n, n_tags) 0/1 for multi-label."""
-    if not multilabel:
-        return np.array([cols[0] for cols in rows], dtype=np.int64)
-    y = np.zeros((len(rows), n_tags), dtype=np.float32)
-    for i, cols in enumerate(rows):
-        y[i, cols] = 1
-    return y
-
-
-def _with_ancestors(tag_ids: list[int], parent: dict[int, int | None]) -> list[int]:
-    """The tags and every tag above them (``parent``: empty for single-label taxonomies)."""
-    out = dict.fromkeys(tag_ids)
-    for t in tag_ids:
-        while (t := parent.get(t)) is not None and t not in out:  # a parent cycle is refused on save
-            out[t] = None
-    return list(out)
-
-
 def not_ready(taxonomy: Taxonomy) -> str | None:
     """Why a run would be refused now (no labels, or training labels of one tag only), or None.
     Asked before a manual run is queued: a run that can only fail would hold the taxonomy's one
     run slot, then its failure backoff would hold back the automatic retrains. Checks what
-    _execute trains on (the held-out labels left out when there are enough to compare) from
-    one query of (label, asset hash, tag) rows, not from the labels themselves."""
-    index = {t: i for i, t in enumerate(taxonomy.active_tags().values_list("id", flat=True))}
-    parent = dict(taxonomy.tags.values_list("id", "parent_id")) if taxonomy.multilabel else {}
-    rows = Label.tags.through.objects.filter(
-        label__taxonomy=taxonomy, label__is_current=True, tag_id__in=list(index)
-    ).values_list("label_id", "label__asset__sha256", "tag_id").order_by("label_id", "tag_id")
-    by_label: dict[int, tuple[bool, list[int]]] = {}
-    for label_id, sha, tag_id in rows.iterator(chunk_size=5000):
-        by_label.setdefault(label_id, (is_holdout(sha), []))[1].append(tag_id)
-    if taxonomy.multilabel:  # "no tag applies" labels have no tag rows: negatives for every tag
-        for label_id, sha in Label.objects.filter(taxonomy=taxonomy, is_current=True, tags__isnull=True) \
-                .values_list("id", "asset__sha256"):
-            by_label[label_id] = (is_holdout(sha), [])
-    if not by_label:
+    _execute trains on: the same collect and the same split."""
+    data = collect(taxonomy)
+    if len(data.y) == 0:
         return NO_LABELS
-    held = np.array([h for h, _ in by_label.values()], dtype=bool)
-    train = ~held if can_compare(int(held.sum())) else np.ones(len(held), dtype=bool)
-    y = _targets([_columns(tags, index, parent) for _, tags in by_label.values()], len(index), taxonomy.multilabel)
     try:
-        _check_learnable(y[train], taxonomy.multilabel)
+        _check_learnable(data.y[data.train_mask], taxonomy.multilabel, _rows(data.known, data.train_mask))
     except Refused as exc:
         return str(exc)
     return None
 
 
-def _check_learnable(y: np.ndarray, multilabel: bool) -> None:
+def _rows(known: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if known is None else known[mask]
+
+
+def _check_learnable(y: np.ndarray, multilabel: bool, known: np.ndarray | None = None) -> None:
     """Refuse labels that cannot make a useful model. With one class a head is certain of it on
     every asset (uncertainty 0): the queue would show nothing useful first and bulk accept would
-    apply that tag everywhere. A multi-label head needs a tag that some labeled assets lack."""
+    apply that tag everywhere. A multi-label head needs a tag that some labeled assets are
+    known to lack (a label older than a tag says nothing about it)."""
     if multilabel:
-        pos = y.sum(axis=0)
-        if not ((pos > 0) & (pos < len(y))).any():
+        negatives = (y == 0) if known is None else (y == 0) & known
+        if not ((y.sum(axis=0) > 0) & negatives.any(axis=0)).any():
             raise Refused(f"{NEEDS_TWO_TAGS}: every training label has the same tags")
     elif len(np.unique(y)) < 2:
         raise Refused(f"{NEEDS_TWO_TAGS}: all {len(y)} training labels have one tag")
+
+
+def _note_split(metrics: dict, data: Dataset, names: list[str]) -> None:
+    """Say in the run's decision (the dashboard's "Why") when held-out labels trained instead,
+    and keep the assets, so the dashboard's gallery does not show them as never trained on."""
+    if note := data.split_note(names):
+        metrics["decision"] = f"{metrics['decision']}; {note}"
+        metrics["holdout_moved"] = data.asset_ids[data.moved].tolist()
 
 
 def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset) -> tuple[Dataset, np.ndarray]:
@@ -267,8 +206,7 @@ def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset) -> tuple[Data
         _progress(run, 0.1, f"embedding {len(missing)} assets")
         vectors.embed_assets(missing, progress=_beating(run, 0.1, "embedding labeled assets"))
     found, X = vectors.vectors_for(taxonomy.client_id, data.asset_ids)  # in the order asked
-    keep = np.isin(data.asset_ids, found)
-    return Dataset(data.asset_ids[keep], data.label_ids[keep], data.holdout[keep], data.y[keep], data.tag_ids), X
+    return data.subset(np.isin(data.asset_ids, found)), X
 
 
 def _fit_local(run: TrainingRun, taxonomy: Taxonomy, data: Dataset, X: np.ndarray,
@@ -336,7 +274,7 @@ def _discard(mv: ModelVersion) -> None:
     mv.delete()
 
 
-def _after_promotion(taxonomy: Taxonomy, mv: ModelVersion) -> None:
+def after_promotion(taxonomy: Taxonomy, mv: ModelVersion) -> None:
     """Catch up on what changed while the new version was scored. The run is finished, so
     nothing here beats (or checks) its heartbeat."""
     suggesting.score_unscored(taxonomy, mv)  # imported meanwhile: scored by the old model only
@@ -349,6 +287,10 @@ def _after_promotion(taxonomy: Taxonomy, mv: ModelVersion) -> None:
 
 
 def _execute(run: TrainingRun) -> None:
+    if run.trigger == ROLLBACK:  # no training: an earlier version goes live
+        from . import rollback  # it imports this module
+
+        return rollback.execute(run, _owned(run), lambda f, m: _progress(run, f, m))
     taxonomy = Taxonomy.objects.select_related("live_model").get(pk=run.taxonomy_id)
     consumed = taxonomy.labels_since_train
     watermark = Label.objects.filter(taxonomy=taxonomy).aggregate(m=Max("id"))["m"] or 0
@@ -361,14 +303,16 @@ def _execute(run: TrainingRun) -> None:
     tags = taxonomy.tags.in_bulk(data.tag_ids)
     names = [tags[t].path for t in data.tag_ids]
 
-    enough_holdout = can_compare(int(data.holdout.sum()))
-    train_mask = ~data.holdout if enough_holdout else np.ones(len(data.asset_ids), dtype=bool)
-    _check_learnable(data.y[train_mask], taxonomy.multilabel)
+    train_mask = data.train_mask
+    known = _rows(data.known, train_mask)
+    _check_learnable(data.y[train_mask], taxonomy.multilabel, known)
     _progress(run, 0.3, f"training on {int(train_mask.sum())} labels")
-    head = train_head(X[train_mask], data.y[train_mask], len(data.tag_ids), multilabel=taxonomy.multilabel, seed=0)
+    head = train_head(X[train_mask], data.y[train_mask], len(data.tag_ids), multilabel=taxonomy.multilabel, seed=0,
+                      known=known)
     local = _fit_local(run, taxonomy, data, X, train_mask)
     promote, metrics = evaluation.evaluate(taxonomy, head, local, data, X, train_mask, names,
                                            progress=lambda f, m: _progress(run, f, m))
+    _note_split(metrics, data, names)
     mv = _save_version(run, taxonomy, head, data, metrics, watermark)
     try:
         if local is not None:
@@ -380,5 +324,5 @@ def _execute(run: TrainingRun) -> None:
         _discard(mv)
         raise
     if promote:
-        _after_promotion(taxonomy, mv)
+        after_promotion(taxonomy, mv)
     log.info("run %s: v%s %s (%s)", run.pk, mv.version, "promoted" if promote else "rejected", metrics["decision"])

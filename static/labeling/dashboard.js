@@ -140,8 +140,11 @@
     document.getElementById("run-text").textContent = run
       ? `run #${run.id}: ${run.state}${run.message ? " · " + run.message : ""}` : "no run yet";
     document.getElementById("run-bar").style.width = run ? Math.round(run.progress * 100) + "%" : "0%";
+    const busy = Boolean(run && run.active);
     const button = document.getElementById("retrain"); // one run at a time: pressed again, it only queued a copy
-    if (button) button.disabled = Boolean(run && run.active);
+    if (button) button.disabled = busy;
+    // a version that can't go live (its file is gone, ...) stays disabled, with its reason as title
+    for (const b of document.querySelectorAll(".make-live")) if (!b.title) b.disabled = busy;
     const imports = document.getElementById("import-progress");
     imports.replaceChildren(...p.imports.map((j) => {
       const row = document.createElement("div");
@@ -154,25 +157,36 @@
     return p.active;
   }
   let timer = null;
+  let reloadWhenDone = false; // after "Make live": the table, header and plots are the page's own render
   async function poll() {
     try {
       const r = await fetch(box.dataset.url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
       if (r.ok && showProgress(await r.json())) { timer = setTimeout(poll, 2000); return; }
     } catch (e) { /* network blip: try again a little later */ timer = setTimeout(poll, 5000); return; }
     timer = null;
+    if (reloadWhenDone) window.location.reload();
   }
   if (showProgress(JSON.parse(document.getElementById("progress-data").textContent))) poll();
 
+  // POST a job (retrain, make a version live); the progress poll follows it. false: not started.
+  async function startJob(button) {
+    const token = (document.cookie.match(/(?:^|; )csrftoken=([^;]+)/) || [])[1] || "";
+    button.disabled = true; // until the run has finished (showProgress)
+    const r = await fetch(button.dataset.url, { method: "POST", headers: { "X-CSRFToken": token, Accept: "application/json" }, credentials: "same-origin" });
+    const body = await r.json().catch(() => ({}));
+    if (r.ok || (r.status === 409 && body.id)) { if (!timer) poll(); return r.ok; } // started, or one is running
+    button.disabled = false; // not started: say why (labels of one tag only, the version's file is gone, ...)
+    document.getElementById("run-text").textContent = body.detail || `not started (HTTP ${r.status})`;
+    return false;
+  }
+
   const retrain = document.getElementById("retrain");
-  if (retrain) {
-    retrain.addEventListener("click", async () => {
-      const token = (document.cookie.match(/(?:^|; )csrftoken=([^;]+)/) || [])[1] || "";
-      retrain.disabled = true; // until the run has finished (showProgress)
-      const r = await fetch(retrain.dataset.url, { method: "POST", headers: { "X-CSRFToken": token, Accept: "application/json" }, credentials: "same-origin" });
-      const body = await r.json().catch(() => ({}));
-      if (r.ok || (r.status === 409 && body.id)) { if (!timer) poll(); return; } // started, or one is running
-      retrain.disabled = false; // not started: say why (e.g. labels of one tag only)
-      document.getElementById("run-text").textContent = body.detail || `not started (HTTP ${r.status})`;
+  if (retrain) retrain.addEventListener("click", () => startJob(retrain));
+  for (const button of document.querySelectorAll(".make-live")) {
+    button.addEventListener("click", async () => {
+      const v = "v" + button.dataset.version;
+      if (!window.confirm(`Make ${v} live? Every image gets ${v}'s suggestions, and the next retrain is compared with ${v}.`)) return;
+      reloadWhenDone = await startJob(button);
     });
   }
 })();

@@ -119,3 +119,13 @@ def test_a_comparison_needs_min_holdout_labels_and_never_fewer_than_two(monkeypa
     assert not promotion.can_compare(promotion.MIN_HOLDOUT - 1) and promotion.can_compare(promotion.MIN_HOLDOUT)
     monkeypatch.setattr(promotion, "MIN_HOLDOUT", 1)  # a deployment that compares on any holdout
     assert not promotion.can_compare(1) and promotion.can_compare(2)  # the paired test needs two rows
+
+
+def test_a_tag_whose_only_labels_are_in_the_bucket_trains_on_them_and_the_others_stay_held_out():
+    from ml import promotion
+
+    bucket = np.array([True, False, True, True, True])
+    y = np.array([0, 0, 1, 1, 0])  # class 1 only in the bucket; class 0 has a training row
+    held, moved, untaught = promotion.holdout_split(bucket, y[:, None] == np.arange(3))
+    assert held.tolist() == [True, False, False, False, True]
+    assert moved.tolist() == [False, False, True, True, False] and untaught.tolist() == [False, True, False]
