@@ -158,13 +158,16 @@ def expected_calibration_error(y_true: np.ndarray, P: np.ndarray, n_bins: int = 
     return float(np.abs(gap).sum() / len(y_true))
 
 
-def _per_label(labels: Sequence[str], precision, recall, f1, support) -> dict[str, dict[str, float]]:
+def _per_label(labels: Sequence[str], precision, recall, f1, support, predicted) -> dict[str, dict[str, float]]:
+    # "predicted" beside "support": a 0 precision of a label never predicted (or 0 recall of one
+    # never true) is no evidence, and a report must be able to show it as such, not as a zero
     return {
         str(name): {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),
             "support": int(support[i]),
+            "predicted": int(predicted[i]),
         }
         for i, name in enumerate(labels)
     }
@@ -197,7 +200,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, labels: Sequen
         "balanced_accuracy_classes": int((support > 0).sum()),
         "macro_f1": macro_f1(y_true, y_pred, k),
         "macro_f1_classes": int(((cm.sum(axis=0) + support) > 0).sum()),
-        "per_class": _per_label(labels, precision, recall, f1, support),
+        "per_class": _per_label(labels, precision, recall, f1, support, cm.sum(axis=0)),
         "confusion": cm.tolist(),
         "labels": [str(x) for x in labels],
         "ece": expected_calibration_error(y_true, P),
@@ -236,6 +239,6 @@ def multilabel_metrics(
         "macro_f1_tags": int(seen.sum()),
         "subset_accuracy": float(((pred == Y) | ~K).all(axis=1).mean()) if n else 0.0,
         "hamming_loss": float(((pred != Y) & K).sum() / K.sum()) if K.any() else 0.0,
-        "per_tag": _per_label(labels, precision, recall, f1, support),
+        "per_tag": _per_label(labels, precision, recall, f1, support, n_pred),
         "labels": [str(x) for x in labels],
     }

@@ -2,12 +2,14 @@
 the two American brands, "american"; two models trained and evaluated on held-out labels. The
 service returns per-tag P/R/F1 beside the tuned thresholds, each version's micro-F1 (the score
 promotion compares) and subset accuracy, and the held-out images whose predicted tag set
-differs from their label; the page draws them."""
+differs from their label; the page draws them. A score with no evidence behind it is shown as
+'-' for either kind of taxonomy (last test, single-label)."""
 from __future__ import annotations
 
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from tests.conftest import BRANDS, copy_shoes
@@ -73,8 +75,13 @@ def test_per_tag_scores_come_with_the_thresholds_of_the_live_model(looks):
     head = suggesting.load_head(live)  # thresholds as the model file has them, by output
     for r, tag_id, threshold in zip(rows, live.tag_ids, head.thresholds):
         assert r["threshold"] == pytest.approx(float(threshold)) and tag_id == looks.tags[r["tag"]]
-        assert {k: r[k] for k in ("precision", "recall", "f1", "support")} == m["per_tag"][r["tag"]]
-        assert all(0 <= r[k] <= 1 for k in ("precision", "recall", "f1"))
+        stored = m["per_tag"][r["tag"]]
+        assert {k: r[k] for k in ("support", "predicted")} == {k: stored[k] for k in ("support", "predicted")}
+        # a score with no evidence behind it (no held-out image has the tag, or the model never
+        # said it) is None, shown as '-', not a 0.00 that reads as a failing model
+        assert r["recall"] == (None if stored["support"] == 0 else stored["recall"])
+        assert r["precision"] == (None if stored["predicted"] == 0 else stored["precision"])
+        assert r["f1"] == (None if stored["support"] + stored["predicted"] == 0 else stored["f1"])
     # support counted by hand: held-out labels with that tag (the forgotten "american" not among them)
     held = _held_out_labels(looks.taxonomy)
     assert {r["tag"]: r["support"] for r in rows} == {
@@ -200,3 +207,32 @@ def test_the_multilabel_dashboard_draws_per_tag_thresholds_and_the_versions_scor
     assert path.stat().st_size > 20_000
     assert not errors, errors
     context.close()
+
+
+def test_a_tag_with_no_held_out_image_or_never_predicted_shows_a_dash_not_a_zero(client, world):
+    from labeling.models import ModelVersion, Tag
+    from labeling.services import dashboard
+    from ml.metrics import classification_metrics
+
+    brand = world.brand
+    tags = list(Tag.objects.filter(taxonomy=brand).order_by("position", "name"))[:3]
+    names = [t.path for t in tags]
+    # held out: two of the first tag (one taken for the third), one of the second; none of the third
+    metrics = classification_metrics(np.array([0, 0, 1]), np.array([[.9, .05, .05], [.2, .1, .7], [.1, .8, .1]]), names)
+    brand.live_model = ModelVersion.objects.create(taxonomy=brand, version=1, backbone="test", artifact="none",
+                                                   tag_ids=[t.pk for t in tags], metrics={**metrics, "n_holdout": 3})
+    brand.save(update_fields=["live_model"])
+    rows = {r["tag"]: r for r in dashboard.live_report(brand)["per_class"]}
+    assert rows[names[0]]["recall"] == 0.5 and rows[names[0]]["precision"] == 1.0
+    # the third was said once and wrongly: precision 0 is a real zero; recall has no evidence
+    third = rows[names[2]]
+    assert third["precision"] == 0.0 and third["recall"] is None and third["f1"] == 0.0
+    # metrics stored before "predicted" existed: the confusion matrix's columns say it
+    for vals in metrics["per_class"].values():
+        del vals["predicted"]
+    metrics["per_class"][names[1]] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    metrics["confusion"] = [[2, 0, 0], [0, 0, 0], [0, 0, 1]]  # the second never true, never said
+    brand.live_model.metrics = {**metrics, "n_holdout": 3}
+    brand.live_model.save(update_fields=["metrics"])
+    second = {r["tag"]: r for r in dashboard.live_report(brand)["per_class"]}[names[1]]
+    assert second["precision"] is None and second["recall"] is None and second["f1"] is None

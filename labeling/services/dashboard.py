@@ -185,7 +185,9 @@ def live_report(taxonomy: Taxonomy) -> dict | None:
     if taxonomy.multilabel:
         per_class = _per_tag_with_thresholds(taxonomy, live)
     else:
-        per_class = [{"tag": name, **vals} for name, vals in (m.get("per_class") or {}).items()]
+        predicted = [sum(col) for col in zip(*m["confusion"])] if m.get("confusion") else None  # metrics before "predicted"
+        per_class = [{"tag": name, **_evidence(vals, predicted[i] if predicted else None)}
+                     for i, (name, vals) in enumerate((m.get("per_class") or {}).items())]
     report = {"version": live.version, "labels": m.get("labels") or [], "confusion": m.get("confusion") or [],
               "per_class": per_class, "n_holdout": m.get("n_holdout", 0), "savings": m.get("savings")}
     if taxonomy.multilabel:
@@ -206,7 +208,23 @@ def _per_tag_with_thresholds(taxonomy: Taxonomy, live: ModelVersion) -> list[dic
     thresholds = m.get("thresholds") or [None] * len(names)
     per_tag = m.get("per_tag") or {}
     empty = {"precision": None, "recall": None, "f1": None, "support": None}
-    return [{"tag": name, **per_tag.get(name, empty), "threshold": t} for name, t in zip(names, thresholds)]
+    return [{"tag": name, **(_evidence(per_tag[name]) if name in per_tag else empty), "threshold": t}
+            for name, t in zip(names, thresholds)]
+
+
+def _evidence(vals: dict, predicted: int | None = None) -> dict:
+    """A tag's held-out scores with the ones there is no evidence for as None (the page shows
+    '—'): recall of a tag no held-out image has, precision of one the model never said. Shown as
+    0.00 they read as a model that fails at the tag."""
+    predicted = vals.get("predicted", predicted)
+    out = dict(vals)
+    if vals.get("support") == 0:
+        out["recall"] = None
+        if not predicted:
+            out["f1"] = None
+    if predicted == 0:
+        out["precision"] = None
+    return out
 
 
 # A judge gets a held-out suggestion and its label's tags, and returns what the gallery shows

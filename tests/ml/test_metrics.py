@@ -70,7 +70,8 @@ def test_absent_and_never_predicted_classes_follow_sklearn_label_set():
         ref = skm.balanced_accuracy_score(y, pred)
     assert m["balanced_accuracy"] == pytest.approx(ref)
     assert m["balanced_accuracy_classes"] == 3
-    assert m["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0,
+                                    "predicted": 0}
     assert m["per_class"]["e"]["precision"] == 0.0 and m["per_class"]["c"]["recall"] == 0.0
 
 
