@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.forms.models import BaseInlineFormSet
 from django.shortcuts import redirect
 
 from .models import Client, ImportJob, Membership, ModelVersion, Role, Tag, Taxonomy, TrainingRun
@@ -61,6 +62,23 @@ class ClientScopedAdmin(admin.ModelAdmin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
+class TagFormSet(BaseInlineFormSet):
+    def clean(self) -> None:
+        """Two rows of one submission with one name under one parent: each form's own check
+        only sees the saved tags, and the database would refuse the second with a 500."""
+        super().clean()
+        seen: set[tuple[int | None, str]] = set()
+        for form in self.forms:
+            name = (form.cleaned_data or {}).get("name") if form.is_valid() else None
+            if not name:
+                continue
+            parent = form.cleaned_data.get("parent")
+            key = (parent.pk if parent else None, name.strip().lower())
+            if key in seen:
+                form.add_error("name", Tag.name_taken(key[0]))
+            seen.add(key)
+
+
 class TagInline(admin.TabularInline):
     """A taxonomy's tags on its own page. Client admins have no Django model permissions, so
     the inline asks the same question as the taxonomy page: is this one of your clients?
@@ -68,6 +86,7 @@ class TagInline(admin.TabularInline):
 
     model = Tag
     fk_name = "taxonomy"
+    formset = TagFormSet
     extra = 3
     fields = ("name", "parent", "position", "retired")
     can_delete = False

@@ -146,9 +146,17 @@ class Tag(models.Model):
 
     class Meta:
         ordering = ["position", "name"]
-        # "Nike" next to "nike" would be two tags an operator cannot tell apart in a list
-        constraints = [models.UniqueConstraint(Lower("name"), "taxonomy", name="tag_name_per_taxonomy_ci",
-                                               violation_error_message="this taxonomy already has a tag with this name")]
+        # "Nike" next to "nike" would be two tags an operator cannot tell apart in a list; among
+        # siblings only, as a hierarchy repeats names ("footwear / nike", "logos / nike"). Two
+        # constraints, as a NULL parent never equals another in a unique index.
+        constraints = [
+            models.UniqueConstraint(Lower("name"), "taxonomy", condition=Q(parent__isnull=True),
+                                    name="top_tag_name_per_taxonomy_ci",
+                                    violation_error_message="this taxonomy already has a top-level tag with this name"),
+            models.UniqueConstraint(Lower("name"), "parent", condition=Q(parent__isnull=False),
+                                    name="tag_name_per_parent_ci",
+                                    violation_error_message="this tag's parent already has a child with this name"),
+        ]
 
     def __str__(self) -> str:
         return self.path
@@ -183,6 +191,12 @@ class Tag(models.Model):
                 raise ValidationError({"parent": "not a tag of this taxonomy"})
             if problem := parent_problem(self.pk, self.parent):
                 raise ValidationError({"parent": problem})
+
+    @staticmethod
+    def name_taken(parent_id: int | None) -> str:
+        """What the constraint below says when ``parent_id``'s children (or the top level) have the name."""
+        top, child = Tag._meta.constraints
+        return (top if parent_id is None else child).violation_error_message
 
     def in_use(self) -> bool:
         """Carried by a label (current or not), predicted by a model version, or a parent: then
@@ -346,6 +360,10 @@ class Label(models.Model):
     # still says which model an "accepted" or "corrected" answered (the dashboard's agreement).
     model_version = models.ForeignKey("ModelVersion", models.SET_NULL, null=True, blank=True, related_name="+")
     batch = models.ForeignKey("BulkAction", models.SET_NULL, null=True, blank=True, related_name="labels")
+    # Given to an asset the review queue served in its random "audit" order (services.audit
+    # decides, from the lease, never from the client's word alone): these labels estimate how
+    # often the live model is right on the unlabeled library. They train like any other.
+    audit = models.BooleanField(default=False)
     # Older labels of the same asset stay as history; exactly one is current.
     is_current = models.BooleanField(default=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -356,7 +374,12 @@ class Label(models.Model):
                 fields=["asset", "taxonomy"], condition=Q(is_current=True), name="one_current_label"
             )
         ]
-        indexes = [models.Index(fields=["taxonomy", "is_current", "id"])]
+        indexes = [
+            models.Index(fields=["taxonomy", "is_current", "id"]),
+            # the audit estimate (services.audit): a few labels among all of a taxonomy's
+            models.Index(fields=["taxonomy", "model_version"], condition=Q(audit=True, is_current=True),
+                         name="label_audit"),
+        ]
 
 
 class TrainingRun(models.Model):
@@ -445,6 +468,9 @@ class Lease(models.Model):
     asset = models.ForeignKey(Asset, models.CASCADE, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
     expires = models.DateTimeField(db_index=True)
+    # Served to this user in the queue's "audit" order (a random sample): their label of it may
+    # count as an audit label (services.audit.served_for_audit).
+    audit = models.BooleanField(default=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["taxonomy", "asset"], name="one_lease_per_asset")]

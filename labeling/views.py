@@ -183,9 +183,9 @@ def _int_list(raw: str, field: str) -> list[int]:
 @require_safe
 @api_view()
 def queue_json(request: HttpRequest) -> JsonResponse:
-    order = request.GET.get("order", "uncertain")
+    order = request.GET.get("order", queue.Order.UNCERTAIN)
     if order not in queue.ORDERS:
-        raise BadInput("order: must be 'uncertain' or 'confident'")
+        raise BadInput(f"order: {queue.BAD_ORDER}")
     try:
         limit = int(request.GET.get("limit", 5))
     except ValueError:
@@ -244,8 +244,12 @@ def label_json(request: HttpRequest) -> JsonResponse:
     base = body["base_label"] if "base_label" in body else labels.NO_CHECK
     if base is not None and base is not labels.NO_CHECK and not is_id(base):
         raise BadInput("base_label: a label id or null expected")
+    # audit: the page got the asset in the audit order; the service checks that it did (services.audit)
+    audit = body.get("audit", False)
+    if not isinstance(audit, bool):
+        raise BadInput("audit: true or false expected")
     try:
-        label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base)
+        label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base, audit=audit)
     except labels.LabelConflict as conflict:
         current = conflict.current
         return JsonResponse(
@@ -262,6 +266,7 @@ def label_json(request: HttpRequest) -> JsonResponse:
             "label": label.pk,
             "asset": asset.pk,
             "source": label.source,
+            "audit": label.audit,
             "tags": sorted(t.pk for t in label.tags.all()),
             "status": queue.queue_status(taxonomy),
         }
@@ -295,7 +300,8 @@ def undo_json(request: HttpRequest) -> JsonResponse:
             "label": restored,
             # unlabeled again: back to the front of this operator's queue, whichever session
             # labeled it (the page may no longer hold it)
-            "item": queue.item_for(taxonomy, label.asset, request.user) if label and restored is None else None,
+            "item": queue.item_for(taxonomy, label.asset, request.user, audit=label.audit)
+            if label and restored is None else None,
             "status": queue.queue_status(taxonomy),
         }
     )

@@ -42,16 +42,33 @@ def is_holdout(sha256: str) -> bool:
     return int(sha256[:8], 16) % HOLDOUT_BUCKETS == 0
 
 
-def holdout_split(bucket: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def holdout_split(bucket: np.ndarray, positives: np.ndarray,
+                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(held out, moved, untaught): the rows of ``bucket`` (n,) bool (``is_holdout``, and
     whatever else the caller keeps out) are held out, except those saying yes to a tag that
     no other row does (``positives`` (n, k) bool, one-hot for single-label): that tag would
     never be learned, and its held-out labels would only count errors no model can avoid.
     ``moved`` marks them (they train), ``untaught`` (k,) their tags. Moving rows only adds
-    training positives, so one pass settles it; deterministic."""
+    training positives, so one pass settles it; deterministic.
+
+    ``groups`` (n,) ints, one id per group of rows that must stay on one side (near-duplicate
+    images: a twin trained on would make its held-out copy a memory test): a group is in the
+    bucket only if all its rows are, and moves as a whole."""
+    if groups is not None:
+        bucket = _whole_groups(bucket, groups, every=True)
     untaught = positives[bucket].any(axis=0) & ~positives[~bucket].any(axis=0)
     moved = bucket & positives[:, untaught].any(axis=1)
+    if groups is not None:
+        moved = _whole_groups(moved, groups, every=False)  # a twin of a moved row moves with it
     return bucket & ~moved, moved, untaught
+
+
+def _whole_groups(rows: np.ndarray, groups: np.ndarray, every: bool) -> np.ndarray:
+    """(n,) bool: each row's group has ``rows`` on every member (``every``) or on any."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    hits = np.bincount(inverse, weights=rows)
+    sizes = np.bincount(inverse)
+    return (hits == sizes if every else hits > 0)[inverse]
 
 
 def can_compare(n_holdout: int) -> bool:

@@ -193,7 +193,7 @@ def test_a_tag_under_itself_a_case_twin_taxonomy_and_a_zero_threshold_are_refuse
 
 def test_a_tag_name_that_differs_only_in_case_is_refused(world):
     r = api(world.alice).post(base(world) + "tags/", {"name": "NIKE"}, format="json")
-    assert r.status_code == 400 and "already has a tag" in r.json()["name"][0]
+    assert r.status_code == 400 and "already has a top-level tag" in r.json()["name"][0]
     with pytest.raises(IntegrityError):  # and the database holds to it, whatever writes the row
         with transaction.atomic():
             Tag.objects.create(taxonomy=world.brand, name="Nike")
@@ -204,7 +204,7 @@ def test_a_name_taken_by_a_concurrent_request_is_a_409_not_a_500(world, monkeypa
     # The name check passed a moment before another request inserted the same name: what is
     # left is the database's unique constraint. Skipping the check opens that window.
     from labeling.api.serializers import TagSerializer
-    monkeypatch.setattr(TagSerializer, "validate_name", lambda self, value: value)
+    monkeypatch.setattr(TagSerializer, "validate", lambda self, attrs: attrs)
     r = api(world.alice).post(base(world) + "tags/", {"name": "nike"}, format="json")
     assert r.status_code == 409 and "concurrent" in r.json()["detail"]
     assert Tag.objects.filter(taxonomy=world.brand, name="nike").count() == 1

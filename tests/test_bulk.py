@@ -179,3 +179,21 @@ def test_bad_bulk_input_is_a_400_naming_the_field(world, client, body, field):
     login(client, world.olga)
     r = _post(client, f"/c/acme/t/{world.brand.pk}/bulk.json", body)
     assert r.status_code == 400 and r.json()["field"] == field, r.content
+
+
+def test_undoing_a_bulk_action_takes_the_same_few_queries_for_3_labels_or_21(
+        world, trained, checks, django_assert_max_num_queries):
+    from labeling.models import BulkAction, Label
+    from labeling.services import bulk
+
+    open_ids = [a for a in trained.assets if a not in trained.seeded]
+    seeded = trained.seeded[:3]  # these have a label to go back to
+    small = bulk.apply(world.brand, open_ids[:2] + seeded[:1], world.olga, tag_ids=[trained.tags["nike"]])
+    large = bulk.apply(world.brand, open_ids[2:] + seeded[1:], world.olga, tag_ids=[trained.tags["nike"]])
+    assert len(open_ids[2:] + seeded[1:]) >= 15
+    with django_assert_max_num_queries(20):
+        assert len(bulk.undo(BulkAction.objects.get(pk=small.pk), world.olga)) == 3
+    with django_assert_max_num_queries(20):
+        assert len(bulk.undo(BulkAction.objects.get(pk=large.pk), world.olga)) == len(open_ids[2:] + seeded[1:])
+    assert not Label.objects.filter(taxonomy=world.brand, asset_id__in=open_ids).exists()
+    assert Label.objects.filter(taxonomy=world.brand, asset_id__in=seeded, is_current=True).count() == 3

@@ -289,3 +289,27 @@ def test_a_multi_label_export_suggests_every_tag_over_its_threshold_not_the_top_
     looks.tags.filter(name="red").update(retired=True)
     [row] = json.loads("".join(exporting.stream_json(looks, labeled_only=False)))["assets"]
     assert row["suggested"] == ["round"] == api_suggested(world, looks, row["asset_id"])
+
+
+def test_the_csv_marks_the_images_the_live_model_was_judged_on_so_its_held_out_accuracy_can_be_recomputed(
+        world, shoe_paths, tmp_path, monkeypatch):
+    from labeling.models import TrainingRun
+    from labeling.services import training
+
+    monkeypatch.setattr(labels, "request_retrain_check", lambda tid: False)
+    truth = copy_shoes(shoe_paths, tmp_path / "lib", per_brand=30)
+    importing.import_paths(world.acme, tmp_path / "lib")
+    tags = {t.name: t.pk for t in world.brand.tags.all()}
+    for a in world.acme.assets.all():
+        labels.save_label(world.brand, a, [tags[truth[a.original_name]]], world.olga)
+    run = training.train_now(world.brand)
+    assert run.state == TrainingRun.State.PROMOTED, run.error
+
+    status, body, _ = download(world, "csv")
+
+    rows = list(csv.DictReader(StringIO(body.decode())))
+    held = [r for r in rows if r["held_out"] == "True"]
+    assert {int(r["asset_id"]) for r in held} == set(run.metrics["holdout_assets"]) and len(held) >= 10
+    assert {r["held_out"] for r in rows} == {"True", "False"} and {r["audit"] for r in rows} == {"False"}
+    right = sum(r["suggested"] == r["tags"] for r in held)
+    assert right / len(held) == pytest.approx(run.metrics["accuracy"]), "the dashboard's held-out accuracy"

@@ -152,3 +152,36 @@ def test_a_multi_label_tag_added_mid_way_leaves_earlier_labels_unknown_not_no(wo
 
 def _brand_of(shoes, asset) -> str:
     return next(b for b, assets in shoes.by_brand.items() if asset in assets)
+
+
+COPIES = 10  # per brand: the first photos, shrunk to 75 % and saved again at JPEG quality 70
+
+
+def test_a_photo_and_its_resized_re_encoded_copy_land_on_the_same_side_of_the_held_out_split(world, shoes, tmp_path):
+    from PIL import Image
+
+    originals = [a for b in shoes.by_brand for a in shoes.by_brand[b][:COPIES]]
+    for a in originals:  # imported after the originals: higher asset ids
+        path = tmp_path / "copies" / _brand_of(shoes, a) / f"copy-{a.pk}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(a.file.path) as im:
+            im.convert("RGB").resize((im.width * 3 // 4, im.height * 3 // 4)).save(path, "JPEG", quality=70)
+    importing.import_paths(world.acme, tmp_path / "copies")
+    copy_of = {a.pk: world.acme.assets.get(original_name=f"{_brand_of(shoes, a)}/copy-{a.pk}.jpg") for a in originals}
+    for brand, assets in shoes.by_brand.items():
+        _label(world, shoes, brand, assets + [copy_of[a.pk] for a in assets[:COPIES]])
+    split = [(promotion.is_holdout(a.sha256), promotion.is_holdout(copy_of[a.pk].sha256)) for a in originals]
+    assert (True, False) in split and (False, True) in split, "precondition: twins the hash alone would split"
+
+    data = training_data.collect(world.brand)
+    held = dict(zip(data.asset_ids.tolist(), data.holdout.tolist()))
+    assert data.compared and not data.moved.any(), "precondition: rules 1 and 2 decide"
+    # both on the side of the older one (lower id), whichever bucket the copy's hash is in
+    assert [(held[a.pk], held[copy_of[a.pk].pk]) for a in originals] == \
+        [(promotion.is_holdout(a.sha256),) * 2 for a in originals]
+
+    run = training.train_now(world.brand)  # the run splits the same way, and the gallery follows it
+    assert run.state == TrainingRun.State.PROMOTED, run.error
+    assert sorted(run.metrics["holdout_assets"]) == sorted(a for a, h in held.items() if h)
+    assert run.metrics["n_holdout"] == sum(held.values())
+    assert {g["asset"] for g in dashboard.gallery(world.brand)} <= set(run.metrics["holdout_assets"])

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from ..models import Asset, ClusterMember, ImportJob, Label, LabelEvent, Role, Suggestion, Tag, Taxonomy
 from ..services import importing, images
 from ..services.images import max_upload_bytes, max_upload_files
+from ..services.suggesting import as_shown, ranked_tags
 from .parsers import PayloadTooLarge
 from .base import MAX_ID, ScopedAPIView, decode_cursor, float_param, get_or_404, int_param, page_limit, page_serializer, paged
 from .serializers import (
@@ -47,24 +48,13 @@ def refuse_large_body(request: Request, limit: int, field: str) -> None:
 # --- suggestions as the API shows them -------------------------------------------------------
 
 
-def ranked_tags(tag_ids: list[int], probs, tags: dict[int, Tag], top: int) -> list[dict]:
-    """Active tags by probability, best first (retired tags are no longer offered)."""
-    pairs = sorted(zip(tag_ids, probs), key=lambda tp: -float(tp[1]))
-    out = [{"tag": t, "name": tags[t].path, "prob": round(float(p), 4)} for t, p in pairs if t in tags and not tags[t].retired]
-    return out[:top]
-
-
 def suggestion_data(taxonomy: Taxonomy, s: Suggestion, tags: dict[int, Tag], top: int) -> dict:
-    from ..services.labels import retired_among, suggested_tag_ids
-    from ..services.suggesting import current_view
-
-    retired = retired_among(tags)
-    s = current_view(s, retired, taxonomy.multilabel)  # as the review page shows it
+    s, suggested = as_shown(taxonomy, s, tags)  # as the review page shows it
     return {
         "model_version": s.model_version_id,
         "version": s.model_version.version,
         "uncertainty": round(float(s.uncertainty), 4),
-        "suggested": sorted(suggested_tag_ids(taxonomy, s, retired)),
+        "suggested": suggested,
         "top": ranked_tags(s.model_version.tag_ids, s.probs, tags, top),
     }
 

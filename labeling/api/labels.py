@@ -69,7 +69,7 @@ class LabelListAPI(ScopedAPIView):
             # label it replaces (base_label); tags given explicitly are the caller's own decision.
             base = None if data["accept_suggestion"] else labels.NO_CHECK
         try:
-            label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base)
+            label = labels.save_label(taxonomy, asset, tag_ids, user=request.user, base_label=base, audit=data["audit"])
         except labels.LabelConflict as conflict:
             current = LabelSerializer(conflict.current).data if conflict.current else None
             detail = str(conflict) if "base_label" in data else (
@@ -158,7 +158,10 @@ class QueueAPI(ScopedAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("order", str, enum=list(queue.ORDERS)),
+            OpenApiParameter("order", str, enum=list(queue.ORDERS), description=(
+                "uncertain (default): least sure first; confident: most sure first; audit: a random sample of the "
+                "unlabeled images the live model scored (none without a live model); label them with audit=true "
+                "and the models endpoint's `audit` estimates how often the live model is right on the library")),
             OpenApiParameter("limit", int, description=f"1..{queue.MAX_BATCH}"),
             OpenApiParameter("exclude", str, description="comma-separated asset ids already on screen "
                                                          "(their leases are renewed)"),

@@ -11,9 +11,10 @@ from rest_framework.response import Response
 from ml.preprocess import load_rgb
 
 from ..models import ModelVersion, Role, Suggestion, Taxonomy, TrainingRun
-from ..services import images, rollback, suggesting, training, vectors
+from ..services import audit, images, rollback, suggesting, training, vectors
 from ..services.labels import retired_among, suggested_tag_ids
-from .assets import ranked_tags, refuse_large_body
+from ..services.suggesting import ranked_tags
+from .assets import refuse_large_body
 from .base import ScopedAPIView, get_or_404
 from .serializers import (
     ModelVersionDetailSerializer, ModelVersionSerializer, PredictRequestSerializer, PredictResultSerializer,
@@ -93,12 +94,13 @@ class PredictAPI(ScopedAPIView):
 
 
 class ModelVersionListAPI(ScopedAPIView):
-    """Every trained model version of the taxonomy, newest first, with its held-out metrics."""
+    """Every trained model version of the taxonomy, newest first, with its held-out metrics and its
+    audit (its suggestions checked on a random sample of the unlabeled library)."""
 
     @extend_schema(responses=ModelVersionSerializer(many=True))
     def get(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         rows = ModelVersion.objects.filter(taxonomy=self.taxonomy).select_related("taxonomy").order_by("-version")
-        return Response(ModelVersionSerializer(rows, many=True).data)
+        return Response(ModelVersionSerializer(rows, many=True, context={"audit": audit.by_version(self.taxonomy)}).data)
 
 
 class ModelVersionDetailAPI(ScopedAPIView):
@@ -107,7 +109,7 @@ class ModelVersionDetailAPI(ScopedAPIView):
     @extend_schema(responses=ModelVersionDetailSerializer)
     def get(self, request: Request, slug: str, taxonomy_id: int, version_id: int) -> Response:
         mv = get_or_404(ModelVersion.objects.filter(taxonomy=self.taxonomy).select_related("taxonomy"), pk=version_id)
-        return Response(ModelVersionDetailSerializer(mv).data)
+        return Response(ModelVersionDetailSerializer(mv, context={"audit": audit.by_version(self.taxonomy)}).data)
 
 
 class ModelVersionPromoteAPI(ScopedAPIView):

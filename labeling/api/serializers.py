@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from ..models import (Asset, BulkAction, Label, LabelEvent, ModelVersion, Role, Tag, Taxonomy, TrainingRun,
                       local_matching_problem, parent_problem, tag_name_problem)
+from ..services import audit
 from .base import MAX_ID
 
 MAX_TAGS_PER_LABEL = 100
@@ -103,12 +104,19 @@ class TagSerializer(serializers.ModelSerializer):
         problem = tag_name_problem(value)
         if problem:
             raise serializers.ValidationError(problem)
-        clash = Tag.objects.filter(taxonomy=self.context["taxonomy"], name__iexact=value)
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        # Sibling names are unique whatever their case ('shoes / nike' and 'logos / nike' may
+        # both be): a rename, a move or both can clash, so the check needs the final pair.
+        name = attrs.get("name", self.instance.name if self.instance is not None else "")
+        parent_id = attrs["parent_id"] if "parent_id" in attrs else getattr(self.instance, "parent_id", None)
+        clash = Tag.objects.filter(taxonomy=self.context["taxonomy"], parent_id=parent_id, name__iexact=name)
         if self.instance is not None:
             clash = clash.exclude(pk=self.instance.pk)
         if clash.exists():
-            raise serializers.ValidationError("this taxonomy already has a tag with this name")
-        return value
+            raise serializers.ValidationError({"name": [Tag.name_taken(parent_id)]})
+        return attrs
 
     def validate_parent(self, value: int | None) -> int | None:
         if value is None:
@@ -136,7 +144,9 @@ class LabelSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Label
-        fields = ["id", "asset", "taxonomy", "tags", "user", "source", "batch", "is_current", "created"]
+        fields = ["id", "asset", "taxonomy", "tags", "user", "source", "batch", "is_current", "audit", "created"]
+        extra_kwargs = {"audit": {"help_text": "an audit label: the queue served the asset in its random 'audit' "
+                                               "order to its author (the dashboard's audit estimate counts it)"}}
 
     def get_tags(self, obj: Label) -> list[int]:
         return sorted(t.pk for t in obj.tags.all())
@@ -217,6 +227,11 @@ class LabelCreateSerializer(serializers.Serializer):
         required=False, allow_null=True,
         help_text="the current label id you saw (null: none). If it changed meanwhile: 409 with the current label.",
     )
+    audit = serializers.BooleanField(
+        default=False, help_text="you got the asset from the queue in order=audit (a random sample of the unlabeled "
+                                 "library): the label counts toward the audit estimate. Honoured only when the queue "
+                                 "served it to you in that order, it was unlabeled and the live model scored it; "
+                                 "the reply's `audit` says whether it was")
 
     def validate(self, data: dict) -> dict:
         if data.get("accept_suggestion") and data.get("tags"):
@@ -262,6 +277,7 @@ class QueueItemSerializer(serializers.Serializer):
     tags = ScoredTagSerializer(many=True)
     image = MediaLinkField()
     thumb = MediaLinkField()
+    audit = serializers.BooleanField(help_text="served in the audit order: send audit=true with its label")
 
 
 # --- uploads, jobs, predictions -------------------------------------------------------------
@@ -312,18 +328,37 @@ class PredictResultSerializer(serializers.Serializer):
     predictions = PredictionSerializer(many=True)
 
 
+class VersionAuditSerializer(serializers.Serializer):
+    audited = serializers.IntegerField(help_text="audit labels that answered this version's suggestion")
+    right = serializers.IntegerField(help_text="of them, the ones where the operator kept the suggested tag "
+                                               "(multi-label: exactly the suggested tags)")
+    rate = serializers.FloatField(help_text="right / audited")
+    ci95 = serializers.ListField(child=serializers.FloatField(), help_text="Wilson 95 % interval of rate")
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     is_live = serializers.SerializerMethodField()
+    audit = serializers.SerializerMethodField(
+        help_text="how often this version's suggestions were right on a random sample of the unlabeled library (the "
+                  "review queue's audit order); null: no audit labels yet. Unlike the held-out scores in `summary`, "
+                  "which come from the queue's hardest picks, this estimates the library as a whole")
     summary = serializers.SerializerMethodField(
         help_text="headline metrics on held-out labels; ``local`` (taxonomies with local matching): the weight of "
                   "the keypoint matches, the number of template images, and ``score_without`` them")
 
     class Meta:
         model = ModelVersion
-        fields = ["id", "version", "backbone", "n_labels", "label_watermark", "created", "is_live", "summary"]
+        fields = ["id", "version", "backbone", "n_labels", "label_watermark", "created", "is_live", "summary", "audit"]
 
     def get_is_live(self, obj: ModelVersion) -> bool:
         return obj.taxonomy.live_model_id == obj.pk
+
+    @extend_schema_field(VersionAuditSerializer(allow_null=True))
+    def get_audit(self, obj: ModelVersion) -> dict | None:
+        # the views read every version's once (context "audit": services.audit.by_version)
+        audits = self.context["audit"] if "audit" in self.context else audit.by_version(obj.taxonomy)
+        found = audits.get(obj.version)
+        return VersionAuditSerializer(found).data if found else None
 
     def get_summary(self, obj: ModelVersion) -> dict:
         m = obj.metrics or {}

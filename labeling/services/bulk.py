@@ -150,10 +150,10 @@ def undo(action: BulkAction, user) -> list[int]:
         locked = BulkAction.objects.select_for_update().get(pk=action.pk)
         if locked.undone is not None:
             return []
-        changed, asset_ids = 0, []
-        for label in Label.objects.select_for_update().filter(batch=locked, is_current=True).order_by("id"):
-            asset_ids.append(label.asset_id)
-            changed += labels.remove_label(label, user, source="bulk-undo")[1]
+        current = list(Label.objects.select_for_update().filter(batch=locked, is_current=True)
+                       .order_by("id").values_list("id", "asset_id"))
+        asset_ids = [a for _, a in current]
+        changed = labels.remove_labels(taxonomy, dict(current), user, source="bulk-undo")
         # Each undone label changes the training data once more (see labels.undo_last), counted
         # once for the action, as late as possible: that UPDATE holds the taxonomy row to commit.
         BulkAction.objects.filter(pk=locked.pk).update(undone=timezone.now())

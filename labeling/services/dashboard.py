@@ -21,6 +21,7 @@ from django.utils import timezone
 from ml.metrics import macro_f1_ci, wilson_ci
 
 from ..models import Asset, ImportJob, JobState, Label, LabelEvent, ModelVersion, Suggestion, Taxonomy, TrainingRun
+from . import audit
 from . import labels as label_service
 from .training import ROLLBACK
 from .training_data import may_hold_out
@@ -38,6 +39,7 @@ def build(taxonomy: Taxonomy) -> dict:
         "over_time": labels_over_time(taxonomy),
         "by_operator": by_operator(taxonomy),
         "agreement": agreement(taxonomy),
+        "audit": audit.estimate(taxonomy),  # the live model on a random sample of the unlabeled library
         "versions": versions(taxonomy),
         "live": live_report(taxonomy),
         "gallery": gallery(taxonomy),
@@ -95,12 +97,14 @@ def by_operator(taxonomy: Taxonomy) -> list[dict]:
     return sorted(out.values(), key=lambda r: -r["total"])
 
 
-def agreement(taxonomy: Taxonomy) -> dict:
+def agreement(taxonomy: Taxonomy, audit_only: bool = False) -> dict:
     """How often operators kept the model's suggestion, overall and per model version (the
-    version a label records, which outlives its pruned suggestion rows)."""
+    version a label records, which outlives its pruned suggestion rows). ``audit_only``: on the
+    random sample only (services.audit)."""
     rows = (
         Label.objects.filter(taxonomy=taxonomy, is_current=True, model_version__isnull=False,
-                             source__in=[Label.Source.ACCEPTED, Label.Source.CORRECTED])
+                             source__in=[Label.Source.ACCEPTED, Label.Source.CORRECTED],
+                             **({"audit": True} if audit_only else {}))
         .values("model_version__version", "source")
         .annotate(n=Count("id"))
     )
@@ -270,7 +274,12 @@ def _held_out_labels(taxonomy: Taxonomy, live: ModelVersion) -> list[Label]:
         .select_related("asset", "batch")
         .order_by("-id")[:GALLERY_SCAN]
     )
-    moved = set((live.metrics or {}).get("holdout_moved") or ())  # trained on after all (training_data)
+    metrics = live.metrics or {}
+    if "holdout_assets" in metrics:  # the run's own split (near-duplicate groups: training._note_split)
+        held = set(metrics["holdout_assets"])
+        return [lb for lb in labels if lb.asset_id in held]
+    # a version trained before that was split per label, by this rule
+    moved = set(metrics.get("holdout_moved") or ())  # trained on after all (training_data)
     return [lb for lb in labels if lb.asset_id not in moved
             and may_hold_out(lb.asset.sha256, lb.batch.kind if lb.batch else None)]
 

@@ -18,14 +18,18 @@ left are re-encodings, resizes and light crops of one photo. Two signals, measur
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
+import numpy as np
 from PIL import Image
 
+from ml.index import VectorIndex
 from ml.phash import NEAR_DUP_COSINE, PHASH_MAX_BITS, PHASH_MIN_COSINE, hamming, is_near_duplicate, phash
 
 from ..models import Asset, Label, Taxonomy
 from . import similarity, vectors
 
-__all__ = ["NEAR_DUP_COSINE", "PHASH_MAX_BITS", "PHASH_MIN_COSINE", "groups", "offer"]
+__all__ = ["NEAR_DUP_COSINE", "PHASH_MAX_BITS", "PHASH_MIN_COSINE", "groups", "groups_among", "offer"]
 _THUMBS = Asset._meta.get_field("thumbnail").storage
 NEIGHBOURS = 16  # per asset: a group larger than this is found through its members' neighbours
 
@@ -37,6 +41,36 @@ def groups(client_id: int) -> list[list[int]]:
         return []
     ids, X = vectors.store_for(client_id).all()
     sims, hits = index.search(X, min(NEIGHBOURS, len(ids)))
+    root = _join(ids, sims, hits, lambda want: _phashes(client_id, want))
+    by_root: dict[int, list[int]] = {}
+    for a, r in root.items():
+        by_root.setdefault(r, []).append(a)
+    out = [sorted(g) for g in by_root.values() if len(g) > 1]
+    return sorted(out, key=lambda g: (-len(g), g[0]))
+
+
+def groups_among(client_id: int, asset_ids: Sequence[int]) -> np.ndarray:
+    """For each of ``asset_ids``, the lowest asset id of its near-duplicates among these assets
+    only (itself when it has none, or no vector). The rule of ``groups``, but searched over
+    these assets' vectors alone (the labeled ones of a retrain, where ``groups`` searches the
+    whole library; an exact search of n x n: 0.2 s at 2k x 1280, 4 s at 10k on 2 CPU cores),
+    and on the hashes already stored: none is computed here, a missing one leaves the cosine
+    rule (services.training_data keeps each group on one side of the held-out split)."""
+    asked = np.asarray(asset_ids, dtype=np.int64)
+    found, X = vectors.vectors_for(client_id, asked.tolist())
+    root: dict[int, int] = {}
+    if len(found) > 1:
+        sims, hits = VectorIndex.build(found, X, kind="flat").search(X, min(NEIGHBOURS, len(found)))
+        root = _join(found, sims, hits, lambda want: _phashes(client_id, want, backfill=False))
+    return np.array([root.get(a, a) for a in asked.tolist()], dtype=np.int64)
+
+
+def _join(ids: np.ndarray, sims: np.ndarray, hits: np.ndarray,
+          hashes: Callable[[set[int]], dict[int, int]]) -> dict[int, int]:
+    """Union-find over each asset's neighbours (``hits``: asset ids, -1 for none, ``sims``
+    their cosines): asset id -> the lowest asset id of its group, joined transitively.
+    ``hashes`` gives the pHashes of the assets asked (only pairs below the cosine threshold
+    need them)."""
     parent = {int(a): int(a) for a in ids}
 
     def find(a: int) -> int:
@@ -49,36 +83,32 @@ def groups(client_id: int) -> list[list[int]]:
              for s, b in zip(row_s.tolist(), row_i.tolist())
              if b >= 0 and b != a and s >= PHASH_MIN_COSINE and b in parent]
     # hashes matter only below the cosine threshold: fetch (or backfill) just those
-    hashes = _phashes(client_id, {x for a, b, s in pairs if s < NEAR_DUP_COSINE for x in (a, b)})
+    known = hashes({x for a, b, s in pairs if s < NEAR_DUP_COSINE for x in (a, b)})
     for a, b, s in pairs:
-        bits = hamming(hashes[a], hashes[b]) if a in hashes and b in hashes else None
+        bits = hamming(known[a], known[b]) if a in known and b in known else None
         if is_near_duplicate(s, bits):
             ra, rb = find(a), find(b)
             if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    by_root: dict[int, list[int]] = {}
-    for a in parent:
-        by_root.setdefault(find(a), []).append(a)
-    out = [sorted(g) for g in by_root.values() if len(g) > 1]
-    return sorted(out, key=lambda g: (-len(g), g[0]))
+                parent[max(ra, rb)] = min(ra, rb)  # the lowest id roots the group
+    return {a: find(a) for a in parent}
 
 
-def _phashes(client_id: int, asset_ids: set[int]) -> dict[int, int]:
-    """Stored hashes of these assets; assets imported before hashes existed get theirs from
-    the thumbnail now (and keep it). An unreadable thumbnail just means no hash."""
+def _phashes(client_id: int, asset_ids: set[int], backfill: bool = True) -> dict[int, int]:
+    """Stored hashes of these assets; with ``backfill``, assets imported before hashes existed
+    get theirs from the thumbnail now (and keep it). An unreadable thumbnail just means no hash."""
     rows = Asset.objects.filter(client_id=client_id, pk__in=list(asset_ids)).values_list("pk", "phash", "thumbnail")
-    out, backfill = {}, []
+    out, made = {}, []
     for pk, h, thumb in rows:
-        if h is None and thumb:
+        if h is None and thumb and backfill:
             try:
                 with _THUMBS.open(thumb) as f, Image.open(f) as img:
                     h = phash(img)
             except (OSError, ValueError):
                 continue
-            backfill.append(Asset(pk=pk, phash=h))
+            made.append(Asset(pk=pk, phash=h))
         if h is not None:
             out[pk] = h
-    Asset.objects.bulk_update(backfill, ["phash"], batch_size=1000)
+    Asset.objects.bulk_update(made, ["phash"], batch_size=1000)
     return out
 
 

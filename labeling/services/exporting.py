@@ -25,10 +25,10 @@ from django.utils import timezone
 from django.utils.http import content_disposition_header
 
 from ..models import Asset, Label, Suggestion, Tag, Taxonomy
-from .labels import retired_among, suggested_tag_ids
+from .labels import retired_among
 from .manifest import FIELDS as MANIFEST_FIELDS
 from .manifest import FORMULA_START, MANIFEST, NO_TAGS_FOLDER, cell
-from .suggesting import current_view
+from .suggesting import as_shown
 
 PAGE = 1000
 CHUNK = 1024 * 1024
@@ -36,7 +36,7 @@ KINDS = ("csv", "json", "coco", "zip")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json", "coco": "application/json",
                  "zip": "application/zip"}
 CSV_FIELDS = ["asset_id", "file", "sha256", "width", "height", "tags", "tag_ids", "labeled_by", "labeled_at",
-              "source", "model_version", "suggested", "suggested_prob", "probabilities"]
+              "source", "model_version", "suggested", "suggested_prob", "probabilities", "held_out", "audit"]
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Record:
     suggestion: Suggestion | None
     probabilities: dict[str, float]  # tag path -> probability of the live model
     suggested: list[str]  # what the app suggests (labels.suggested_tag_ids), most probable first
+    held_out: bool | None  # the live model's run held the image out (never trained on it); None: not recorded
 
 
 def records(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[Record]:
@@ -55,6 +56,9 @@ def records(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[Record]:
     tag_path = {pk: t.path for pk, t in tags.items()}
     retired = retired_among(tags)
     live = taxonomy.live_model
+    # what the live model was judged on, so its held-out scores can be recomputed from the export
+    recorded = (live.metrics or {}).get("holdout_assets") if live is not None else None
+    held_out = None if recorded is None else set(recorded)
     last = 0
     while True:
         qs = Asset.objects.filter(client_id=taxonomy.client_id, pk__gt=last)
@@ -75,21 +79,15 @@ def records(taxonomy: Taxonomy, labeled_only: bool = True) -> Iterator[Record]:
         for asset in page:
             label, s = labels.get(asset.pk), suggestions.get(asset.pk)
             names = sorted((t.pk, tag_path.get(t.pk, t.name)) for t in label.tags.all()) if label else []
+            probs, suggested = {}, []
             if s:
                 s.model_version = live  # the row's own version, without a query per row
-                s = current_view(s, retired, taxonomy.multilabel)  # as the review page shows it
-            probs = {tag_path.get(t, str(t)): round(float(p), 5) for t, p in zip(live.tag_ids, s.probs)} if s else {}
-            suggested = _suggested(taxonomy, s, retired, tag_path) if s else []
-            yield Record(asset, label, names, s, probs, suggested)
+                s, shown = as_shown(taxonomy, s, tags, retired)
+                probs = {tag_path.get(t, str(t)): round(float(p), 5) for t, p in zip(live.tag_ids, s.probs)}
+                by_prob = dict(zip(live.tag_ids, s.probs))
+                suggested = [tag_path.get(t, str(t)) for t in sorted(shown, key=lambda t: (-by_prob.get(t, 0.0), t))]
+            yield Record(asset, label, names, s, probs, suggested, None if held_out is None else asset.pk in held_out)
         last = page[-1].pk
-
-
-def _suggested(taxonomy: Taxonomy, s: Suggestion, retired: set[int], tag_path: dict[int, str]) -> list[str]:
-    """The tags the review page and the API suggest: retired tags left out, a multi-label
-    model's tags over their thresholds."""
-    prob = dict(zip(s.model_version.tag_ids, s.probs))
-    ids = sorted(suggested_tag_ids(taxonomy, s, retired), key=lambda t: (-prob.get(t, 0.0), t))
-    return [tag_path.get(t, str(t)) for t in ids]
 
 
 def _row(r: Record, live_version: int | None, multilabel: bool) -> dict:
@@ -111,6 +109,8 @@ def _row(r: Record, live_version: int | None, multilabel: bool) -> dict:
         "suggested": r.suggested if multilabel else best,
         "suggested_prob": r.probabilities.get(best) if best else None,  # multi-label: of the first
         "probabilities": r.probabilities,
+        "held_out": r.held_out,
+        "audit": r.label.audit if r.label else None,
     }
 
 

@@ -60,8 +60,11 @@ class FolderLabels:
         self.job, self.note, self.manifests = job, note, manifests
         self.taxonomy = job.labels_from_folders
         self.user = job.created_by
-        self.by_pk = {t.pk: t for t in Tag.objects.filter(taxonomy=self.taxonomy)}
-        self.tags = {t.name.lower(): t for t in self.by_pk.values()}
+        self.by_pk: dict[int, Tag] = {}
+        self.children: dict[tuple[int | None, str], Tag] = {}  # (parent id, lower-case name) -> tag
+        self.named: dict[str, list[Tag]] = {}  # lower-case name -> the tags of that name, any parent
+        for tag in Tag.objects.filter(taxonomy=self.taxonomy):
+            self.remember(tag)
         self.refused_folders: set[str] = set()  # folder names that can't be tags, noted once
         self.refused_paths: dict[tuple[str, ...], str] = {}  # lower-case tag path -> why it can't be given
         self.shared: dict[tuple[str, ...], Wanted] = {}
@@ -226,56 +229,54 @@ class FolderLabels:
         return not tag.retired
 
     def tag_for(self, folder: str) -> Tag | None:
-        """The folder's tag, made when the taxonomy has none of that name (whatever its case)."""
+        """The folder's tag: the top-level tag of that name (whatever its case), else the one tag
+        of that name under any parent (a folder 'nike' for 'shoes / nike'), else a new top-level
+        tag. A name several parents share is not guessed at: noted once, and not labeled."""
         if not folder:
             return None
-        tag = self.tags.get(folder.lower())
-        if tag is None and self.usable(folder):
-            tag = self.make(folder, None, folder + "/")
-        return tag
+        key = folder.lower()
+        tag = self.children.get((None, key))
+        if tag is not None:
+            return tag
+        named = self.named.get(key, [])
+        if len(named) == 1:
+            return named[0]
+        if named:
+            if key not in self.refused_folders:
+                self.refused_folders.add(key)
+                self.note(folder + "/", f"not labeled: the folder name '{folder}' is a tag under several parents "
+                                        f"({quoted(sorted(self.path_of(t) for t in named))}); a labels.csv row "
+                                        "can name one by its path")
+            return None
+        return self.make(folder, None, folder + "/") if self.usable(folder) else None
 
     def tag_at(self, path: tuple[str, ...], row: Row) -> Tag | str:
-        """The tag at a manifest's tag path, made with its missing parents; or why it can't be
-        given (then nothing is made)."""
+        """The tag at a manifest's tag path (names are unique among siblings, whatever their
+        case), made with its missing parents; or why it can't be given (then nothing is made)."""
         key = tuple(name.lower() for name in path)
         if key in self.refused_paths:
             return self.refused_paths[key]
         parent: Tag | None = None
-        missing: list[str] = []  # the end of the path the taxonomy lacks
-        for name in path:
-            tag = self.tags.get(name.lower())
-            if tag is None:
-                if len(name) > NAME_CHARS:
-                    problem = f"is longer than {NAME_CHARS} characters"
-                else:
-                    problem = tag_name_problem(name)
-                if problem:
-                    self.refused_paths[key] = f"can't be made: a tag name {problem}"
-                    return self.refused_paths[key]
-                missing.append(name)
-            elif missing or tag.parent_id != (parent.pk if parent else None):
-                self.refused_paths[key] = self.elsewhere(tag)
+        found = 0  # the start of the path the taxonomy has
+        while found < len(path) and (tag := self.children.get((parent.pk if parent else None,
+                                                               path[found].lower()))) is not None:
+            parent, found = tag, found + 1
+        for name in path[found:]:
+            problem = f"is longer than {NAME_CHARS} characters" if len(name) > NAME_CHARS else tag_name_problem(name)
+            if problem:
+                self.refused_paths[key] = f"can't be made: a tag name {problem}"
                 return self.refused_paths[key]
-            else:
-                parent = tag
-        for name in missing:
-            tag = self.make(name, parent, row.manifest)
-            if tag.parent_id != (parent.pk if parent else None):  # made elsewhere by someone meanwhile
-                self.refused_paths[key] = self.elsewhere(tag)
-                return self.refused_paths[key]
-            parent = tag
+        for name in path[found:]:
+            parent = self.make(name, parent, row.manifest)
+        assert parent is not None  # a manifest path has at least one name
         return parent
 
-    def elsewhere(self, tag: Tag) -> str:
-        return (f"can't be given: this taxonomy's tag '{tag.name}' is '{self.path_of(tag)}' (a tag name is used "
-                "once per taxonomy)")
-
     def make(self, name: str, parent: Tag | None, where: str) -> Tag:
-        """The tag ``name`` (under ``parent``), made unless someone made one of that name meanwhile."""
-        tag, created = Tag.objects.get_or_create(  # names are unique whatever their case
-            taxonomy=self.taxonomy, name__iexact=name,
-            defaults={"name": name, "parent": parent,
-                      "position": 1 + max((t.position for t in self.tags.values()), default=-1)},
+        """The tag ``name`` under ``parent``, made unless someone made it meanwhile (the database
+        keeps sibling names unique whatever their case)."""
+        tag, created = Tag.objects.get_or_create(
+            taxonomy=self.taxonomy, parent=parent, name__iexact=name,
+            defaults={"name": name, "position": 1 + max((t.position for t in self.by_pk.values()), default=-1)},
         )
         self.remember(tag)
         if created:
@@ -283,7 +284,9 @@ class FolderLabels:
         return tag
 
     def remember(self, tag: Tag) -> None:
-        self.tags[tag.name.lower()] = self.by_pk[tag.pk] = tag
+        if tag.pk not in self.by_pk:
+            self.named.setdefault(tag.name.lower(), []).append(tag)
+        self.by_pk[tag.pk] = self.children[(tag.parent_id, tag.name.lower())] = tag
 
     def path_of(self, tag: Tag) -> str:
         """Tag.path from the tags already read (a parent made since this import began is read once)."""

@@ -1,24 +1,40 @@
-"""The review queue: unlabeled assets, most uncertain (or most confident) first.
+"""The review queue: unlabeled assets, most uncertain (or most confident) first, or a random
+sample for the audit (services.audit).
 
 With a live model the queue is an index scan over Suggestion rows (partial index on
-unlabeled rows by uncertainty). Without one, assets come in import order.
+unlabeled rows by uncertainty). Without one, assets come in content-hash order.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Sequence
 
+from django.db import models
 from django.db.models import Exists, OuterRef
 from django.urls import reverse
 from django.utils import timezone
 
 from ..models import Asset, Label, Lease, Suggestion, Taxonomy, TrainingRun
-from .labels import retired_among, suggested_tag_ids
-from .suggesting import current_view
+from .suggesting import as_shown, ranked_tags
+
+
+class Order(models.TextChoices):
+    UNCERTAIN = "uncertain", "Most uncertain"
+    CONFIDENT = "confident", "Most confident"
+    AUDIT = "audit", "Random sample (audit)"
+
 
 # "uncertain": the planned diverse pages of the live model first (suggesting.plan_queue), then
-# the least sure; "confident" is for fast accept runs and ignores the plan.
-ORDERS = {"uncertain": ("queue_rank", "-uncertainty", "id"), "confident": ("uncertainty", "id")}
+# the least sure; "confident" is for fast accept runs and ignores the plan. "audit": what the
+# live model scored, by content hash: independent of the model and of what a photo shows, so
+# the first ones are a uniform random sample of the unlabeled library (services.audit). It
+# walks the (client, sha256) index, probing each asset's suggestion of the live version.
+ORDERS = {
+    Order.UNCERTAIN.value: ("queue_rank", "-uncertainty", "id"),
+    Order.CONFIDENT.value: ("uncertainty", "id"),
+    Order.AUDIT.value: ("asset__sha256",),
+}
+BAD_ORDER = "must be one of " + ", ".join(ORDERS)
 MAX_BATCH = 50
 # How long an asset shown to one operator stays out of the others' queues unless renewed. An
 # open review page renews what it holds with every status poll (renew_leases), so this only
@@ -49,10 +65,11 @@ def review_batch(
     leased to ``user`` for LEASE_SECONDS, so two operators are not shown the same asset. The
     user's leases on ``exclude`` are renewed too: the review page holds a few items ahead and
     may show one minutes after it was fetched. ``skipped`` ones are not renewed, so a colleague
-    gets them once their lease runs out.
+    gets them once their lease runs out. In the audit order a lease records that the asset was
+    served for the audit (Lease.audit), which is what lets its label count as an audit label.
     """
     if order not in ORDERS:
-        raise ValueError("order: must be 'uncertain' or 'confident'")
+        raise ValueError(f"order: {BAD_ORDER}")
     limit = max(1, min(int(limit), MAX_BATCH))
     if user is None or not user.is_authenticated:
         return _batch(taxonomy, order, limit, [*exclude, *skipped], user=None)
@@ -70,9 +87,12 @@ def review_batch(
             break
         ids = [i["asset"] for i in candidates]
         expires = now + timedelta(seconds=LEASE_SECONDS)
-        Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).update(expires=expires)
+        audit = order == Order.AUDIT  # another order's fetch leaves an audit lease one
+        Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).update(
+            expires=expires, **({"audit": True} if audit else {}))
         Lease.objects.bulk_create(
-            [Lease(taxonomy=taxonomy, asset_id=a, user=user, expires=expires) for a in ids], ignore_conflicts=True
+            [Lease(taxonomy=taxonomy, asset_id=a, user=user, expires=expires, audit=audit) for a in ids],
+            ignore_conflicts=True,
         )
         mine = set(Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).values_list("asset_id", flat=True))
         items += [i for i in candidates if i["asset"] in mine]
@@ -114,8 +134,11 @@ def _batch(
 ) -> list[dict]:
     tags = {t.pk: t for t in taxonomy.tags.all()}
     items: list[dict] = []
+    audit = order == Order.AUDIT
     if taxonomy.live_model_id:
         rows = Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, is_labeled=False)
+        if audit:  # the client's sha256 index gives the order (ORDERS)
+            rows = rows.filter(asset__client_id=taxonomy.client_id)
         if user is not None:
             rows = rows.exclude(_leased_by_others(taxonomy, user, now, "asset_id"))
         rows = (
@@ -123,8 +146,8 @@ def _batch(
             .select_related("asset", "model_version")
             .order_by(*ORDERS[order])[:limit]
         )
-        items += [_suggestion_item(taxonomy, s, tags) for s in rows]
-    if len(items) < limit:
+        items += [_suggestion_item(taxonomy, s, tags, audit=audit) for s in rows]
+    if len(items) < limit and not audit:  # the audit checks the live model's suggestions: no model, nothing to audit
         # Assets the live model has not scored yet (new imports) or no model at all.
         seen = [i["asset"] for i in items] + list(exclude)
         labeled = Label.objects.filter(asset=OuterRef("pk"), taxonomy=taxonomy, is_current=True)
@@ -145,36 +168,32 @@ def _batch(
     return items
 
 
-def item_for(taxonomy: Taxonomy, asset: Asset, user) -> dict:
+def item_for(taxonomy: Taxonomy, asset: Asset, user, audit: bool = False) -> dict:
     """One asset as a queue item (with the live model's suggestion when there is one), leased
-    to ``user``: what an undo puts back at the front of the operator's queue."""
+    to ``user``: what an undo puts back at the front of the operator's queue. ``audit``: the
+    undone label was this user's audit label, so the asset stays served to them for the audit."""
     s = (Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, asset=asset)
          .select_related("asset", "model_version").first()) if taxonomy.live_model_id else None
     tags = {t.pk: t for t in taxonomy.tags.all()}
     expires = timezone.now() + timedelta(seconds=LEASE_SECONDS)
     # one lease per asset: the operator who undid the label takes it over (a labeled asset is
     # in nobody's queue, so any other lease on it is a stale one)
-    Lease.objects.update_or_create(taxonomy=taxonomy, asset=asset, defaults={"user": user, "expires": expires})
-    item = _suggestion_item(taxonomy, s, tags) if s else _item(asset, [], uncertainty=None, suggested=[])
+    Lease.objects.update_or_create(taxonomy=taxonomy, asset=asset,
+                                   defaults={"user": user, "expires": expires, "audit": audit and s is not None})
+    item = _suggestion_item(taxonomy, s, tags, audit=audit) if s else _item(asset, [], uncertainty=None, suggested=[])
     item["label"] = Label.objects.filter(asset=asset, taxonomy=taxonomy, is_current=True).values_list(
         "pk", flat=True).first()
     return item
 
 
-def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict) -> dict:
-    retired = retired_among(tags)
-    s = current_view(s, retired, taxonomy.multilabel)  # a tag retired since the row was written
-    ranked = sorted(zip(s.model_version.tag_ids, s.probs), key=lambda tp: -tp[1])
-    return _item(
-        s.asset,
-        [{"tag": tid, "name": tags[tid].path, "prob": round(float(p), 4)}
-         for tid, p in ranked if tid in tags and not tags[tid].retired],
-        uncertainty=s.uncertainty,
-        suggested=sorted(suggested_tag_ids(taxonomy, s, retired)),
-    )
+def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict, audit: bool = False) -> dict:
+    s, suggested = as_shown(taxonomy, s, tags)  # a tag retired since the row was written left out
+    return _item(s.asset, ranked_tags(s.model_version.tag_ids, s.probs, tags), uncertainty=s.uncertainty,
+                 suggested=suggested, audit=audit)
 
 
-def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested: list[int]) -> dict:
+def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested: list[int],
+          audit: bool = False) -> dict:
     return {
         "asset": asset.pk,
         # The current label the page saw (None: unlabeled), sent back as base_label so a label
@@ -187,6 +206,8 @@ def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested
         "uncertainty": None if uncertainty is None else round(float(uncertainty), 4),
         "suggested": suggested,
         "tags": ranked,
+        # served in the audit order: the page sends audit=true with its label (services.audit)
+        "audit": audit,
         **asset_urls(asset.pk),
     }
 

@@ -14,8 +14,9 @@ from ml.heads import LinearHead
 from ml.selection import POOL_FACTOR, diverse_pick
 from ml.uncertainty import entropy, margin, uncertainty_score
 
-from ..models import UNPLANNED, Asset, Label, ModelVersion, Suggestion, Taxonomy
+from ..models import UNPLANNED, Asset, Label, ModelVersion, Suggestion, Tag, Taxonomy
 from . import localmatch, vectors
+from .labels import retired_among, suggested_tag_ids
 
 WRITE_BATCH = 2000
 SCORE_CHUNK = 20_000  # assets per predict + write round
@@ -124,6 +125,25 @@ def current_view(s: Suggestion, retired: Collection[int], multilabel: bool) -> S
     for name, value in _fields(P, mv.tag_ids, multilabel, thresholds)[0].items():
         setattr(s, name, value)
     return s
+
+
+def ranked_tags(tag_ids: Sequence[int], probs, tags: dict[int, Tag], top: int | None = None) -> list[dict]:
+    """Active tags by probability, best first (retired tags are no longer offered)."""
+    pairs = sorted(zip(tag_ids, probs), key=lambda tp: -float(tp[1]))
+    out = [{"tag": t, "name": tags[t].path, "prob": round(float(p), 4)} for t, p in pairs
+           if t in tags and not tags[t].retired]
+    return out[:top]
+
+
+def as_shown(taxonomy: Taxonomy, s: Suggestion, tags: dict[int, Tag],
+             retired: Collection[int] | None = None) -> tuple[Suggestion, list[int]]:
+    """A live row as the review page, the API and the exports all show it: in its current view
+    (tags retired since it was written left out), and the tag ids it suggests (sorted). ``tags``:
+    the taxonomy's tags by id, already read (``retired``: those retired, if already known);
+    ``s.model_version`` loaded."""
+    retired = retired_among(tags) if retired is None else retired
+    s = current_view(s, retired, taxonomy.multilabel)
+    return s, sorted(suggested_tag_ids(taxonomy, s, retired))
 
 
 def _write(taxonomy: Taxonomy, mv: ModelVersion, head: LinearHead, ids: np.ndarray, P: np.ndarray,

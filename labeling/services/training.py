@@ -158,8 +158,10 @@ def not_ready(taxonomy: Taxonomy) -> str | None:
     """Why a run would be refused now (no labels, or training labels of one tag only), or None.
     Asked before a manual run is queued: a run that can only fail would hold the taxonomy's one
     run slot, then its failure backoff would hold back the automatic retrains. Checks what
-    _execute trains on: the same collect and the same split."""
-    data = collect(taxonomy)
+    _execute trains on: the same collect and the same split, but for near-duplicate groups. The
+    check runs in the request (4 s of search at 10k labels), and its answer does not depend on
+    them: rule 3 of the split gives every tag with a label a training label, group or not."""
+    data = collect(taxonomy, near_duplicates=False)
     if len(data.y) == 0:
         return NO_LABELS
     try:
@@ -188,15 +190,20 @@ def _check_learnable(y: np.ndarray, multilabel: bool, known: np.ndarray | None =
 
 def _note_split(metrics: dict, data: Dataset, names: list[str]) -> None:
     """Say in the run's decision (the dashboard's "Why") when held-out labels trained instead,
-    and keep the assets, so the dashboard's gallery does not show them as never trained on."""
+    and keep the assets, so the dashboard's gallery does not show them as never trained on.
+    The held-out assets are kept too: with near-duplicate groups the split is no longer a rule
+    on one label the gallery could apply again (training_data), so it reads the run's own."""
+    if data.compared:
+        metrics["holdout_assets"] = data.asset_ids[data.holdout].tolist()
     if note := data.split_note(names):
         metrics["decision"] = f"{metrics['decision']}; {note}"
         metrics["holdout_moved"] = data.asset_ids[data.moved].tolist()
 
 
-def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset) -> tuple[Dataset, np.ndarray]:
+def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset, watermark: int) -> tuple[Dataset, np.ndarray]:
     """The labeled assets that have a vector of the current backbone (embedding those that have
-    none yet), and their vectors in the dataset's order."""
+    none yet), and their vectors in the dataset's order. Collected again after embedding: an
+    asset with no vector had no near-duplicate group, and its twin must not be split from it."""
     missing = list(
         Asset.objects.filter(pk__in=data.asset_ids.tolist())
         .exclude(embedded_with=vectors.backbone_name())
@@ -205,6 +212,7 @@ def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset) -> tuple[Data
     if missing:
         _progress(run, 0.1, f"embedding {len(missing)} assets")
         vectors.embed_assets(missing, progress=_beating(run, 0.1, "embedding labeled assets"))
+        data = collect(taxonomy, watermark)
     found, X = vectors.vectors_for(taxonomy.client_id, data.asset_ids)  # in the order asked
     return data.subset(np.isin(data.asset_ids, found)), X
 
@@ -299,7 +307,7 @@ def _execute(run: TrainingRun) -> None:
     data = collect(taxonomy, watermark)
     if len(data.asset_ids) == 0:
         raise Refused(NO_LABELS)
-    data, X = _embedded(run, taxonomy, data)
+    data, X = _embedded(run, taxonomy, data, watermark)
     tags = taxonomy.tags.in_bulk(data.tag_ids)
     names = [tags[t].path for t in data.tag_ids]
 

@@ -4,6 +4,7 @@
 // Saves are optimistic (the next image shows at once) but serialised through one promise
 // chain, so an undo always runs after every save it could be undoing.
 import { clicked, csrfToken } from "./dom.js";
+import { initialOrder, markOrder, nextOrder, renderDone } from "./review_audit.js";
 import { bindFilter, bindShortcuts } from "./review_keys.js";
 import { renderStatus, startPolling } from "./review_status.js";
 import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as tagRows } from "./review_tags.js";
@@ -30,7 +31,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   const ORDER_KEY = `tagloop-order:${location.pathname}`; // this tab's choice, per taxonomy
 
   const state = {
-    order: sessionStorage.getItem(ORDER_KEY) === "confident" ? "confident" : "uncertain", // kept over Back
+    order: initialOrder(ORDER_KEY), // kept over Back
     tags: [],                // [{id, name, key}] active tags of the taxonomy
     tagById: new Map(),
     buffer: [],              // queue items; buffer[0] is on screen
@@ -156,9 +157,10 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     saves = saves
       // base_label: the label this page saw, so a colleague's label given meanwhile is a 409
       // instead of being overwritten.
-      .then(() => api(urls.label, { asset: item.asset, tags: tagIds, base_label: item.label ?? null }))
+      // audit: served in the audit order (the server checks its lease before counting it)
+      .then(() => api(urls.label, { asset: item.asset, tags: tagIds, base_label: item.label ?? null, audit: !!item.audit }))
       .then((res) => {
-        toast(`Saved: ${tagNames(res.tags)} (${res.source})`, "ok");
+        toast(`Saved: ${tagNames(res.tags)} (${res.source}${res.audit ? ", audit" : ""})`, "ok");
         updateStatus(res.status);
       })
       .catch((err) => {
@@ -243,12 +245,11 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
       });
   }
 
-  const markOrder = () => document.querySelectorAll(".seg").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.order === state.order)));
   function setOrder(order) {
     if (order === state.order) return;
     state.order = order;
     sessionStorage.setItem(ORDER_KEY, order);
-    markOrder();
+    markOrder(order);
     state.buffer = [];
     state.exhausted = false;
     state.fetching = null;
@@ -262,6 +263,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     const item = current();
     const empty = !item && !state.fetching;
     el.done.hidden = !empty;
+    if (empty) renderDone(state.order, state.liveVersion);
     el.stage.hidden = empty;
     el.upnext.parentElement.hidden = empty;
     el.stage.setAttribute("aria-busy", String(!item));
@@ -380,6 +382,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
 
   bindShortcuts({
     help: el.help, filter: el.filter, accept, skip, undo, none: config.multilabel ? noneApplies : null,
+    order: () => setOrder(nextOrder(state.order)),
     pickKey: (key) => {
       const tag = state.tags.find((x) => x.key === key);
       if (tag) pickTag(tag.id);
@@ -396,7 +399,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
   });
 
   setTags(config.tags);
-  markOrder();
+  markOrder(state.order);
   renderCurrent();
   refill();
 })();

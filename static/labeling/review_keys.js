@@ -4,8 +4,8 @@
 
 /** Bind the shortcuts: Enter/Space accept, / filter, s skip, u/Backspace undo, ? help,
  *  1–9 pick the tag with that key (`pickKey` gets the digit), 0 "none applies" (`none`,
- *  multi-label only: null elsewhere). */
-export function bindShortcuts({ help, filter, accept, skip, undo, pickKey, none }) {
+ *  multi-label only: null elsewhere), o the next queue order (`order`). */
+export function bindShortcuts({ help, filter, accept, skip, undo, pickKey, none, order }) {
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
     if (help.open) {
@@ -20,6 +20,7 @@ export function bindShortcuts({ help, filter, accept, skip, undo, pickKey, none 
     if (e.key === "Enter" || e.key === " ") accept();
     else if (e.key === "/") filter.focus();
     else if (e.key === "s") skip();
+    else if (e.key === "o") order();
     else if (e.key === "u" || e.key === "Backspace") undo();
     else if (e.key === "?") help.showModal();
     else if (/^[1-9]$/.test(e.key)) pickKey(e.key);

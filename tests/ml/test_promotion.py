@@ -129,3 +129,40 @@ def test_a_tag_whose_only_labels_are_in_the_bucket_trains_on_them_and_the_others
     held, moved, untaught = promotion.holdout_split(bucket, y[:, None] == np.arange(3))
     assert held.tolist() == [True, False, False, False, True]
     assert moved.tolist() == [False, False, True, True, False] and untaught.tolist() == [False, True, False]
+
+
+def test_near_duplicate_twins_stay_on_one_side_and_a_group_is_held_out_only_if_every_member_may_be():
+    from ml import promotion
+
+    bucket = np.array([True, True, True, False, True, False])
+    y = np.array([0, 0, 1, 1, 0, 0])  # both classes have training rows: nothing moves for rule 3
+    groups = np.array([7, 7, 9, 9, 4, 5])  # twins 0-1 (both may be held out), 2-3 (3 may not)
+    held, moved, untaught = promotion.holdout_split(bucket, y[:, None] == np.arange(2), groups)
+    assert held.tolist() == [True, True, False, False, True, False]
+    assert not moved.any() and not untaught.any()
+
+
+def test_a_tag_taught_only_by_held_out_labels_moves_whole_groups_into_training_never_one_twin():
+    from ml import promotion
+
+    bucket = np.array([True, True, True, True, False, True])
+    y = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [1, 0], [0, 0]])  # tag 1 only on row 1
+    groups = np.array([3, 3, 2, 8, 9, 8])  # row 0 is row 1's twin: it moves too, though tag 0 is taught
+    held, moved, untaught = promotion.holdout_split(bucket, y > 0, groups)
+    assert untaught.tolist() == [False, True]
+    assert moved.tolist() == [True, True, False, False, False, False]
+    assert held.tolist() == [False, False, True, True, False, True]
+    # without groups only the row saying the untaught tag moves: its twin would judge a copy it trained on
+    _, alone, _ = promotion.holdout_split(bucket, y > 0)
+    assert alone.tolist() == [False, True, False, False, False, False]
+
+
+def test_a_split_without_groups_is_a_split_of_single_row_groups():
+    from ml import promotion
+
+    rng = np.random.default_rng(0)
+    bucket, y = rng.random(200) < 0.3, rng.integers(0, 6, 200)
+    positives = y[:, None] == np.arange(7)  # tag 6 has no label at all
+    plain = promotion.holdout_split(bucket, positives)
+    single = promotion.holdout_split(bucket, positives, np.arange(200)[::-1])
+    assert all((a == b).all() for a, b in zip(plain, single))
