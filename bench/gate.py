@@ -8,7 +8,7 @@ centre crop): an operator labels 20 photos at a time (the default retrain thresh
 queue's order (``--strategy``, default the product's ``diverse``); one label in five is held
 out by its photo's sha256 (``ml.promotion.holdout_split``, as the product: a class whose only
 labels are held out trains on them; below 10 held-out labels the product promotes without a
-comparison); after each 20 a head is trained on the rest and
+comparison; unlike the product, near-duplicate photos are not grouped); after each 20 a head is trained on the rest and
 compared with the live model on the held-out labels by each rule, each rule with its own live
 model. The truth is the task's test split, never labelled. Printed per rule:
 

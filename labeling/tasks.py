@@ -28,11 +28,12 @@ def check_retrain(taxonomy_id: int) -> int | None:
     return run.pk if run else None
 
 
-@shared_task(name="labeling.tasks.train")
-def train(run_id: int) -> str:
+@shared_task(name="labeling.tasks.train", bind=True)
+def train(self, run_id: int) -> str:
     from .services import training
 
-    return training.execute_run(run_id).state
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))  # its first worker died
+    return training.execute_run(run_id, redelivered).state
 
 
 @shared_task(name="labeling.tasks.run_import")

@@ -205,6 +205,13 @@ STATICFILES_DIRS = [
     ("vendor/plotly", _package_dir("plotly", "package_data")),
 ]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+# collectstatic writes a gzip copy beside each file, which whitenoise serves to browsers that
+# accept it (plotly.min.js: 4.8 MB otherwise, on every dashboard's first load). No hashed names:
+# the review page's ES modules import each other by plain name.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # Media is private: there is no MEDIA_URL route; files go out through views that check
 # client membership (labeling.views_media), optionally handed to nginx/Apache by header.
@@ -214,6 +221,8 @@ TAGLOOP_SENDFILE_HEADER = os.environ.get("TAGLOOP_SENDFILE_HEADER", "")  # e.g. 
 TAGLOOP_SENDFILE_PREFIX = os.environ.get("TAGLOOP_SENDFILE_PREFIX", "/protected/")
 
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("TAGLOOP_MAX_UPLOAD_FILES", 1000)
+TAGLOOP_MAX_UPLOAD_BYTES = env_int("TAGLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3)  # one upload request, all files
+TAGLOOP_IMPORT_MAX_FILE_BYTES = env_int("TAGLOOP_IMPORT_MAX_FILE_BYTES", 256 * 1024**2)  # one file of an import
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 # Larger uploads wait in a 0600 temporary file (deleted after the request) until they are
 # staged under VAR_DIR/uploads; by default in the system's temp folder.
@@ -276,7 +285,6 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "labeling.tasks.run_import": {"queue": "import"},
-    "labeling.tasks.embed_assets": {"queue": "import"},
     "labeling.tasks.train": {"queue": "train"},
     # the library scoring a promotion does, so where promotions run (one at a time there)
     "labeling.tasks.rescore_live": {"queue": "train"},

@@ -549,6 +549,15 @@ def test_predict_returns_the_live_models_top_3_for_each_image(world, trained, sh
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 0.01
 
 
+def test_predict_says_when_the_live_models_file_is_not_on_this_server(world, trained, shoe_paths, settings):
+    path = settings.TAGLOOP_MODEL_DIR / world.brand.live_model.artifact
+    path.rename(path.with_suffix(".away"))  # written by a train worker on another machine's disk
+    photo = shoe_paths["test"]["nike"][0]
+    r = api(world.olga, token=True).post(base(world) + "predict/", {
+        "images": [SimpleUploadedFile(photo.name, photo.read_bytes(), "image/jpeg")]}, format="multipart")
+    assert r.status_code == 503 and "TAGLOOP_VAR" in r.json()["detail"], r.content
+
+
 def test_the_export_endpoint_streams_csv(world, lib):
     labels.save_label(world.brand, lib.assets[0], [lib.tags["nike"]], user=world.olga)
     r = api(world.vic).get(base(world) + "export/csv/")

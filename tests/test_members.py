@@ -302,3 +302,24 @@ def test_a_username_that_differs_only_in_case_is_the_existing_account_never_a_se
     client.post(page(), {"username": "Otto", "role": "viewer"})
     assert membership(world.otto, world.acme).role == Role.VIEWER
     assert get_user_model().objects.filter(username__iexact="otto").count() == 1
+
+
+def test_create_client_makes_a_client_and_its_first_admin_and_names_bad_input(world):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    from labeling.models import Client, Membership, Role
+
+    out = StringIO()
+    call_command("create_client", "initech", "Initech", "--admin", "peter", stdout=out)
+    client = Client.objects.get(slug="initech")
+    member = Membership.objects.get(client=client)
+    assert member.role == Role.ADMIN and member.user.username == "peter" and member.user.is_staff
+    assert "password (shown once): " in out.getvalue()
+    assert member.user.check_password(out.getvalue().rsplit(": ", 1)[1].strip())
+    with pytest.raises(CommandError, match="slug"):
+        call_command("create_client", "initech", "Again", "--admin", "peter", stdout=StringIO())
+    with pytest.raises(CommandError, match="slug"):
+        call_command("create_client", "not a slug", "X", "--admin", "peter", stdout=StringIO())
+    assert Client.objects.filter(name="Again").count() == 0

@@ -125,3 +125,31 @@ def test_the_admin_page_refuses_two_new_siblings_of_one_name_and_allows_them_und
     assert client.post(url, form).status_code == 302
     assert sorted(t.path for t in Tag.objects.filter(taxonomy=world.brand, name__iexact="puma")) == \
         ["Puma", "logos / puma"]
+
+
+def test_a_flat_exports_tag_comes_back_top_level_and_the_report_names_its_namesake(world, shoe_paths, tmp_path):
+    flat = fresh_taxonomy(world.acme, "flat", multi=False)
+    library(world.acme, flat, shoe_paths["train"]["nike"][:2], [(make_tags(flat, "nike")["nike"],)] * 2)
+    tree = fresh_taxonomy(world.globex, "tree", multi=False)
+    make_tags(tree, "shoes", "shoes / nike")
+
+    job = importing.import_paths(world.globex, export(flat, tmp_path), labels_taxonomy=tree)
+
+    assert job.n_labeled == 2 and sorted(sum(paths_by_sha(world.globex, tree).values(), [])) == ["nike", "nike"]
+    assert "labels.csv: new tag 'nike' created in taxonomy 'tree', beside 'shoes / nike'" in lines(job)
+
+
+def test_an_image_labeled_with_a_namesake_under_a_parent_is_named_as_kept_when_its_folder_means_another(
+        world, shoe_paths, tmp_path):
+    look = fresh_taxonomy(world.acme, "look", multi=False)
+    t = make_tags(look, "nike", "logos", "logos / nike")
+    photo = shoe_paths["train"]["nike"][0]
+    library(world.acme, look, [photo], [(t["logos / nike"],)])
+    (tmp_path / "src" / "nike").mkdir(parents=True)
+    shutil.copy(photo, tmp_path / "src" / "nike" / "again.jpg")
+
+    job = importing.import_paths(world.acme, tmp_path / "src", labels_taxonomy=look)
+
+    assert job.n_labeled == 0 and sum(paths_by_sha(world.acme, look).values(), []) == ["logos / nike"]
+    assert any("already labeled 'logos / nike'" in line and "its folder says 'nike': kept 'logos / nike'" in line
+               for line in lines(job)), lines(job)

@@ -110,6 +110,15 @@ def test_a_redelivered_message_resumes_a_run_whose_worker_died(world, trained):
     assert training.execute_run(run.pk).state == TrainingRun.State.PROMOTED
 
 
+def test_a_message_the_broker_hands_out_again_takes_up_a_run_silent_for_a_minute_not_fifteen(world, trained):
+    run = training.request_run(world.brand, force=True)
+    two_minutes_ago = timezone.now() - timedelta(minutes=2)  # killed by a restart two minutes ago
+    TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.RUNNING, started=two_minutes_ago,
+                                                 heartbeat=two_minutes_ago)
+    assert training.execute_run(run.pk).state == TrainingRun.State.RUNNING, "a first delivery waits 15 min"
+    assert training.execute_run(run.pk, redelivered=True).state == TrainingRun.State.PROMOTED
+
+
 def test_a_run_failed_because_its_worker_was_lost_is_requested_again_without_backoff(world, trained):
     world.brand.labels_since_train = 50
     world.brand.save()
@@ -290,3 +299,16 @@ def test_the_sweep_resends_a_queued_import_once_not_every_minute_while_the_impor
     assert tasks.sweep()["imports_reenqueued"] == 0 and sent == [job.pk]  # still queued behind a long import
     ImportJob.objects.filter(pk=job.pk).update(heartbeat=timezone.now() - tasks.REENQUEUE_EVERY)
     assert tasks.sweep()["imports_reenqueued"] == 1 and sent == [job.pk, job.pk]
+
+
+def test_a_retrain_after_a_restore_without_the_vector_files_embeds_the_labeled_images_again(world, trained):
+    first = training.train_now(world.brand)
+    assert first.state == TrainingRun.State.PROMOTED, first.error
+    # the database and the media came back from a backup, TAGLOOP_VAR/vectors did not
+    shutil.rmtree(settings.TAGLOOP_VECTOR_DIR / str(world.acme.pk))
+
+    run = training.train_now(world.brand)
+
+    assert run.state == TrainingRun.State.PROMOTED, run.error
+    assert run.metrics["n_train"] + run.metrics["n_holdout"] == \
+        first.metrics["n_train"] + first.metrics["n_holdout"], "every labeled image trained again"

@@ -31,6 +31,12 @@ class NoLiveModel(APIException):
     default_detail = "this taxonomy has no live model yet: label some assets and train one"
 
 
+class ModelFileMissing(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = ("the live model's file is missing on this server: the web process and the train worker "
+                      "must share TAGLOOP_VAR (README, Production)")
+
+
 class PredictAPI(ScopedAPIView):
     """Top-n tags for up to 64 uploaded images (multipart field ``images``) from the live model,
     with its keypoint matches when it was trained with local matching. Nothing is stored."""
@@ -39,7 +45,8 @@ class PredictAPI(ScopedAPIView):
     upload_field = "images"
 
     @extend_schema(request={"multipart/form-data": PredictRequestSerializer}, responses={
-        200: PredictResultSerializer, 409: OpenApiResponse(description="no live model yet, or one of another backbone")})
+        200: PredictResultSerializer, 409: OpenApiResponse(description="no live model yet, or one of another backbone"),
+        503: OpenApiResponse(description="the live model's file is not on this server (TAGLOOP_VAR not shared)")})
     def post(self, request: Request, slug: str, taxonomy_id: int) -> Response:
         refuse_large_body(request, MAX_PREDICT_IMAGES * MAX_PREDICT_BYTES + 1024**2, "images")
         data = {"images": request.data.getlist("images") if hasattr(request.data, "getlist") else request.data.get("images")}
@@ -77,7 +84,11 @@ class PredictAPI(ScopedAPIView):
                 errors[i] = [str(exc)]
         if errors:
             raise ValidationError({"images": errors})
-        P = suggesting.predict(live, embedder.embed_images(pictures), files)
+        try:
+            P = suggesting.predict(live, embedder.embed_images(pictures), files)
+        except FileNotFoundError:
+            # the train worker wrote it where this server cannot see (README: shared TAGLOOP_VAR)
+            raise ModelFileMissing() from None
         tags = {t.pk: t for t in self.taxonomy.tags.select_related("parent")}
         retired = retired_among(tags)
         # as the library's rows are stored: retired tags at 0, single-label renormalised over the rest

@@ -1,5 +1,6 @@
 """Tag names unique among siblings (whatever their case) instead of across the taxonomy. Every
-existing taxonomy already satisfies the stricter old rule, so no row needs changing."""
+existing taxonomy already satisfies the stricter old rule, so no row needs changing. Reversing it
+fails once two tags share a name under different parents: rename one first."""
 import django.db.models.functions.text
 from django.db import migrations, models
 

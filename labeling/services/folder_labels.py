@@ -112,8 +112,11 @@ class FolderLabels:
         folder = self.folder(entry)
         if folder == NO_TAGS_FOLDER:
             return f"its folder '{NO_TAGS_FOLDER}' says no tag" if tags and self.taxonomy.multilabel else ""
-        if folder and self.usable(folder) and folder.lower() not in {t.name.lower() for t in tags}:
-            return f"its folder says '{folder}'"
+        if folder and self.usable(folder):
+            found = self.find(folder)  # by tag, not name: 'logos / nike' is not the top-level 'nike'
+            candidates = found if isinstance(found, list) else [found] if found is not None else []
+            if not {t.pk for t in candidates} & {t.pk for t in tags}:
+                return f"its folder says '{folder}'"
         return ""
 
     def another_copy(self, entry: Entry, asset: Asset) -> None:
@@ -228,26 +231,31 @@ class FolderLabels:
             self.note(entry.name, f"not labeled: tag '{tag.name}' is retired")
         return not tag.retired
 
-    def tag_for(self, folder: str) -> Tag | None:
-        """The folder's tag: the top-level tag of that name (whatever its case), else the one tag
-        of that name under any parent (a folder 'nike' for 'shoes / nike'), else a new top-level
-        tag. A name several parents share is not guessed at: noted once, and not labeled."""
-        if not folder:
-            return None
-        key = folder.lower()
-        tag = self.children.get((None, key))
-        if tag is not None:
+    def find(self, name: str) -> Tag | list[Tag] | None:
+        """What a bare name (a folder's) means, read only: the top-level tag of that name
+        (whatever its case), else the one tag of that name under any parent (a folder 'nike'
+        for 'shoes / nike'); the tags when several parents share it; None when no tag has it."""
+        key = name.lower()
+        if (tag := self.children.get((None, key))) is not None:
             return tag
         named = self.named.get(key, [])
-        if len(named) == 1:
-            return named[0]
-        if named:
-            if key not in self.refused_folders:
-                self.refused_folders.add(key)
+        return named[0] if len(named) == 1 else (named or None)
+
+    def tag_for(self, folder: str) -> Tag | None:
+        """The folder's tag (``find``), else a new top-level tag. A name several parents share
+        is not guessed at: noted once, and not labeled."""
+        if not folder:
+            return None
+        found = self.find(folder)
+        if isinstance(found, list):
+            if folder.lower() not in self.refused_folders:
+                self.refused_folders.add(folder.lower())
                 self.note(folder + "/", f"not labeled: the folder name '{folder}' is a tag under several parents "
-                                        f"({quoted(sorted(self.path_of(t) for t in named))}); a labels.csv row "
+                                        f"({quoted(sorted(self.path_of(t) for t in found))}); a labels.csv row "
                                         "can name one by its path")
             return None
+        if found is not None:
+            return found
         return self.make(folder, None, folder + "/") if self.usable(folder) else None
 
     def tag_at(self, path: tuple[str, ...], row: Row) -> Tag | str:
@@ -278,9 +286,12 @@ class FolderLabels:
             taxonomy=self.taxonomy, parent=parent, name__iexact=name,
             defaults={"name": name, "position": 1 + max((t.position for t in self.by_pk.values()), default=-1)},
         )
+        namesakes = [self.path_of(t) for t in self.named.get(tag.name.lower(), []) if t.pk != tag.pk]
         self.remember(tag)
         if created:
-            self.note(where, f"new tag '{self.path_of(tag)}' created in taxonomy '{self.taxonomy.name}'")
+            # e.g. a flat export's 'nike' into a taxonomy that has 'shoes / nike': a second tag
+            beside = f", beside {quoted(sorted(namesakes))}" if namesakes else ""
+            self.note(where, f"new tag '{self.path_of(tag)}' created in taxonomy '{self.taxonomy.name}'{beside}")
         return tag
 
     def remember(self, tag: Tag) -> None:

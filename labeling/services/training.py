@@ -117,11 +117,19 @@ def _beating(run: TrainingRun, fraction: float, what: str) -> Callable[[int, int
     return lambda done, total: _progress(run, fraction, f"{what} {done}/{total}")
 
 
-def _claim(run_id: int) -> datetime | None:
+# A message the broker hands out again (RabbitMQ at once when a worker's connection drops;
+# Redis after its visibility timeout) says its worker is gone: its run is taken up after this
+# long without a heartbeat, not after TAGLOOP_RUN_STALE_SECONDS (a systemd restart SIGKILLs a
+# long retrain; the run then blocked its taxonomy for 15 minutes, and a manual one was lost).
+# Safe even if the first worker were alive: the claim's new token makes its writes match no row.
+REDELIVERED_STALE_SECONDS = 60
+
+
+def _claim(run_id: int, redelivered: bool = False) -> datetime | None:
     """queued -> running, or a running run whose worker stopped beating (killed, then its
     message redelivered): the claim's time is the token, or None when not ours to run."""
     now = timezone.now()
-    stale = now - timedelta(seconds=settings.TAGLOOP_RUN_STALE_SECONDS)
+    stale = now - timedelta(seconds=REDELIVERED_STALE_SECONDS if redelivered else settings.TAGLOOP_RUN_STALE_SECONDS)
     claimable = Q(state=TrainingRun.State.QUEUED) | Q(state=TrainingRun.State.RUNNING, heartbeat__lt=stale)
     claimed = TrainingRun.objects.filter(claimable, pk=run_id).update(
         state=TrainingRun.State.RUNNING, started=now, heartbeat=now, progress=0.0
@@ -135,8 +143,8 @@ def _fail(run: TrainingRun, error: str, message: str = "") -> None:
     _owned(run).update(state=TrainingRun.State.FAILED, error=error[:5000], finished=timezone.now(), **shown)
 
 
-def execute_run(run_id: int) -> TrainingRun:
-    token = _claim(run_id)
+def execute_run(run_id: int, redelivered: bool = False) -> TrainingRun:
+    token = _claim(run_id, redelivered)
     run = TrainingRun.objects.select_related("taxonomy", "taxonomy__client").get(pk=run_id)
     if token is None:
         return run  # another worker has it, or it already ran
@@ -193,8 +201,12 @@ def _note_split(metrics: dict, data: Dataset, names: list[str]) -> None:
     and keep the assets, so the dashboard's gallery does not show them as never trained on.
     The held-out assets are kept too: with near-duplicate groups the split is no longer a rule
     on one label the gallery could apply again (training_data), so it reads the run's own."""
-    if data.compared:
-        metrics["holdout_assets"] = data.asset_ids[data.holdout].tolist()
+    # [] when nothing was compared (every label trained): the export says "not held out"
+    metrics["holdout_assets"] = data.asset_ids[data.holdout].tolist() if data.compared else []
+    sizes = np.unique(data.groups, return_counts=True)[1] if data.groups is not None else np.ones(0, dtype=int)
+    # a transitive chain of "duplicates" (catalogue shots on one white background) would skew
+    # the held-out set quietly: the run says how many groups there were, and the largest
+    metrics["near_duplicates"] = {"groups": int((sizes > 1).sum()), "largest": int(sizes.max(initial=1))}
     if note := data.split_note(names):
         metrics["decision"] = f"{metrics['decision']}; {note}"
         metrics["holdout_moved"] = data.asset_ids[data.moved].tolist()
@@ -202,8 +214,9 @@ def _note_split(metrics: dict, data: Dataset, names: list[str]) -> None:
 
 def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset, watermark: int) -> tuple[Dataset, np.ndarray]:
     """The labeled assets that have a vector of the current backbone (embedding those that have
-    none yet), and their vectors in the dataset's order. Collected again after embedding: an
-    asset with no vector had no near-duplicate group, and its twin must not be split from it."""
+    none yet), and their vectors in the dataset's order. ``data`` was collected without
+    near-duplicate groups; collected again with them once every asset has its vector (an asset
+    with none would have no group, and its twin could be split from it)."""
     missing = list(
         Asset.objects.filter(pk__in=data.asset_ids.tolist())
         .exclude(embedded_with=vectors.backbone_name())
@@ -212,7 +225,16 @@ def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset, watermark: in
     if missing:
         _progress(run, 0.1, f"embedding {len(missing)} assets")
         vectors.embed_assets(missing, progress=_beating(run, 0.1, "embedding labeled assets"))
-        data = collect(taxonomy, watermark)
+    found, _ = vectors.vectors_for(taxonomy.client_id, data.asset_ids)
+    if lost := sorted(set(data.asset_ids.tolist()) - set(np.asarray(found).tolist()) - set(missing)):
+        # marked embedded, but the store lacks them (a restore of the database and media
+        # without TAGLOOP_VAR/vectors): embedded again rather than trained without, or a run
+        # of "0 training labels" that says nothing of why
+        log.warning("run %s: %d labeled assets had no stored vector; embedding them again", run.pk, len(lost))
+        Asset.objects.filter(pk__in=lost).update(embedded_with="")
+        _progress(run, 0.1, f"embedding {len(lost)} assets whose vectors were missing")
+        vectors.embed_assets(lost, progress=_beating(run, 0.1, "embedding labeled assets"))
+    data = collect(taxonomy, watermark)
     found, X = vectors.vectors_for(taxonomy.client_id, data.asset_ids)  # in the order asked
     return data.subset(np.isin(data.asset_ids, found)), X
 
@@ -304,7 +326,7 @@ def _execute(run: TrainingRun) -> None:
     watermark = Label.objects.filter(taxonomy=taxonomy).aggregate(m=Max("id"))["m"] or 0
     _owned(run).update(labels_consumed=consumed)
     _progress(run, 0.05, "collecting labels")
-    data = collect(taxonomy, watermark)
+    data = collect(taxonomy, watermark, near_duplicates=False)  # grouped once embedded (_embedded)
     if len(data.asset_ids) == 0:
         raise Refused(NO_LABELS)
     data, X = _embedded(run, taxonomy, data, watermark)
