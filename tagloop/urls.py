@@ -1,13 +1,26 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.messages.views import SuccessMessageMixin
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.templatetags.static import static
 from django.urls import include, path, reverse_lazy
+from django.views import defaults
 from django.views.generic import RedirectView
 
 from .security import AdminLoginForm, LoginForm
 
 admin.site.login_form = AdminLoginForm  # the same lockout as /login/ and the API token
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """An unexpected error: API clients get JSON like every other API error, not an HTML page
+    they cannot parse; the traceback goes to the server's log (and ADMINS), never to the client."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "server error: the server's log has the details"}, status=500)
+    return defaults.server_error(request)
+
+
+handler500 = server_error
 
 
 class PasswordChange(SuccessMessageMixin, auth_views.PasswordChangeView):

@@ -558,6 +558,19 @@ def test_predict_says_when_the_live_models_file_is_not_on_this_server(world, tra
     assert r.status_code == 503 and "TAGLOOP_VAR" in r.json()["detail"], r.content
 
 
+def test_an_unexpected_error_in_the_api_is_a_json_500(world, monkeypatch):
+    from labeling.api import models as api_models
+
+    def broken(taxonomy):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(api_models.audit, "by_version", broken)
+    c = api(world.vic)
+    c.raise_request_exception = False  # as a real server answers, not the test client's re-raise
+    r = c.get(base(world) + "models/")
+    assert r.status_code == 500 and r["Content-Type"] == "application/json"
+    assert r.json() == {"detail": "server error: the server's log has the details"}
+
+
 def test_the_export_endpoint_streams_csv(world, lib):
     labels.save_label(world.brand, lib.assets[0], [lib.tags["nike"]], user=world.olga)
     r = api(world.vic).get(base(world) + "export/csv/")
