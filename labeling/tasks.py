@@ -29,11 +29,28 @@ def check_retrain(taxonomy_id: int) -> int | None:
 
 
 @shared_task(name="labeling.tasks.train", bind=True)
-def train(self, run_id: int) -> str:
+def train(self, run_id: int, recheck: bool = False) -> str:
+    redelivered = recheck or bool((self.request.delivery_info or {}).get("redelivered"))  # its worker died?
+    return take_run(run_id, redelivered, recheck, look_again=lambda: train.apply_async(
+        (run_id,), {"recheck": True}, countdown=REDELIVERED_RECHECK_SECONDS, retry=False))
+
+
+REDELIVERED_RECHECK_SECONDS = 65  # past training.REDELIVERED_STALE_SECONDS
+
+
+def take_run(run_id: int, redelivered: bool, recheck: bool, look_again) -> str:
+    """Run it, unless another worker has it. A redelivered message finding the run still
+    beating (its worker killed seconds ago, or alive) asks ``look_again`` once: by then a dead
+    worker's heartbeat is stale and the run is taken up, a live one's is fresh and it is left."""
     from .services import training
 
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))  # its first worker died
-    return training.execute_run(run_id, redelivered).state
+    run = training.execute_run(run_id, redelivered)
+    if redelivered and not recheck and run.state == TrainingRun.State.RUNNING:
+        try:
+            look_again()
+        except Exception as exc:  # no broker: the sweep fails the run after TAGLOOP_RUN_STALE_SECONDS
+            log.warning("run %s: could not schedule a second look: %s", run_id, exc)
+    return run.state
 
 
 @shared_task(name="labeling.tasks.run_import")

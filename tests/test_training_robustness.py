@@ -110,13 +110,21 @@ def test_a_redelivered_message_resumes_a_run_whose_worker_died(world, trained):
     assert training.execute_run(run.pk).state == TrainingRun.State.PROMOTED
 
 
-def test_a_message_the_broker_hands_out_again_takes_up_a_run_silent_for_a_minute_not_fifteen(world, trained):
+def test_a_message_the_broker_hands_out_again_takes_up_its_run_within_a_minute_not_fifteen(world, trained):
+    from labeling import tasks
+
     run = training.request_run(world.brand, force=True)
-    two_minutes_ago = timezone.now() - timedelta(minutes=2)  # killed by a restart two minutes ago
-    TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.RUNNING, started=two_minutes_ago,
-                                                 heartbeat=two_minutes_ago)
-    assert training.execute_run(run.pk).state == TrainingRun.State.RUNNING, "a first delivery waits 15 min"
-    assert training.execute_run(run.pk, redelivered=True).state == TrainingRun.State.PROMOTED
+    killed = timezone.now() - timedelta(seconds=5)  # its worker was killed by a restart just now
+    TrainingRun.objects.filter(pk=run.pk).update(state=TrainingRun.State.RUNNING, started=killed, heartbeat=killed)
+    asked: list[str] = []  # the broker's delayed message, recorded instead of sent
+    assert tasks.take_run(run.pk, False, False, lambda: asked.append("again")) == "running"
+    assert not asked, "a first delivery leaves a beating run to the sweep"
+
+    assert tasks.take_run(run.pk, True, False, lambda: asked.append("again")) == "running"
+    assert asked == ["again"], "a redelivery that finds a fresh heartbeat looks again in a minute"
+    a_minute_later = timezone.now() - timedelta(seconds=tasks.REDELIVERED_RECHECK_SECONDS)
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat=a_minute_later)
+    assert tasks.train.apply((run.pk,), {"recheck": True}).get() == TrainingRun.State.PROMOTED
 
 
 def test_a_run_failed_because_its_worker_was_lost_is_requested_again_without_backoff(world, trained):

@@ -118,10 +118,13 @@ def _beating(run: TrainingRun, fraction: float, what: str) -> Callable[[int, int
 
 
 # A message the broker hands out again (RabbitMQ at once when a worker's connection drops;
-# Redis after its visibility timeout) says its worker is gone: its run is taken up after this
-# long without a heartbeat, not after TAGLOOP_RUN_STALE_SECONDS (a systemd restart SIGKILLs a
-# long retrain; the run then blocked its taxonomy for 15 minutes, and a manual one was lost).
-# Safe even if the first worker were alive: the claim's new token makes its writes match no row.
+# Redis after its visibility timeout) says its worker is probably gone: its run is taken up
+# after this long without a heartbeat, not after TAGLOOP_RUN_STALE_SECONDS (a systemd restart
+# SIGKILLs a long retrain; the run then blocked its taxonomy for 15 minutes, and a manual one was
+# lost). Not at once: a retrain past Redis' visibility hour is still beating, and must not be
+# restarted every hour. A redelivered message that finds a fresh heartbeat looks again once
+# it would have gone stale (tasks.train). Were the first worker alive after all, the new claim's
+# token makes its writes match no row: it stops at its next heartbeat.
 REDELIVERED_STALE_SECONDS = 60
 
 
