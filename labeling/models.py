@@ -195,8 +195,8 @@ class Tag(models.Model):
     @staticmethod
     def name_taken(parent_id: int | None) -> str:
         """What the constraint below says when ``parent_id``'s children (or the top level) have the name."""
-        top, child = Tag._meta.constraints
-        return (top if parent_id is None else child).violation_error_message
+        name = "top_tag_name_per_taxonomy_ci" if parent_id is None else "tag_name_per_parent_ci"
+        return next(c for c in Tag._meta.constraints if c.name == name).violation_error_message
 
     def in_use(self) -> bool:
         """Carried by a label (current or not), predicted by a model version, or a parent: then
@@ -376,9 +376,9 @@ class Label(models.Model):
         ]
         indexes = [
             models.Index(fields=["taxonomy", "is_current", "id"]),
-            # the audit estimate (services.audit): a few labels among all of a taxonomy's
-            models.Index(fields=["taxonomy", "model_version"], condition=Q(audit=True, is_current=True),
-                         name="label_audit"),
+            # the audit estimate (services.audit): a few labels among all of a taxonomy's, current
+            # or not (a later re-save of an audited image does not take its answer back)
+            models.Index(fields=["taxonomy", "model_version"], condition=Q(audit=True), name="label_audit"),
         ]
 
 
@@ -474,6 +474,22 @@ class Lease(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["taxonomy", "asset"], name="one_lease_per_asset")]
+
+
+class AuditDraw(models.Model):
+    """An asset the review queue served in its random "audit" order while ``model_version`` was
+    live (services.audit): the sample the audit estimate is over. Written by the server when it
+    serves the asset, whoever draws it first and whether or not anyone answers it, so an image
+    skipped or left unlabeled still counts as drawn (the estimate's non-response)."""
+
+    taxonomy = models.ForeignKey(Taxonomy, models.CASCADE, related_name="+")
+    asset = models.ForeignKey(Asset, models.CASCADE, related_name="+")
+    model_version = models.ForeignKey("ModelVersion", models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["taxonomy", "model_version", "asset"], name="one_audit_draw")]
 
 
 class Clustering(models.Model):

@@ -160,8 +160,9 @@ class QueueAPI(ScopedAPIView):
         parameters=[
             OpenApiParameter("order", str, enum=list(queue.ORDERS), description=(
                 "uncertain (default): least sure first; confident: most sure first; audit: a random sample of the "
-                "unlabeled images the live model scored (none without a live model); label them with audit=true "
-                "and the models endpoint's `audit` estimates how often the live model is right on the library")),
+                "unlabeled images the live model scored (none without a live model), blind (without the "
+                "suggestion), each recorded as drawn; label them with audit=true and the models endpoint's `audit` "
+                "estimates how often the live model is right on the library (what is left unanswered widens it)")),
             OpenApiParameter("limit", int, description=f"1..{queue.MAX_BATCH}"),
             OpenApiParameter("exclude", str, description="comma-separated asset ids already on screen "
                                                          "(their leases are renewed)"),

@@ -231,9 +231,13 @@ class LabelCreateSerializer(serializers.Serializer):
         default=False, help_text="you got the asset from the queue in order=audit (a random sample of the unlabeled "
                                  "library): the label counts toward the audit estimate. Honoured only when the queue "
                                  "served it to you in that order, it was unlabeled and the live model scored it; "
-                                 "the reply's `audit` says whether it was")
+                                 "the reply's `audit` says whether it was. The audit is blind: send the tags the "
+                                 "image shows (not accept_suggestion); the server compares them with the suggestion")
 
     def validate(self, data: dict) -> dict:
+        if data.get("accept_suggestion") and data.get("audit"):
+            raise serializers.ValidationError({"audit": ["an audit label is the operator's own answer: send its tags, "
+                                                         "not accept_suggestion"]})
         if data.get("accept_suggestion") and data.get("tags"):
             raise serializers.ValidationError({"tags": ["leave out with accept_suggestion"]})
         if not data.get("accept_suggestion") and "tags" not in data:
@@ -277,7 +281,8 @@ class QueueItemSerializer(serializers.Serializer):
     tags = ScoredTagSerializer(many=True)
     image = MediaLinkField()
     thumb = MediaLinkField()
-    audit = serializers.BooleanField(help_text="served in the audit order: send audit=true with its label")
+    audit = serializers.BooleanField(help_text="served in the audit order: send audit=true with its label. Blind: "
+                                               "suggested and tags are empty and uncertainty null")
 
 
 # --- uploads, jobs, predictions -------------------------------------------------------------
@@ -329,18 +334,23 @@ class PredictResultSerializer(serializers.Serializer):
 
 
 class VersionAuditSerializer(serializers.Serializer):
-    audited = serializers.IntegerField(help_text="audit labels that answered this version's suggestion")
-    right = serializers.IntegerField(help_text="of them, the ones where the operator kept the suggested tag "
+    drawn = serializers.IntegerField(help_text="images served in the audit order while this version was live")
+    audited = serializers.IntegerField(help_text="audit labels that answered this version, current or not")
+    unanswered = serializers.IntegerField(help_text="drawn - audited: skipped, lapsed, or labeled in another order")
+    right = serializers.IntegerField(help_text="audited ones whose (blind) answer was the suggested tag "
                                                "(multi-label: exactly the suggested tags)")
-    rate = serializers.FloatField(help_text="right / audited")
-    ci95 = serializers.ListField(child=serializers.FloatField(), help_text="Wilson 95 % interval of rate")
+    rate = serializers.FloatField(allow_null=True, help_text="right / audited (null: none answered)")
+    ci95 = serializers.ListField(child=serializers.FloatField(), allow_null=True, help_text="Wilson 95 % of rate")
+    bounds95 = serializers.ListField(child=serializers.FloatField(), help_text=(
+        "[low, high] whatever the unanswered are: Wilson low of right / drawn (all of them wrong), Wilson high of "
+        "(right + unanswered) / drawn (all right); ci95 when none is unanswered"))
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     is_live = serializers.SerializerMethodField()
     audit = serializers.SerializerMethodField(
         help_text="how often this version's suggestions were right on a random sample of the unlabeled library (the "
-                  "review queue's audit order); null: no audit labels yet. Unlike the held-out scores in `summary`, "
+                  "review queue's audit order); null: nothing drawn yet. Unlike the held-out scores in `summary`, "
                   "which come from the queue's hardest picks, this estimates the library as a whole")
     summary = serializers.SerializerMethodField(
         help_text="headline metrics on held-out labels; ``local`` (taxonomies with local matching): the weight of "

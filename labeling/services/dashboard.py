@@ -99,12 +99,13 @@ def by_operator(taxonomy: Taxonomy) -> list[dict]:
 
 def agreement(taxonomy: Taxonomy, audit_only: bool = False) -> dict:
     """How often operators kept the model's suggestion, overall and per model version (the
-    version a label records, which outlives its pruned suggestion rows). ``audit_only``: on the
-    random sample only (services.audit)."""
+    version a label records, which outlives its pruned suggestion rows). ``audit_only``: the
+    answers of the random sample (services.audit), current or not: a later re-save of an audited
+    image (a second look, a colleague's fix) must not take its answer out of the sample."""
     rows = (
-        Label.objects.filter(taxonomy=taxonomy, is_current=True, model_version__isnull=False,
+        Label.objects.filter(taxonomy=taxonomy, model_version__isnull=False,
                              source__in=[Label.Source.ACCEPTED, Label.Source.CORRECTED],
-                             **({"audit": True} if audit_only else {}))
+                             **({"audit": True} if audit_only else {"is_current": True}))
         .values("model_version__version", "source")
         .annotate(n=Count("id"))
     )

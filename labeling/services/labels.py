@@ -14,7 +14,7 @@ from django.db.models import F, Max
 
 from ..models import Asset, BulkAction, Label, LabelEvent, ModelVersion, Suggestion, Tag, Taxonomy
 from ..permissions import real_user
-from .audit import served_for_audit
+from .audit import record_draws, served_for_audit
 
 
 class LabelError(ValueError):
@@ -105,8 +105,8 @@ def save_label(
     ``notify=False`` leaves the retrain check to the caller (bulk saves send one, not one each).
     ``base_label``: the current label id the writer saw (None: unlabeled); LabelConflict when
     it changed meanwhile. Left out, the write replaces whatever is current.
-    ``audit``: the writer was served the asset in the queue's audit order. The label is marked
-    an audit label only if the server's lease says so too (the rule: services.audit).
+    ``audit``: the writer was served the asset in the queue's audit order, blind. The label is
+    marked an audit label only if the server's lease says so too (the rule: services.audit).
     """
     if asset.client_id != taxonomy.client_id:
         raise LabelError("asset: not in this taxonomy's client")
@@ -221,7 +221,8 @@ def _write(
     ``merge`` (multi-label): each new label keeps the tags its asset's current one has, read
     under the row lock, so a tag a colleague added meanwhile is not dropped.
     ``audit``: assets served to the writer in the audit order; their labels are audit labels if
-    the asset is unlabeled and the live model scored it (services.audit.served_for_audit).
+    the asset is unlabeled and the live model scored it (services.audit.served_for_audit), and
+    drawn for the version they answer (one live since it was served has no draw of it yet).
     Raises IntegrityError when another writer's first label of one of the assets won the race."""
     asset_ids = [a for a, _ in rows]
     # Locked in asset order (and bulk.apply sends its assets sorted), so two bulk actions over
@@ -255,6 +256,8 @@ def _write(
     through.objects.bulk_create(
         [through(label_id=label.pk, tag_id=t.pk) for label, (_, tags) in zip(new, rows) for t in tags]
     )
+    if answered := [label.asset_id for label in new if label.audit]:
+        record_draws(taxonomy, user, answered, taxonomy.live_model_id)
     events, changed = [], 0
     for label, (a, tags) in zip(new, rows):
         was = before.get(previous[a].pk) if a in previous else None

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ..models import Asset, Label, Lease, Suggestion, Taxonomy, TrainingRun
+from .audit import record_draws
 from .suggesting import as_shown, ranked_tags
 
 
@@ -66,7 +67,9 @@ def review_batch(
     user's leases on ``exclude`` are renewed too: the review page holds a few items ahead and
     may show one minutes after it was fetched. ``skipped`` ones are not renewed, so a colleague
     gets them once their lease runs out. In the audit order a lease records that the asset was
-    served for the audit (Lease.audit), which is what lets its label count as an audit label.
+    served for the audit (Lease.audit), which is what lets its label count as an audit label, and
+    each served asset is recorded as drawn for the live version (AuditDraw), answered or not.
+    Audit items are blind: sent without the suggestion (services.audit).
     """
     if order not in ORDERS:
         raise ValueError(f"order: {BAD_ORDER}")
@@ -87,19 +90,28 @@ def review_batch(
             break
         ids = [i["asset"] for i in candidates]
         expires = now + timedelta(seconds=LEASE_SECONDS)
-        audit = order == Order.AUDIT  # another order's fetch leaves an audit lease one
-        Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).update(
-            expires=expires, **({"audit": True} if audit else {}))
+        Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).update(expires=expires)
         Lease.objects.bulk_create(
-            [Lease(taxonomy=taxonomy, asset_id=a, user=user, expires=expires, audit=audit) for a in ids],
-            ignore_conflicts=True,
-        )
+            [Lease(taxonomy=taxonomy, asset_id=a, user=user, expires=expires) for a in ids], ignore_conflicts=True)
         mine = set(Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=ids).values_list("asset_id", flat=True))
+        if order == Order.AUDIT:
+            _served_for_audit(taxonomy, user, mine)
         items += [i for i in candidates if i["asset"] in mine]
         skip += ids
         if len(items) >= limit or (items and len(mine) == len(ids)):
             break
     return items
+
+
+def _served_for_audit(taxonomy: Taxonomy, user, asset_ids: set[int]) -> None:
+    """Mark ``user``'s leases on ``asset_ids`` as served for the audit and record the draws.
+    After the leases are made, never before: an overlapping fetch of this user in another order
+    (``o`` pressed twice) could otherwise insert its lease, not an audit one, between the two.
+    Another order's fetch never clears the flag, so no interleaving loses it."""
+    if not asset_ids:
+        return
+    Lease.objects.filter(taxonomy=taxonomy, user=user, asset_id__in=list(asset_ids)).update(audit=True)
+    record_draws(taxonomy, user, asset_ids)
 
 
 def renew_leases(taxonomy: Taxonomy, user, asset_ids: Sequence[int], now=None) -> int:
@@ -171,15 +183,19 @@ def _batch(
 def item_for(taxonomy: Taxonomy, asset: Asset, user, audit: bool = False) -> dict:
     """One asset as a queue item (with the live model's suggestion when there is one), leased
     to ``user``: what an undo puts back at the front of the operator's queue. ``audit``: the
-    undone label was this user's audit label, so the asset stays served to them for the audit."""
+    undone label was this user's audit label, so the asset stays served to them for the audit
+    (drawn for the live version, and blind like every audit item)."""
     s = (Suggestion.objects.filter(model_version_id=taxonomy.live_model_id, asset=asset)
          .select_related("asset", "model_version").first()) if taxonomy.live_model_id else None
     tags = {t.pk: t for t in taxonomy.tags.all()}
     expires = timezone.now() + timedelta(seconds=LEASE_SECONDS)
     # one lease per asset: the operator who undid the label takes it over (a labeled asset is
     # in nobody's queue, so any other lease on it is a stale one)
+    audit = audit and s is not None
     Lease.objects.update_or_create(taxonomy=taxonomy, asset=asset,
-                                   defaults={"user": user, "expires": expires, "audit": audit and s is not None})
+                                   defaults={"user": user, "expires": expires, "audit": audit})
+    if audit:
+        record_draws(taxonomy, user, [asset.pk])
     item = _suggestion_item(taxonomy, s, tags, audit=audit) if s else _item(asset, [], uncertainty=None, suggested=[])
     item["label"] = Label.objects.filter(asset=asset, taxonomy=taxonomy, is_current=True).values_list(
         "pk", flat=True).first()
@@ -187,6 +203,11 @@ def item_for(taxonomy: Taxonomy, asset: Asset, user, audit: bool = False) -> dic
 
 
 def _suggestion_item(taxonomy: Taxonomy, s: Suggestion, tags: dict, audit: bool = False) -> dict:
+    if audit:
+        # Blind: the operator answers without the model's suggestion, its probabilities or its
+        # uncertainty (agreeing with a proposal is not the same as being right: anchoring).
+        # The label is still compared with the live suggestion when saved (labels._write).
+        return _item(s.asset, [], uncertainty=None, suggested=[], audit=True)
     s, suggested = as_shown(taxonomy, s, tags)  # a tag retired since the row was written left out
     return _item(s.asset, ranked_tags(s.model_version.tag_ids, s.probs, tags), uncertainty=s.uncertainty,
                  suggested=suggested, audit=audit)
@@ -206,7 +227,8 @@ def _item(asset: Asset, ranked: list[dict], uncertainty: float | None, suggested
         "uncertainty": None if uncertainty is None else round(float(uncertainty), 4),
         "suggested": suggested,
         "tags": ranked,
-        # served in the audit order: the page sends audit=true with its label (services.audit)
+        # served in the audit order, blind (no suggestion): the page sends audit=true with its
+        # label (services.audit)
         "audit": audit,
         **asset_urls(asset.pk),
     }

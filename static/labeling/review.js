@@ -4,7 +4,7 @@
 // Saves are optimistic (the next image shows at once) but serialised through one promise
 // chain, so an undo always runs after every save it could be undoing.
 import { clicked, csrfToken } from "./dom.js";
-import { initialOrder, markOrder, nextOrder, renderDone } from "./review_audit.js";
+import { initialOrder, markOrder, nextOrder, renderDone, renderSuggestionHead } from "./review_audit.js";
 import { bindFilter, bindShortcuts } from "./review_keys.js";
 import { renderStatus, startPolling } from "./review_status.js";
 import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as tagRows } from "./review_tags.js";
@@ -157,10 +157,10 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     saves = saves
       // base_label: the label this page saw, so a colleague's label given meanwhile is a 409
       // instead of being overwritten.
-      // audit: served in the audit order (the server checks its lease before counting it)
+      // audit: served in the audit order, blind (the server checks its lease, and compares the tags with the suggestion)
       .then(() => api(urls.label, { asset: item.asset, tags: tagIds, base_label: item.label ?? null, audit: !!item.audit }))
       .then((res) => {
-        toast(`Saved: ${tagNames(res.tags)} (${res.source}${res.audit ? ", audit" : ""})`, "ok");
+        toast(`Saved: ${tagNames(res.tags)} (${res.audit ? "audit answer" : res.source})`, "ok"); // blind: not "corrected"
         updateStatus(res.status);
       })
       .catch((err) => {
@@ -189,7 +189,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     if (!item || readOnly()) return;
     const tags = config.multilabel ? [...state.selected] : item.suggested;
     if (tags.length === 0) {
-      toast(config.multilabel ? "Select tags (1–9), or press 0 if none applies." : "No suggestion yet: pick a tag with 1–9.", "error");
+      toast(config.multilabel ? "Select tags (1–9), or press 0 if none applies." : `${item.audit ? "Blind audit" : "No suggestion yet"}: pick a tag with 1–9.`, "error");
       return;
     }
     submit(tags);
@@ -210,7 +210,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     if (!item) return;
     state.buffer.shift();
     state.skipped.add(item.asset);
-    toast(`Skipped ${item.name}`);
+    toast(`Skipped ${item.name}${item.audit ? ": unanswered in the audit" : ""}`);
     renderCurrent();
     refill();
   }
@@ -292,9 +292,7 @@ import { renderTags as renderTagList, renderUpNext as renderUpNextList, rows as 
     el.loading.textContent = "Loading…";
     el.name.textContent = item.name;
     el.meta.textContent = `${item.width}×${item.height}`;
-    const unc = item.uncertainty;
-    el.uncBar.style.width = unc === null ? "0" : `${Math.round(unc * 100)}%`;
-    el.uncText.textContent = unc === null ? "no model yet" : `${Math.round(unc * 100)}%`;
+    renderSuggestionHead(el, item, config.multilabel); // blind in the audit order
     renderTags();
     renderUpNext();
   }

@@ -1,6 +1,7 @@
 // The review page's queue orders: which one is chosen, the `o` key that goes to the next, and
 // what the page says in the audit order (a random sample of the unlabeled library that the
-// dashboard's audit estimate is made from; services/audit.py). review.js keeps the queue.
+// dashboard's audit estimate is made from; services/audit.py), whose items are blind: sent
+// without the model's suggestion. review.js keeps the queue.
 
 export const ORDERS = ["uncertain", "confident", "audit"];
 
@@ -35,4 +36,18 @@ export function renderDone(order, liveVersion) {
     : order === "audit"
       ? "Every unlabeled image the live model scored is labeled or on a colleague's screen. Skipped images show up again after a reload."
       : "Nothing left to review in this order. New imports and skipped images show up again after a reload.";
+}
+
+/** The tag panel's head for `item`: its uncertainty; or, for an audit item (blind: the server
+ *  sent no suggestion, probabilities nor uncertainty), the line saying so, and no "Accept
+ *  suggestion" button in a single-label taxonomy (1–9 pick; multi-label saves a selection). */
+export function renderSuggestionHead(el, item, multilabel) {
+  const blind = !!item.audit;
+  const unc = item.uncertainty;
+  el.uncBar.style.width = unc === null ? "0" : `${Math.round(unc * 100)}%`;
+  el.uncText.textContent = unc === null ? "no model yet" : `${Math.round(unc * 100)}%`;
+  document.getElementById("uncertainty").hidden = blind;
+  document.getElementById("blind-note").hidden = !blind;
+  document.getElementById("panel-title").textContent = blind ? "Your answer" : "Suggestion";
+  document.getElementById("accept-btn").hidden = blind && !multilabel;
 }
