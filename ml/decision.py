@@ -18,19 +18,22 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from scipy.stats import binom
 
 from ml.metrics import balanced_accuracy, macro_f1
 
-# A multi-label tag's threshold is tuned only with this many positives *and* negatives among
-# the tuning rows, and even then only part of the way from 0.5 (weight m / (m + SHRINK), m the
-# smaller count). Measured on real embeddings (shoes + FlickrLogos as 8 tags, FlickrLogos as 27
-# tags; random training sets of 40-600, 6 draws each, micro-F1 on the rest; docs/ml-results.md
-# "Multi-label thresholds"): with the product's balanced weights the out-of-fold F1 threshold
-# lost to 0.5 in nearly every draw below about 50 examples a tag (27 tags at 300 labels: 0.486
-# vs 0.582 with the old minimum of 5 positives, 0.528 with a minimum of 10); with this rule it
-# equals 0.5 up to 150 labels and trails it by 0.004-0.005 at 300-600 labels on 8 tags (the old
-# rule: 0.012-0.015). Balanced sigmoids already put 0.5 at the equal-prior cut.
-MIN_EXAMPLES_FOR_THRESHOLD = 50
+# Multi-label thresholds (``tune_tag_thresholds``), measured by bench/thresholds.py on real
+# embeddings (docs/ml-results.md "Multi-label thresholds"). A class-balanced sigmoid's 0.5 is
+# already the equal-prior cut: on shoes + FlickrLogos the test-F1-best cut of the final head
+# scatters around 0.5 (+-0.05-0.15 from draw to draw), and out-of-fold F1 maxima chased that
+# noise (8 tags, 300-600 labels: -0.004 micro-F1 against 0.5 in 23 of 24 draws, even shrunk).
+# So a cut moves only on evidence: MIN_EXAMPLES_FOR_THRESHOLD known positives and negatives,
+# and the out-of-fold rows the move puts on the other side of the cut must raise F1 with a
+# one-sided binomial p < GAIN_ALPHA (strict: the cut was picked on those very rows); then it
+# moves m / (m + SHRINK_EXAMPLES) of the way (m the smaller count). Balanced heads: equal to
+# 0.5 at every size (24 draws); unweighted ones, where 0.5 is the wrong cut: +0.002 to +0.008.
+MIN_EXAMPLES_FOR_THRESHOLD = 20
+GAIN_ALPHA = 0.001
 SHRINK_EXAMPLES = 50
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1")
 GRID = np.round(np.arange(-3.0, 3.0001, 0.25), 2)  # log-bias: x0.05 .. x20 on a class's odds
@@ -95,28 +98,62 @@ def fit_class_bias(proba: np.ndarray, y: np.ndarray, score: str = "balanced_accu
 # ---- multi-label thresholds and the "other" reject rule (used by ml.heads and callers)
 
 
-def tune_tag_thresholds(oof: np.ndarray | None, Y: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-    """Per-tag threshold maximising out-of-fold F1, shrunk toward 0.5; 0.5 for tags with too
-    little evidence (see MIN_EXAMPLES_FOR_THRESHOLD). ``known`` (n, k) bool: only those
-    entries count (a label made before its tag existed says nothing about it)."""
+def tunable_tags(Y: np.ndarray, known: np.ndarray | None = None,
+                 min_examples: int = MIN_EXAMPLES_FOR_THRESHOLD) -> np.ndarray:
+    """(k,) bool: tags with ``min_examples`` known positives and known negatives in ``Y``."""
+    Y = np.asarray(Y) > 0
+    K = np.ones(Y.shape, dtype=bool) if known is None else np.asarray(known, dtype=bool) | Y
+    return np.minimum(Y.sum(axis=0), (K & ~Y).sum(axis=0)) >= min_examples
+
+
+def f1_gain_p_value(p: np.ndarray, y: np.ndarray, cut: float, base: float = 0.5) -> float:
+    """One-sided binomial p-value that predicting ``p >= cut`` instead of ``p >= base`` raises F1.
+
+    Only the rows between the two cuts change sides. Lowering the cut turns their positives into
+    hits and their negatives into false alarms, and F1 rises exactly when the share of positives
+    among them beats F1(base) / 2 (F1 = 2 TP / (2 TP + FP + FN)); raising it, exactly when that
+    share is below F1(base) / 2. The null is "that share is F1(base) / 2": no gain."""
+    p, y = np.asarray(p, np.float64), np.asarray(y) > 0
+    pred = p >= base
+    f1 = 2 * (pred & y).sum() / max(pred.sum() + y.sum(), 1)
+    moved = (p >= min(cut, base)) & (p < max(cut, base))
+    c, a = int(moved.sum()), int((moved & y).sum())
+    if c == 0:
+        return 1.0
+    return float(binom.sf(a - 1, c, f1 / 2) if cut < base else binom.cdf(a, c, f1 / 2))
+
+
+def tune_tag_thresholds(
+    oof: np.ndarray | None, Y: np.ndarray, known: np.ndarray | None = None, *,
+    min_examples: int = MIN_EXAMPLES_FOR_THRESHOLD, alpha: float | None = GAIN_ALPHA,
+    shrink: float = SHRINK_EXAMPLES,
+) -> np.ndarray:  # fmt: skip
+    """Per-tag thresholds (k,) from out-of-fold probabilities ``oof`` (n, k; NaN = not scored):
+    the F1-best cut where it beats 0.5 with p < ``alpha`` (``f1_gain_p_value``; None: always),
+    moved m / (m + ``shrink``) of the way from 0.5; 0.5 for tags with fewer than ``min_examples``
+    positives or negatives. ``known`` (n, k) bool: only those entries count (a label made before
+    its tag existed says nothing about it). The keywords exist for bench/thresholds.py, which
+    compares this rule with the earlier ones."""
     k = Y.shape[1]
     thresholds = np.full(k, 0.5)
     if oof is None:
         return thresholds
-    ok = ~np.isnan(oof).any(axis=1)
     grid = np.linspace(0.02, 0.98, 49)
     for j in range(k):
-        rows = ok if known is None else ok & known[:, j]
+        rows = ~np.isnan(oof[:, j]) if known is None else ~np.isnan(oof[:, j]) & known[:, j]
         yj, pj = Y[rows, j] > 0, oof[rows, j]
         m = min(int(yj.sum()), int((~yj).sum()))
-        if m < MIN_EXAMPLES_FOR_THRESHOLD:
+        if m < min_examples:
             continue
         pred = pj[None, :] >= grid[:, None]
         tp = (pred & yj).sum(axis=1)
         f1 = 2 * tp / np.maximum(pred.sum(axis=1) + yj.sum(), 1)
         best = np.flatnonzero(f1 >= f1.max() - 1e-12)
         # among equally good thresholds take the middle one: the most robust to drift
-        thresholds[j] = 0.5 + m / (m + SHRINK_EXAMPLES) * (grid[best[len(best) // 2]] - 0.5)
+        cut = grid[best[len(best) // 2]]
+        if alpha is not None and f1_gain_p_value(pj, yj, cut) >= alpha:
+            continue
+        thresholds[j] = 0.5 + m / (m + shrink) * (cut - 0.5)
     return thresholds
 
 

@@ -17,6 +17,10 @@ Conventions
   unconstrained bias would drift to.
 - Multi-label ``known`` (n, k): entries that are False (a label made before its tag existed)
   carry no weight in the loss, the balanced weights, the CV's L2 choice or the thresholds.
+- Multi-label decision thresholds stay at 0.5, the equal-prior cut of a balanced sigmoid, unless
+  out-of-fold evidence says another cut is better (``ml.decision.tune_tag_thresholds``).
+
+The fitting core (the L-BFGS solve, the weights, the internal CV) is ``ml.head_fit``.
 """
 
 from __future__ import annotations
@@ -24,16 +28,18 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal, Sequence
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ml.atomic import atomic_write
 from ml.decision import tune_tag_thresholds
 from ml.folds import stratified_folds
-from ml.metrics import per_label_log_loss
+from ml.head_fit import (
+    L2_GRID_FACTORS, MIN_CV_SAMPLES, ClassWeight, cross_validate, default_l2, fit, known_mask, learnable, targets,
+    threshold_oof,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -45,14 +51,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-ClassWeight = Literal["balanced"] | None
-
-L2_GRID_FACTORS = (0.2, 1.0, 5.0)  # multiples of default_l2(n) tried by the internal CV
-CV_FOLDS = 3
-CV_MAX_ITER = 30  # CV only has to rank a few strengths; near-converged solutions are enough
-MIN_CV_SAMPLES = 40  # below this a 3-fold CV estimate is noise; use the default strength
-
-
 SCALE_PRIOR_SAMPLES = 20  # weight of the pooled variance in each feature's scale
 
 
@@ -70,15 +68,6 @@ def shrunk_scale(X: np.ndarray) -> np.ndarray:
     pooled = float(var.mean()) or 1.0
     scale = np.sqrt((n * var + SCALE_PRIOR_SAMPLES * pooled) / (n + SCALE_PRIOR_SAMPLES))
     return np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
-
-
-def default_l2(n: int) -> float:
-    """L2 strength for the mean loss when there is too little data to cross-validate.
-
-    Equivalent to scikit-learn's ``C = 0.01`` (``l2 = 1 / (C n)``), which was best on the shoes
-    embeddings; clipped so tiny training sets are not regularised into a constant.
-    """
-    return float(np.clip(100.0 / max(n, 1), 0.01, 2.0))
 
 
 @dataclass
@@ -173,132 +162,6 @@ class LinearHead:
             )
 
 
-# ----------------------------------------------------------------------------- training core
-
-
-def _fit(
-    Xs: torch.Tensor,
-    Y: torch.Tensor,
-    M: torch.Tensor,
-    l2s: Sequence[float],
-    multilabel: bool,
-    max_iter: int = 100,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Minimise weighted mean CE/BCE + l2/2 ||W||^2 with L-BFGS, once per strength in ``l2s``.
-
-    ``Y`` is (n, k): one-hot rows (single-label) or {0,1} tags; ``M`` the sample weights,
-    (n, 1) per row for single-label or (n, k) per element for multi-label. Returns one (W (d, k),
-    b (k,)) per strength. The strengths are solved jointly as one block-separable problem:
-    with few classes the cost is reading X, so G problems in one pass cost little more than one.
-    """
-    (n, d), k, G = Xs.shape, Y.shape[1], len(l2s)
-    # (G*k, d) layout: X @ Wt.T and its gradient G^T X are the fast GEMM forms for skinny W
-    Wt = torch.zeros(G * k, d, requires_grad=True)
-    b = torch.zeros(G * k, requires_grad=True)
-    pen = torch.tensor(l2s, dtype=torch.float32).repeat_interleave(k)[:, None]
-    opt = torch.optim.LBFGS(
-        [Wt, b], lr=1.0, max_iter=max_iter, history_size=10, tolerance_grad=1e-4,
-        tolerance_change=1e-7, line_search_fn="strong_wolfe",
-    )  # fmt: skip
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        z = (Xs @ Wt.T + b).view(n, G, k)
-        if multilabel:
-            per_item = F.binary_cross_entropy_with_logits(z, Y[:, None, :].expand(n, G, k), reduction="none")
-            per_item = per_item * M[:, None, :]
-        else:
-            per_item = -Y[:, None, :] * F.log_softmax(z, dim=2) * M[:, None, :]
-        loss = per_item.sum() / n + 0.5 * (pen * Wt * Wt).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    W, bb = Wt.detach().T, b.detach()
-    return [(W[:, g * k : (g + 1) * k].contiguous(), bb[g * k : (g + 1) * k]) for g in range(G)]
-
-
-def _learnable(y: np.ndarray, n_classes: int, multilabel: bool, known: np.ndarray | None = None) -> np.ndarray:
-    """Classes that can be learned from ``y``: seen at least once (and, for tags, with a known "no")."""
-    if multilabel:
-        return (y.sum(axis=0) > 0) & ((_known(y, known) & (y == 0)).sum(axis=0) > 0)
-    return np.bincount(y, minlength=n_classes) > 0
-
-
-def _known(y: np.ndarray, known: np.ndarray | None) -> np.ndarray:
-    """(n, k) bool: every entry when no mask was given; a "yes" is always known."""
-    return np.ones(y.shape, dtype=bool) if known is None else known | (y > 0)
-
-
-def _targets(
-    y: np.ndarray, multilabel: bool, class_weight: ClassWeight, learned: np.ndarray,
-    known: np.ndarray | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Y, M) for the learned columns only, 'balanced' weights as in scikit-learn; unknown entries weigh 0."""
-    n = len(y)
-    if multilabel:
-        Y = y[:, learned].astype(np.float32)
-        K = _known(y, known)[:, learned]
-        if class_weight == "balanced":
-            n_pos, n_neg = Y.sum(axis=0), (K & (Y == 0)).sum(axis=0)  # both > 0 for learned tags
-            M = np.where(Y > 0, n / (2 * n_pos), n / (2 * np.maximum(n_neg, 1)))
-        else:
-            M = np.ones_like(Y)
-        return torch.from_numpy(Y), torch.from_numpy((M * K).astype(np.float32))
-    yl = (np.cumsum(learned) - 1)[y]  # original class -> column among learned classes
-    k = int(learned.sum())
-    Y = np.zeros((n, k), dtype=np.float32)
-    Y[np.arange(n), yl] = 1.0
-    cw = n / (k * np.bincount(yl, minlength=k)) if class_weight == "balanced" else np.ones(k)
-    return torch.from_numpy(Y), torch.from_numpy(cw[yl].astype(np.float32)[:, None])
-
-
-def _proba(Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, multilabel: bool) -> np.ndarray:
-    z = Xs @ W + b
-    return (torch.sigmoid(z) if multilabel else torch.softmax(z, dim=1)).double().numpy()
-
-
-def _cross_validate(
-    Xs: torch.Tensor, y: np.ndarray, multilabel: bool, class_weight: ClassWeight,
-    learned: np.ndarray, l2_grid: list[float], seed: int, groups: np.ndarray | None = None,
-    known: np.ndarray | None = None,
-) -> tuple[float, np.ndarray | None]:  # fmt: skip
-    """Pick the L2 strength by held-out log-loss; also return the out-of-fold probabilities
-    (n, k_learned) for the chosen strength (NaN where a sample could not be scored)."""
-    folds = stratified_folds(y[:, learned] if multilabel else y, CV_FOLDS, seed, groups)
-    n, kl = len(y), int(learned.sum())
-    oof = np.full((len(l2_grid), n, kl), np.nan)
-    for f in range(CV_FOLDS):
-        tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        # classes missing from this training fold are treated like unseen classes: their
-        # held-out samples cannot be scored (single-label) / the fold is skipped (multi-label)
-        fold_known = None if known is None else known[tr]
-        fold_learned = learned & _learnable(y[tr], len(learned), multilabel, fold_known)
-        if multilabel and not np.array_equal(fold_learned, learned):
-            continue
-        if fold_learned.sum() < 2 and not multilabel:
-            continue
-        Yt, Mt = _targets(y[tr], multilabel, class_weight, fold_learned, fold_known)
-        cols = np.flatnonzero(fold_learned[learned])
-        Xtr, Xte = Xs[torch.from_numpy(tr)], Xs[torch.from_numpy(te)]
-        for g, (W, b) in enumerate(_fit(Xtr, Yt, Mt, l2_grid, multilabel, max_iter=CV_MAX_ITER)):
-            oof[g][np.ix_(te, cols)] = _proba(Xte, W, b, multilabel)
-    Ytrue = y[:, learned] if multilabel else (np.cumsum(learned) - 1)[y]
-    losses = []
-    for g in range(len(l2_grid)):
-        if multilabel:
-            ok = ~np.isnan(oof[g]).any(axis=1)
-        else:
-            ok = ~np.isnan(oof[g][np.arange(n), Ytrue])
-        P = np.nan_to_num(oof[g][ok], nan=0.0)
-        K = None if known is None or not multilabel else known[:, learned][ok]
-        losses.append(float(per_label_log_loss(P, Ytrue[ok], multilabel, eps=1e-7, known=K).mean())
-                      if ok.sum() >= 10 else np.inf)
-    if not np.isfinite(min(losses)):
-        return default_l2(n), None
-    best = int(np.argmin(losses))
-    return float(l2_grid[best]), oof[best]
-
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
@@ -348,14 +211,14 @@ def train_head(
         if y.shape != (n, n_classes):
             raise ValueError(f"multi-label y must have shape {(n, n_classes)}, got {y.shape}")
         y = (y > 0).astype(np.int64)
-        known = None if known is None else _known(y, np.asarray(known, dtype=bool))
-        learned = _learnable(y, n_classes, multilabel, known)
+        known = None if known is None else known_mask(y, np.asarray(known, dtype=bool))
+        learned = learnable(y, n_classes, multilabel, known)
         fixed = np.where(learned, np.nan, (y.sum(axis=0) > 0).astype(np.float64))
     else:
         y = y.astype(np.int64).reshape(-1)
         if len(y) != n or y.min() < 0 or y.max() >= n_classes:
             raise ValueError("single-label y must be (n,) ints in [0, n_classes)")
-        learned = _learnable(y, n_classes, multilabel)
+        learned = learnable(y, n_classes, multilabel)
         if learned.sum() == 1:  # a single known class: nothing to discriminate
             learned[:] = False
             fixed = (np.arange(n_classes) == y[0]).astype(np.float64)
@@ -385,13 +248,14 @@ def _train(
     thresholds = np.full(n_classes, 0.5) if multilabel else None
     chosen_l2 = default_l2(n) if l2 is None else float(l2)
     if learned.any():
-        oof = None
-        if l2 is None and n >= MIN_CV_SAMPLES:
+        validated = l2 is None and n >= MIN_CV_SAMPLES
+        if validated:
             grid = [default_l2(n) * f for f in L2_GRID_FACTORS]
-            chosen_l2, oof = _cross_validate(Xs, y, multilabel, class_weight, learned, grid, seed, groups, known)
-        [(W, b)] = _fit(Xs, *_targets(y, multilabel, class_weight, learned, known), [chosen_l2], multilabel)
+            chosen_l2, _ = cross_validate(Xs, y, multilabel, class_weight, learned, grid, seed, groups, known)
+        [(W, b)] = fit(Xs, *targets(y, multilabel, class_weight, learned, known), [chosen_l2], multilabel)
         weight[:, learned], bias[learned] = W.numpy(), b.numpy()
-        if multilabel:
+        if multilabel and validated:  # thresholds are tuned where the L2 strength is
+            oof = threshold_oof(Xs, y, class_weight, learned, chosen_l2, seed, groups, known)
             thresholds[learned] = tune_tag_thresholds(oof, y[:, learned], None if known is None else known[:, learned])
     return LinearHead(mean, scale, weight, bias, multilabel, thresholds, fixed, chosen_l2)
 
