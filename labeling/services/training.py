@@ -228,8 +228,8 @@ def _embedded(run: TrainingRun, taxonomy: Taxonomy, data: Dataset, watermark: in
     if missing:
         _progress(run, 0.1, f"embedding {len(missing)} assets")
         vectors.embed_assets(missing, progress=_beating(run, 0.1, "embedding labeled assets"))
-    found, _ = vectors.vectors_for(taxonomy.client_id, data.asset_ids)
-    if lost := sorted(set(data.asset_ids.tolist()) - set(np.asarray(found).tolist()) - set(missing)):
+    stored = vectors.store_for(taxonomy.client_id).ids()  # which, not the vectors: read once, below
+    if lost := sorted(set(data.asset_ids.tolist()) - set(stored.tolist()) - set(missing)):
         # marked embedded, but the store lacks them (a restore of the database and media
         # without TAGLOOP_VAR/vectors): embedded again rather than trained without, or a run
         # of "0 training labels" that says nothing of why
